@@ -1,0 +1,16 @@
+"""minigrad: a small autograd engine on NumPy and CuPy arrays, with the ops a CNN needs.
+
+    import minigrad
+    from minigrad import functional as F, nn, optim
+
+Read in this order: tensor.py (the engine), functional.py (every op), reference.py (the NumPy
+kernels), kernels/*.cu and cuda.py (the same kernels on a GPU), nn.py, optim.py.
+"""
+from minigrad import functional, nn, optim
+from minigrad.backend import gpu_count
+from minigrad.gradcheck import gradcheck
+from minigrad.random import manual_seed
+from minigrad.tensor import Function, Tensor, is_grad_enabled, no_grad
+
+__all__ = ["Tensor", "Function", "no_grad", "is_grad_enabled", "functional", "nn", "optim",
+           "gradcheck", "manual_seed", "gpu_count"]

@@ -1,0 +1,96 @@
+"""Where arrays live: NumPy on the CPU, CuPy on a GPU.
+
+Every op in minigrad is written once against an array module `xp` (numpy or cupy); the module of
+its input arrays decides where it runs (Chainer's `get_array_module`). A device is the string
+"cpu" or an integer GPU id. Importing minigrad never needs a GPU: without CuPy, or without a
+working CUDA driver, `gpu_count()` is 0 and everything runs on NumPy.
+"""
+import contextlib
+
+import numpy
+
+try:
+    import cupy
+except ImportError:  # CuPy is an optional extra: `pip install .[cuda]`
+    cupy = None
+
+_gpu_count = None
+
+
+def gpu_count():
+    """Number of usable CUDA devices (0 when CuPy or the driver is missing)."""
+    global _gpu_count
+    if _gpu_count is None:
+        _gpu_count = 0
+        if cupy is not None:
+            try:
+                _gpu_count = cupy.cuda.runtime.getDeviceCount()
+            except Exception:  # CuPy installed, but no driver or no device
+                _gpu_count = 0
+    return _gpu_count
+
+
+def get_array_module(array):
+    """numpy or cupy, whichever `array` belongs to."""
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return cupy
+    return numpy
+
+
+def device_of(array):
+    """"cpu" for a NumPy array, the GPU id for a CuPy array."""
+    if cupy is not None and isinstance(array, cupy.ndarray):
+        return array.device.id
+    return "cpu"
+
+
+def parse_device(device):
+    """Normalize "cpu", 0, "0", "cuda", "cuda:1", "gpu:1" to "cpu" or an int, and check it exists."""
+    if device is None or device == "cpu":
+        return "cpu"
+    text = str(device).lower()
+    for prefix in ("cuda:", "gpu:"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    if text in ("cuda", "gpu"):
+        text = "0"
+    if not text.isdigit():
+        raise ValueError(f"unknown device {device!r}: use 'cpu' or a GPU id such as 0 or 'cuda:1'")
+    index = int(text)
+    if index >= gpu_count():
+        found = "no GPU was found (is CuPy installed and the driver working?)" if gpu_count() == 0 \
+            else f"only {gpu_count()} GPU(s) were found"
+        raise ValueError(f"device {device!r} is not available: {found}; use 'cpu' or a smaller id")
+    return index
+
+
+def device_scope(device):
+    """Context in which CuPy allocates and launches on `device` (a no-op for "cpu")."""
+    if device == "cpu":
+        return contextlib.nullcontext()
+    return cupy.cuda.Device(device)
+
+
+def to_device(array, device):
+    """`array` on `device`; the same object when it is already there."""
+    device = parse_device(device)
+    source = device_of(array)
+    if source == device:
+        return array
+    if device == "cpu":
+        with device_scope(source):
+            return cupy.asnumpy(array)
+    with device_scope(device):
+        if source == "cpu":
+            return cupy.asarray(array)
+        # GPU to GPU: an explicit peer copy of a contiguous buffer.
+        with device_scope(source):
+            array = cupy.ascontiguousarray(array)
+        out = cupy.empty(array.shape, array.dtype)
+        out.data.copy_from_device(array.data, array.nbytes)
+        return out
+
+
+def module_for(device):
+    """The array module that holds arrays on `device`."""
+    return numpy if device == "cpu" else cupy

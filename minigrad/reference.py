@@ -1,0 +1,108 @@
+"""The NumPy implementations of the three layers that get hand-written CUDA kernels.
+
+These are the specification: `minigrad/kernels/*.cu` must compute exactly these functions, and
+the tests compare them. They are vectorized (no Python loop over pixels or channels; the only
+loops run over the kh*kw offsets of a kernel window) and kept as plain as possible.
+
+Layouts (N images, C channels, H x W pixels):
+    im2col:   x (N, C, H, W)  ->  col (N, C*kh*kw, OH*OW), row index c*kh*kw + i*kw + j
+    pooling:  argmax holds, for each output, the flat index y*W + x of the chosen input pixel
+    LRN:      scale (N, C, H, W) = k + alpha * (sum of squares over the channel window)
+"""
+import numpy
+
+
+def conv_output_size(size, kernel, stride, pad):
+    """Output length of a window of `kernel` moved by `stride` over `size + 2*pad` (floor mode)."""
+    out = (size + 2 * pad - kernel) // stride + 1
+    if out < 1:
+        raise ValueError(f"a window of {kernel} with stride {stride} and padding {pad} does not fit "
+                         f"an input of size {size}; use a larger input or a smaller window")
+    return out
+
+
+def _windows(x, kh, kw, sy, sx, OH, OW):
+    """Read-only view (N, C, kh, kw, OH, OW) of every window position of x; no copy."""
+    N, C, H, W = x.shape
+    s = x.strides
+    return numpy.lib.stride_tricks.as_strided(
+        x, shape=(N, C, kh, kw, OH, OW),
+        strides=(s[0], s[1], s[2], s[3], s[2] * sy, s[3] * sx), writeable=False)
+
+
+def im2col(x, kh, kw, sy, sx, ph, pw):
+    """Unfold every kh x kw window of x (zero padded by ph, pw) into a column.
+
+    col[n, (c*kh + i)*kw + j, oy*OW + ox] = x_padded[n, c, oy*sy + i, ox*sx + j]
+    """
+    N, C, H, W = x.shape
+    OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
+    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    col = _windows(xp, kh, kw, sy, sx, OH, OW)            # (N, C, kh, kw, OH, OW) view
+    return col.reshape(N, C * kh * kw, OH * OW)            # the copy happens here
+
+
+def col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
+    """The adjoint of im2col: add every column entry back onto the pixel it was read from."""
+    N, C, H, W = x_shape
+    OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
+    col = col.reshape(N, C, kh, kw, OH, OW)
+    gx = numpy.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            gx[:, :, i:i + sy * OH:sy, j:j + sx * OW:sx] += col[:, :, i, j]
+    return gx[:, :, ph:ph + H, pw:pw + W]
+
+
+def max_pool_forward(x, kh, kw, sy, sx):
+    """y[n, c, oy, ox] = max of the kh x kw window at (oy*sy, ox*sx); no padding, floor mode.
+
+    Returns y and argmax, the flat index iy*W + ix of the first maximum in row-major window order.
+    """
+    N, C, H, W = x.shape
+    OH, OW = conv_output_size(H, kh, sy, 0), conv_output_size(W, kw, sx, 0)
+    win = _windows(x, kh, kw, sy, sx, OH, OW)                          # (N, C, kh, kw, OH, OW)
+    win = win.transpose(0, 1, 4, 5, 2, 3).reshape(N, C, OH, OW, kh * kw)
+    k = win.argmax(axis=-1)                                            # first maximum wins ties
+    y = numpy.take_along_axis(win, k[..., None], axis=-1)[..., 0]
+    iy = numpy.arange(OH)[:, None] * sy + k // kw                      # (N, C, OH, OW)
+    ix = numpy.arange(OW)[None, :] * sx + k % kw
+    return y, (iy * W + ix).astype(numpy.int32)
+
+
+def max_pool_backward(gy, argmax, x_shape):
+    """gx[n, c, p] = sum of gy over the windows whose maximum was pixel p."""
+    N, C, H, W = x_shape
+    plane = numpy.arange(N * C).reshape(N, C, 1, 1) * (H * W)         # offset of each (n, c) plane
+    gx = numpy.bincount((plane + argmax).ravel(), weights=gy.ravel(), minlength=N * C * H * W)
+    return gx.astype(gy.dtype).reshape(x_shape)
+
+
+def _channel_window_sum(a, n):
+    """s[:, c] = sum of a[:, j] for max(0, c - n//2) <= j <= min(C - 1, c + n//2)."""
+    C = a.shape[1]
+    s = numpy.zeros_like(a)
+    for d in range(-(n // 2), n // 2 + 1):        # one shifted slice per window offset
+        s[:, max(0, -d):C - max(0, d)] += a[:, max(0, d):C - max(0, -d)]
+    return s
+
+
+def lrn_forward(x, n, k, alpha, beta):
+    """Local response normalization across channels, the paper's form (section 3.3):
+
+        scale[c] = k + alpha * sum_{j = max(0, c - n//2)}^{min(C-1, c + n//2)} x[j]^2
+        y[c]     = x[c] * scale[c] ** -beta
+
+    Returns y and scale (which the backward pass reuses).
+    """
+    scale = k + alpha * _channel_window_sum(x * x, n)
+    return x * scale ** -beta, scale
+
+
+def lrn_backward(gy, x, y, scale, n, alpha, beta):
+    """dL/dx[c] = gy[c] * scale[c]**-beta
+                  - 2 * alpha * beta * x[c] * sum_{j: c in window(j)} gy[j] * y[j] / scale[j]
+
+    The window is symmetric, so "c in window(j)" is "j in window(c)": the same channel sum.
+    """
+    return gy * scale ** -beta - 2 * alpha * beta * x * _channel_window_sum(gy * y / scale, n)

@@ -1,0 +1,21 @@
+"""Every op test runs once per backend: NumPy always, CuPy when a GPU is present."""
+import numpy
+import pytest
+
+from minigrad import backend
+
+
+def _backend_params():
+    gpu = pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU: CuPy with a CUDA device is needed")
+    return [pytest.param("cpu", id="numpy"), pytest.param(0, id="cupy", marks=gpu)]
+
+
+@pytest.fixture(params=_backend_params())
+def device(request):
+    """"cpu" or GPU 0: where the test's arrays live."""
+    return request.param
+
+
+@pytest.fixture
+def rng():
+    return numpy.random.default_rng(12345)

@@ -1,0 +1,378 @@
+"""Every op: backward against float64 central differences, forward against a plain loop.
+
+All gradient checks go through `check_grad`; every test runs on NumPy and, with a GPU, on CuPy.
+"""
+import math
+
+import numpy
+import pytest
+
+import minigrad
+from minigrad import backend
+from minigrad import functional as F
+from minigrad.tensor import Tensor
+
+
+def tensors(arrays, device, requires_grad=True):
+    return [Tensor(backend.to_device(numpy.asarray(a, dtype=numpy.float64), device),
+                   requires_grad=requires_grad) for a in arrays]
+
+
+def check_grad(fn, arrays, device, **tolerances):
+    """gradcheck fn on float64 copies of `arrays` placed on `device`."""
+    assert minigrad.gradcheck(fn, tensors(arrays, device), **tolerances)
+
+
+def forward(fn, arrays, device, dtype=numpy.float64):
+    """fn applied to `arrays` (as `dtype` on `device`), returned as NumPy."""
+    inputs = [Tensor(backend.to_device(numpy.asarray(a, dtype=dtype), device)) for a in arrays]
+    return fn(*inputs).numpy()
+
+
+def distinct(rng, shape, spacing=0.01):
+    """Values at least `spacing` apart and away from 0: no ties for max, no ReLU kink."""
+    count = int(numpy.prod(shape))
+    values = (rng.permutation(count) - (count - 1) / 2 + 0.25) * spacing   # never 0
+    return values.reshape(shape)
+
+
+# ---- plain-loop references --------------------------------------------------------------------
+
+def conv2d_loop(x, W, b, stride, pad):
+    N, C, H, Wd = x.shape
+    O, _, kh, kw = W.shape
+    sy, sx = stride
+    ph, pw = pad
+    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    OH, OW = (H + 2 * ph - kh) // sy + 1, (Wd + 2 * pw - kw) // sx + 1
+    y = numpy.zeros((N, O, OH, OW))
+    for n in range(N):
+        for o in range(O):
+            for oy in range(OH):
+                for ox in range(OW):
+                    window = xp[n, :, oy * sy:oy * sy + kh, ox * sx:ox * sx + kw]
+                    y[n, o, oy, ox] = (window * W[o]).sum() + b[o]
+    return y
+
+
+def max_pool_loop(x, k, s):
+    N, C, H, W = x.shape
+    OH, OW = (H - k[0]) // s[0] + 1, (W - k[1]) // s[1] + 1
+    y = numpy.zeros((N, C, OH, OW))
+    for oy in range(OH):
+        for ox in range(OW):
+            y[:, :, oy, ox] = x[:, :, oy * s[0]:oy * s[0] + k[0], ox * s[1]:ox * s[1] + k[1]].max(axis=(2, 3))
+    return y
+
+
+def lrn_loop(x, n, k, alpha, beta):
+    C = x.shape[1]
+    y = numpy.zeros_like(x)
+    for c in range(C):
+        window = x[:, max(0, c - n // 2):min(C - 1, c + n // 2) + 1]
+        y[:, c] = x[:, c] / (k + alpha * (window ** 2).sum(axis=1)) ** beta
+    return y
+
+
+# ---- elementwise, matmul, shapes, reductions --------------------------------------------------
+
+BROADCAST_SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((2, 1, 3), (1, 4, 3)), ((5,), (1,))]
+
+
+@pytest.mark.parametrize("op", [F.add, F.sub, F.mul, F.div])
+@pytest.mark.parametrize("shapes", BROADCAST_SHAPES)
+def test_arithmetic_broadcasting(op, shapes, device, rng):
+    a, b = (rng.uniform(0.5, 2.0, s) for s in shapes)              # b away from 0 for div
+    check_grad(op, [a, b], device)
+    expected = {F.add: a + b, F.sub: a - b, F.mul: a * b, F.div: a / b}[op]
+    numpy.testing.assert_allclose(forward(op, [a, b], device), expected, rtol=1e-12)
+
+
+def test_operators_and_python_scalars(device, rng):
+    check_grad(lambda a: 2.0 * a - 1 + a / 4.0 - (3 / a) * -a, [rng.uniform(1, 2, (3, 2))], device)
+    x = Tensor(backend.to_device(numpy.ones(3, numpy.float32), device))
+    assert (x * 2.5).dtype == numpy.float32 and (1 - x).device == device
+
+
+@pytest.mark.parametrize("fn,low", [(F.exp, -2.0), (F.log, 0.5), (F.neg, -2.0)])
+def test_unary(fn, low, device, rng):
+    check_grad(fn, [rng.uniform(low, low + 3.0, (4, 3))], device)
+
+
+def test_relu(device, rng):
+    x = distinct(rng, (3, 5), spacing=0.1)
+    check_grad(F.relu, [x], device)
+    numpy.testing.assert_array_equal(forward(F.relu, [x], device), numpy.maximum(x, 0))
+
+
+@pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((1, 1), (1, 7)), ((2, 3, 4), (4, 2)),
+                                    ((2, 1, 3, 4), (5, 4, 2))])
+def test_matmul(shapes, device, rng):
+    a, b = (rng.standard_normal(s) for s in shapes)
+    check_grad(F.matmul, [a, b], device)
+    numpy.testing.assert_allclose(forward(F.matmul, [a, b], device), a @ b, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("N", [1, 5])
+def test_linear(bias, N, device, rng):
+    x, W, b = rng.standard_normal((N, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)
+    if bias:
+        check_grad(F.linear, [x, W, b], device)
+        numpy.testing.assert_allclose(forward(F.linear, [x, W, b], device), x @ W.T + b, rtol=1e-12)
+    else:
+        check_grad(F.linear, [x, W], device)
+
+
+def test_shape_ops(device, rng):
+    x = rng.standard_normal((2, 3, 4))
+    check_grad(lambda t: t.reshape(4, 6), [x], device)
+    check_grad(lambda t: F.flatten(t), [x], device)
+    check_grad(lambda t: t.transpose(2, 0, 1), [x], device)
+    check_grad(lambda t: t.T, [x], device)
+    check_grad(lambda t: t[1:, ::2, 1], [x], device)
+    assert forward(lambda t: t.transpose(2, 0, 1), [x], device).shape == (4, 2, 3)
+
+
+@pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (1, True), ((0, 2), False),
+                                           (-1, True)])
+def test_reductions(axis, keepdims, device, rng):
+    x = rng.standard_normal((2, 3, 4))
+    check_grad(lambda t: F.sum(t, axis, keepdims), [x], device)
+    check_grad(lambda t: F.mean(t, axis, keepdims), [x], device)
+    numpy.testing.assert_allclose(forward(lambda t: F.mean(t, axis, keepdims), [x], device),
+                                  x.mean(axis=axis, keepdims=keepdims), rtol=1e-12)
+
+
+@pytest.mark.parametrize("axis", [0, 1, -1])
+def test_concat_and_split(axis, device, rng):
+    a, b, c = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
+    check_grad(lambda *t: F.concat(t, axis=axis), [a, b, c], device)
+    check_grad(lambda t: F.split(t, {0: [1, 1], 1: [1, 2], -1: [3, 1]}[axis], axis=axis), [a], device)
+    joined = forward(lambda *t: F.concat(t, axis=axis), [a, b, c], device)
+    numpy.testing.assert_array_equal(joined, numpy.concatenate([a, b, c], axis=axis))
+    pieces = F.split(Tensor(joined), a.shape[axis], axis=axis)
+    for piece, original in zip(pieces, (a, b, c)):
+        numpy.testing.assert_array_equal(piece.numpy(), original)
+
+
+def test_split_rejects_wrong_sizes():
+    with pytest.raises(ValueError, match="add up to 3"):
+        F.split(Tensor(numpy.zeros((4, 2))), [1, 2])
+
+
+# ---- convolution ------------------------------------------------------------------------------
+
+CONV_CASES = [  # (N, C, H, W), (O, kh, kw), stride, padding
+    ((1, 1, 5, 5), (1, 3, 3), 1, 0),
+    ((2, 3, 7, 6), (4, 3, 3), 1, 1),
+    ((1, 2, 9, 9), (3, 5, 5), 2, 2),
+    ((2, 3, 11, 11), (2, 3, 3), 2, 0),
+    ((1, 3, 15, 15), (2, 11, 11), 4, 0),          # conv1's kernel and stride, small input
+    ((3, 2, 6, 8), (3, 2, 3), (1, 2), (0, 1)),    # non-square everything
+    ((1, 4, 3, 3), (5, 1, 1), 1, 0),              # 1x1
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride,padding", CONV_CASES)
+def test_conv2d(x_shape, w_shape, stride, padding, device, rng):
+    O, kh, kw = w_shape
+    x = rng.standard_normal(x_shape)
+    W = rng.standard_normal((O, x_shape[1], kh, kw))
+    b = rng.standard_normal(O)
+    op = lambda x, W, b: F.conv2d(x, W, b, stride, padding)  # noqa: E731
+    expected = conv2d_loop(x, W, b, F._pair(stride), F._pair(padding))
+    numpy.testing.assert_allclose(forward(op, [x, W, b], device), expected, rtol=1e-10, atol=1e-12)
+    numpy.testing.assert_allclose(forward(op, [x, W, b], device, numpy.float32), expected,
+                                  rtol=1e-4, atol=1e-5)
+    check_grad(op, [x, W, b], device)
+
+
+def test_conv2d_without_bias(device, rng):
+    check_grad(lambda x, W: F.conv2d(x, W, padding=1), [rng.standard_normal((2, 2, 4, 4)),
+                                                        rng.standard_normal((3, 2, 3, 3))], device)
+
+
+def test_conv2d_explains_channel_mismatch():
+    with pytest.raises(ValueError, match="input has 4 channels but the weight"):
+        F.conv2d(Tensor(numpy.zeros((1, 4, 5, 5))), Tensor(numpy.zeros((2, 3, 3, 3))))
+
+
+def test_conv2d_explains_window_too_large():
+    with pytest.raises(ValueError, match="does not fit"):
+        F.conv2d(Tensor(numpy.zeros((1, 3, 5, 5))), Tensor(numpy.zeros((2, 3, 11, 11))), stride=4)
+
+
+# ---- max pooling ------------------------------------------------------------------------------
+
+POOL_CASES = [  # (N, C, H, W), kernel, stride
+    ((1, 1, 7, 7), 3, 2),            # overlapping 3/2, odd size: the last window ends on the border
+    ((2, 3, 8, 8), 3, 2),            # even size: the last row/column is in no window (floor mode)
+    ((1, 2, 13, 13), 3, 2),          # pool5: 13 -> 6
+    ((2, 2, 6, 6), 2, 2),            # non-overlapping
+    ((1, 3, 9, 10), (2, 3), (1, 2)),  # non-square window and stride
+    ((1, 1, 3, 3), 3, 1),            # one window
+]
+
+
+@pytest.mark.parametrize("x_shape,kernel,stride", POOL_CASES)
+def test_max_pool2d(x_shape, kernel, stride, device, rng):
+    x = distinct(rng, x_shape)
+    op = lambda t: F.max_pool2d(t, kernel, stride)  # noqa: E731
+    expected = max_pool_loop(x, F._pair(kernel), F._pair(stride))
+    numpy.testing.assert_array_equal(forward(op, [x], device), expected)
+    check_grad(op, [x], device, eps=1e-4)
+
+
+def test_max_pool2d_overlap_sends_gradient_to_every_window(device):
+    # One large pixel at (2, 2) is the maximum of all four overlapping 3x3/2 windows of a 5x5 map.
+    x = numpy.zeros((1, 1, 5, 5))
+    x[0, 0, 2, 2] = 1.0
+    t = tensors([x], device)[0]
+    F.max_pool2d(t, 3, 2).sum().backward()
+    assert backend.to_device(t.grad, "cpu")[0, 0, 2, 2] == 4.0
+
+
+def test_max_pool2d_alexnet_sizes():
+    for size, out in ((55, 27), (27, 13), (13, 6)):
+        assert F.max_pool2d(Tensor(numpy.zeros((1, 1, size, size))), 3, 2).shape == (1, 1, out, out)
+
+
+# ---- local response normalization -------------------------------------------------------------
+
+LRN_CASES = [  # C, n: channels below, at and above the window
+    (1, 5), (3, 5), (5, 5), (7, 5), (8, 3), (6, 1), (9, 7)]
+
+
+@pytest.mark.parametrize("C,n", LRN_CASES)
+@pytest.mark.parametrize("k,alpha,beta", [(2.0, 1e-4, 0.75), (1.0, 1.0, 0.75), (1.0, 0.5, 1.5)])
+def test_lrn(C, n, k, alpha, beta, device, rng):
+    x = rng.standard_normal((2, C, 3, 2))
+    op = lambda t: F.lrn(t, n, k, alpha, beta)  # noqa: E731
+    expected = lrn_loop(x, n, k, alpha, beta)
+    numpy.testing.assert_allclose(forward(op, [x], device), expected, rtol=1e-12)
+    numpy.testing.assert_allclose(forward(op, [x], device, numpy.float32), expected, rtol=1e-5)
+    check_grad(op, [x], device)
+
+
+def test_lrn_window_width_is_visible_with_alpha_one(device):
+    # With alpha=1, k=1 a window of 3 instead of 5 changes the output by far more than rounding.
+    x = numpy.arange(1.0, 8.0).reshape(1, 7, 1, 1)
+    five = forward(lambda t: F.lrn(t, 5, 1.0, 1.0, 0.75), [x], device)
+    three = forward(lambda t: F.lrn(t, 3, 1.0, 1.0, 0.75), [x], device)
+    numpy.testing.assert_allclose(five, lrn_loop(x, 5, 1.0, 1.0, 0.75), rtol=1e-12)
+    assert numpy.abs(five - three).max() > 0.01
+    # channel 3 sees channels 1..5: 1 + (4 + 9 + 16 + 25 + 36) = 91
+    assert five[0, 3, 0, 0] == pytest.approx(4.0 / 91.0 ** 0.75, rel=1e-12)
+
+
+def test_lrn_rejects_even_window():
+    with pytest.raises(ValueError, match="odd"):
+        F.lrn(Tensor(numpy.zeros((1, 4, 2, 2))), n=4)
+
+
+# ---- dropout ----------------------------------------------------------------------------------
+
+def test_dropout_is_inverted_and_its_gradient_uses_the_same_mask(device):
+    minigrad.manual_seed(0)
+    x = tensors([numpy.full((200, 100), 3.0)], device)[0]
+    y = F.dropout(x, 0.5, training=True)
+    values = y.numpy()
+    assert set(numpy.unique(values)) == {0.0, 6.0}                  # kept units are scaled by 2
+    assert abs((values == 0).mean() - 0.5) < 0.02
+    g = numpy.random.default_rng(1).standard_normal(values.shape)
+    y.backward(backend.to_device(g, device))
+    numpy.testing.assert_array_equal(backend.to_device(x.grad, "cpu"), g * (values / 3.0))
+
+
+def test_dropout_is_identity_in_eval_and_rejects_bad_p(device):
+    x = tensors([numpy.ones((4, 4))], device)[0]
+    assert F.dropout(x, 0.5, training=False) is x
+    with pytest.raises(ValueError, match="must be in"):
+        F.dropout(x, 1.0)
+
+
+# ---- softmax and loss -------------------------------------------------------------------------
+
+def test_log_softmax(device, rng):
+    x = rng.standard_normal((4, 6))
+    check_grad(F.log_softmax, [x], device)
+    expected = x - numpy.log(numpy.exp(x).sum(axis=1, keepdims=True))
+    numpy.testing.assert_allclose(forward(F.log_softmax, [x], device), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("N,classes", [(1, 2), (5, 7)])
+def test_cross_entropy(N, classes, device, rng):
+    labels = backend.to_device(rng.integers(0, classes, N), device)
+    check_grad(lambda x: F.cross_entropy(x, labels), [rng.standard_normal((N, classes))], device)
+
+
+def test_cross_entropy_of_uniform_logits_is_log_classes(device):
+    for classes in (2, 10, 1000):
+        loss = forward(lambda x: F.cross_entropy(x, numpy.arange(3) % classes), [numpy.zeros((3, classes))],
+                       device)
+        assert float(loss) == pytest.approx(math.log(classes), rel=1e-12)
+
+
+def test_cross_entropy_is_stable_for_huge_logits(device):
+    x = numpy.array([[1000.0, 0.0, -1000.0], [0.0, 3000.0, 0.0]])
+    loss = forward(lambda t: F.cross_entropy(t, numpy.array([0, 0])), [x], device, numpy.float32)
+    assert numpy.isfinite(loss) and float(loss) == pytest.approx(1500.0)
+
+
+def test_cross_entropy_explains_bad_labels():
+    logits = Tensor(numpy.zeros((2, 3)))
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 3\)"):
+        F.cross_entropy(logits, numpy.array([0, 3]))
+    with pytest.raises(ValueError, match="integer labels"):
+        F.cross_entropy(logits, numpy.array([0.0, 1.0]))
+
+
+# ---- the engine -------------------------------------------------------------------------------
+
+def test_backward_accumulates_and_handles_shared_inputs(device):
+    x = tensors([numpy.array([2.0, 3.0])], device)[0]
+    y = x * x + x                       # x reaches y along three paths
+    y.sum().backward()
+    (x * 4.0).sum().backward()          # a second backward adds to x.grad
+    numpy.testing.assert_array_equal(backend.to_device(x.grad, "cpu"), [2 * 2 + 1 + 4, 2 * 3 + 1 + 4])
+
+
+def test_no_grad_records_no_graph(device):
+    x = tensors([numpy.ones(3)], device)[0]
+    with minigrad.no_grad():
+        y = (x * 2).sum()
+    assert y._ctx is None
+    with pytest.raises(RuntimeError, match="does not require grad"):
+        y.backward()
+    assert minigrad.is_grad_enabled()
+
+
+def test_backward_needs_scalar_or_gradient():
+    x = Tensor(numpy.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="needs a scalar"):
+        (x * 2).backward()
+
+
+def test_a_deep_chain_needs_no_recursion():
+    x = Tensor(numpy.ones(2), requires_grad=True)
+    y = x
+    for _ in range(5000):
+        y = y + 1.0
+    y.sum().backward()
+    numpy.testing.assert_array_equal(x.grad, [1.0, 1.0])
+
+
+def test_default_dtype_is_float32_and_float64_is_kept():
+    assert Tensor([1.0, 2.0]).dtype == numpy.float32
+    assert Tensor(numpy.zeros(2)).dtype == numpy.float64
+    assert Tensor([1, 2]).dtype.kind == "i"
+    x = Tensor(numpy.ones((1, 3, 8, 8), numpy.float32))
+    W = Tensor(numpy.ones((2, 3, 3, 3), numpy.float32))
+    assert F.lrn(F.max_pool2d(F.conv2d(x, W), 3, 2)).dtype == numpy.float32
+
+
+def test_tensor_reports_its_device(device):
+    t = Tensor(backend.to_device(numpy.zeros(2), device))
+    assert t.device == device and t.to("cpu").device == "cpu"
+    assert t.to(device) is t
