@@ -1,0 +1,158 @@
+"""Modules, state dicts, SGD with the paper's update, and the plateau schedule."""
+import numpy
+import pytest
+
+import minigrad
+from minigrad import backend, nn, optim
+from minigrad import functional as F
+from minigrad.tensor import Tensor
+
+
+class TwoLayer(nn.Module):
+    def __init__(self, dtype=numpy.float32):
+        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, dtype=dtype), nn.ReLU(),
+                                      nn.LRN(n=3), nn.MaxPool2d(3, 2))
+        self.drop = nn.Dropout(0.5)
+        self.classifier = nn.Linear(4 * 3 * 3, 5, dtype=dtype)
+
+    def forward(self, x):
+        return self.classifier(self.drop(F.flatten(self.features(x))))
+
+
+def test_named_parameters_follow_attribute_order():
+    names = [name for name, _ in TwoLayer().named_parameters()]
+    assert names == ["features.0.weight", "features.0.bias", "classifier.weight", "classifier.bias"]
+
+
+def test_state_dict_round_trip_copies_values():
+    minigrad.manual_seed(0)
+    a = TwoLayer()
+    minigrad.manual_seed(1)
+    b = TwoLayer()
+    state = a.state_dict()
+    assert all(isinstance(v, numpy.ndarray) for v in state.values())
+    b.load_state_dict(state)
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        numpy.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+    state["classifier.bias"][:] = 7.0                     # a copy: the model is unchanged
+    assert not numpy.any(a.classifier.bias.numpy() == 7.0)
+
+
+def test_load_state_dict_names_every_problem():
+    model = TwoLayer()
+    state = model.state_dict()
+    del state["classifier.bias"]
+    state["extra.weight"] = numpy.zeros(2)
+    state["features.0.weight"] = numpy.zeros((4, 3, 5, 5))
+    with pytest.raises(ValueError) as error:
+        model.load_state_dict(state)
+    message = str(error.value)
+    assert "missing keys: classifier.bias" in message
+    assert "unexpected keys: extra.weight" in message
+    assert "features.0.weight (4, 3, 5, 5) (expected (4, 3, 3, 3))" in message
+
+
+def test_train_and_eval_switch_dropout():
+    model = TwoLayer()
+    x = Tensor(numpy.random.default_rng(0).standard_normal((2, 3, 7, 7)).astype(numpy.float32))
+    model.eval()
+    assert not model.drop.training and not model.features[0].training
+    numpy.testing.assert_array_equal(model(x).numpy(), model(x).numpy())
+    model.train()
+    assert model.drop.training
+    assert not numpy.array_equal(model(x).numpy(), model(x).numpy())
+
+
+def test_a_whole_model_passes_gradcheck_in_float64():
+    minigrad.manual_seed(0)
+    model = TwoLayer(dtype=numpy.float64).eval()
+    x = numpy.random.default_rng(0).standard_normal((2, 3, 7, 7))
+    labels = numpy.array([1, 4])
+    assert minigrad.gradcheck(lambda *params: F.cross_entropy(model(Tensor(x)), labels),
+                              model.parameters())
+
+
+def test_module_to_moves_parameters(device):
+    model = TwoLayer().to(device)
+    assert {p.device for p in model.parameters()} == {device}
+
+
+def test_sgd_step_is_the_papers_formula(device):
+    rng = numpy.random.default_rng(0)
+    w0, g0, g1 = (rng.standard_normal((3, 4)) for _ in range(3))
+    w = nn.Parameter(backend.to_device(w0.copy(), device))
+    sgd = optim.SGD([w], lr=0.01, momentum=0.9, weight_decay=0.0005)
+    v = numpy.zeros_like(w0)
+    expected = w0.copy()
+    for g in (g0, g1):
+        w.grad = backend.to_device(g, device)
+        sgd.step()
+        v = 0.9 * v - 0.0005 * 0.01 * expected - 0.01 * g
+        expected = expected + v
+        numpy.testing.assert_array_equal(w.numpy(), expected)
+
+
+def test_sgd_skips_parameters_without_gradient():
+    w = nn.Parameter(numpy.ones(3))
+    optim.SGD([w]).step()
+    numpy.testing.assert_array_equal(w.numpy(), numpy.ones(3))
+
+
+def test_sgd_state_dict_round_trip_includes_momentum():
+    rng = numpy.random.default_rng(0)
+    params = [nn.Parameter(rng.standard_normal(3)) for _ in range(2)]
+    twins = [nn.Parameter(p.numpy().copy()) for p in params]
+    a, b = optim.SGD(params, lr=0.1), optim.SGD(twins, lr=0.5)
+    for p in params:
+        p.grad = rng.standard_normal(3)
+    a.step()
+    state = a.state_dict()
+    b.load_state_dict(state)
+    for p, q in zip(params, twins):
+        q.data = p.data.copy()
+    grads = [rng.standard_normal(3) for _ in params]
+    for p, q, g in zip(params, twins, grads):
+        p.grad, q.grad = g, g.copy()
+    a.step()
+    b.step()
+    assert b.lr == 0.1
+    for p, q in zip(params, twins):
+        numpy.testing.assert_array_equal(p.numpy(), q.numpy())
+
+
+def test_sgd_load_state_dict_rejects_other_shapes():
+    a = optim.SGD([nn.Parameter(numpy.ones(3))])
+    a.params[0].grad = numpy.ones(3)
+    a.step()
+    b = optim.SGD([nn.Parameter(numpy.ones(4))])
+    with pytest.raises(ValueError, match="momentum buffer 0 has shape"):
+        b.load_state_dict(a.state_dict())
+
+
+def test_plateau_schedule_divides_by_ten_after_patience():
+    sgd = optim.SGD([nn.Parameter(numpy.ones(1))], lr=0.01)
+    schedule = optim.ReduceLROnPlateau(sgd, patience=2)
+    reduced = [schedule.step(m) for m in (0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7)]
+    assert reduced == [False, False, False, True, False, False, True]
+    assert sgd.lr == pytest.approx(0.0001)
+    other = optim.ReduceLROnPlateau(sgd, patience=2)
+    other.load_state_dict(schedule.state_dict())
+    assert (other.best, other.bad_evals) == (0.7, 0)
+
+
+def test_training_a_tiny_model_lowers_the_loss():
+    minigrad.manual_seed(0)
+    rng = numpy.random.default_rng(0)
+    x = Tensor(rng.standard_normal((8, 3, 7, 7)).astype(numpy.float32))
+    labels = rng.integers(0, 5, 8)
+    model = TwoLayer()
+    model.drop.p = 0.0
+    sgd = optim.SGD(model.parameters(), lr=0.05)
+    losses = []
+    for _ in range(30):
+        sgd.zero_grad()
+        loss = F.cross_entropy(model(x), labels)
+        loss.backward()
+        sgd.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]
