@@ -1,0 +1,189 @@
+"""The two-tower AlexNet of Krizhevsky, Sutskever and Hinton (2012), section 3 and Figure 2.
+
+Two towers ("a" and "b", one per GPU in the paper) run side by side; each owns half of every
+layer's kernels. They exchange activations at three places only: conv3, fc6 and fc7 (and fc8)
+read the outputs of both towers, every other layer reads its own tower alone.
+
+    per tower            reads          output (paper preset, one image)
+    conv1 11x11 /4       the image      48x55x55 -> relu, LRN, maxpool 3/2 -> 48x27x27
+    conv2 5x5 pad 2      own tower      128x27x27 -> relu, LRN, maxpool 3/2 -> 128x13x13
+    conv3 3x3 pad 1      BOTH towers    192x13x13 -> relu
+    conv4 3x3 pad 1      own tower      192x13x13 -> relu
+    conv5 3x3 pad 1      own tower      128x13x13 -> relu, maxpool 3/2 -> 128x6x6
+    fc6                  BOTH towers    2048 -> relu, dropout 0.5
+    fc7                  BOTH towers    2048 -> relu, dropout 0.5
+    fc8 (tower a only)   BOTH towers    num_classes logits
+
+The input is 227x227 (the paper says 224; 227 makes (227 - 11) / 4 + 1 = 55 exact).
+"""
+from dataclasses import dataclass
+
+import numpy
+
+import minigrad
+from minigrad import backend, nn
+from minigrad import functional as F
+from minigrad import random as mg_random
+
+
+@dataclass(frozen=True)
+class Preset:
+    """The sizes of one network of the AlexNet structure (widths are per tower)."""
+    input_size: int
+    conv1_kernel: int
+    conv1_stride: int
+    widths: tuple          # output channels of conv1..conv5 in one tower
+    fc_width: int          # units of fc6 and fc7 in one tower
+
+    def feature_size(self):
+        """Side of pool5's output: conv1, then three 3/2 poolings (convs 2-5 keep the size)."""
+        side = (self.input_size - self.conv1_kernel) // self.conv1_stride + 1
+        for _ in range(3):
+            side = (side - 3) // 2 + 1
+        return side
+
+
+PRESETS = {
+    # The network of the paper: 60,965,224 parameters with 1000 classes.
+    "paper": Preset(input_size=227, conv1_kernel=11, conv1_stride=4,
+                    widths=(48, 128, 192, 192, 128), fc_width=2048),
+    # The same structure at a size a 2-core CPU trains in minutes: 99 -> 23 -> 11 -> 5 -> 2.
+    "small": Preset(input_size=99, conv1_kernel=11, conv1_stride=4,
+                    widths=(16, 48, 64, 64, 48), fc_width=256),
+    # For whole-network gradient checks: conv1 5x5/2 (an 11x11/4 needs an input of 67 or more).
+    "tiny": Preset(input_size=35, conv1_kernel=5, conv1_stride=2,
+                   widths=(2, 4, 4, 4, 4), fc_width=6),
+}
+
+# Section 5: "We initialized the neuron biases in the second, fourth, and fifth convolutional
+# layers, as well as in the fully-connected hidden layers, with the constant 1."
+PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
+
+_announced_cpu = False
+
+
+def default_devices():
+    """Two GPUs: (0, 1); one: (0, 0); none: ("cpu", "cpu"), said once."""
+    global _announced_cpu
+    count = backend.gpu_count()
+    if count >= 2:
+        return 0, 1
+    if count == 1:
+        return 0, 0
+    if not _announced_cpu:
+        print("alexnet: no GPU found, both towers run on the CPU (NumPy)")
+        _announced_cpu = True
+    return "cpu", "cpu"
+
+
+class AlexNet(nn.Module):
+    """AlexNet with explicit towers: conv1a/conv1b ... fc7a/fc7b, and fc8 on tower a's device.
+
+    num_classes: size of fc8.  devices: (device of tower a, device of tower b), each "cpu" or
+    a GPU id; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
+    init: "paper" (section 5: weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7
+    and 0 elsewhere) or "kaiming" (He normal weights, zero biases; trains reliably from scratch
+    on small data sets, where the paper's recipe often sits at chance for a long time).
+    preset: "paper", "small" or "tiny" (see PRESETS), or a Preset.
+    """
+
+    def __init__(self, num_classes=1000, devices=None, dtype=numpy.float32, init="paper",
+                 preset="paper"):
+        if init not in ("paper", "kaiming"):
+            raise ValueError(f"unknown init {init!r}: use 'paper' or 'kaiming'")
+        if isinstance(preset, str):
+            if preset not in PRESETS:
+                raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
+            preset = PRESETS[preset]
+        self.preset, self.num_classes, self.init = preset, num_classes, init
+        c1, c2, c3, c4, c5 = preset.widths
+        fc, side = preset.fc_width, preset.feature_size()
+        k, s = preset.conv1_kernel, preset.conv1_stride
+        for t in "ab":
+            setattr(self, f"conv1{t}", nn.Conv2d(3, c1, k, stride=s, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"conv2{t}", nn.Conv2d(c1, c2, 5, padding=2, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"conv3{t}", nn.Conv2d(2 * c2, c3, 3, padding=1, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"conv4{t}", nn.Conv2d(c3, c4, 3, padding=1, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"conv5{t}", nn.Conv2d(c4, c5, 3, padding=1, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"fc6{t}", nn.Linear(2 * c5 * side * side, fc, dtype=dtype))
+        for t in "ab":
+            setattr(self, f"fc7{t}", nn.Linear(2 * fc, fc, dtype=dtype))
+        self.fc8 = nn.Linear(2 * fc, num_classes, dtype=dtype)
+        self.lrn = nn.LRN(n=5, k=2.0, alpha=1e-4, beta=0.75)
+        self.pool = nn.MaxPool2d(3, stride=2)
+        self.dropout = nn.Dropout(0.5)
+        if init == "paper":
+            self._paper_init()
+        self.devices = tuple(backend.parse_device(d) for d in (devices or default_devices()))
+        self._place()
+
+    def _paper_init(self):
+        for name, p in self.named_parameters():
+            layer, kind = name.split(".")
+            if kind == "weight":
+                p.data = (mg_random.generator().standard_normal(p.shape) * 0.01).astype(p.dtype)
+            else:
+                one = layer.rstrip("ab") in PAPER_BIAS_ONE          # "conv2a" -> "conv2"
+                p.data = numpy.full(p.shape, 1.0 if one else 0.0, p.dtype)
+
+    def tower_layers(self, tower):
+        """The layers of tower "a" or "b" (fc8 belongs to tower a)."""
+        names = [f"conv{i}{tower}" for i in range(1, 6)] + [f"fc6{tower}", f"fc7{tower}"]
+        return [getattr(self, n) for n in names] + ([self.fc8] if tower == "a" else [])
+
+    def _place(self):
+        for tower, device in zip("ab", self.devices):
+            for layer in self.tower_layers(tower):
+                layer.to(device)
+
+    def to(self, device):
+        """Both towers onto one device."""
+        self.devices = (backend.parse_device(device),) * 2
+        self._place()
+        return self
+
+    def forward(self, x, trace=None):
+        """x (N, 3, S, S) array or Tensor -> logits (N, num_classes) on tower a's device.
+
+        trace: an optional dict that receives every intermediate Tensor by name (for tests
+        and for looking inside).
+        """
+        x = x if isinstance(x, minigrad.Tensor) else minigrad.Tensor(x)
+        expected = (3, self.preset.input_size, self.preset.input_size)
+        if x.ndim != 4 or x.shape[1:] != expected:
+            raise ValueError(f"AlexNet expects images of shape (N, {', '.join(map(str, expected))}), "
+                             f"got {x.shape}; crop or resize the input to the preset's size")
+        da, db = self.devices
+        record = trace.__setitem__ if trace is not None else (lambda name, value: None)
+
+        def join(a, b, device):               # the towers meet: both halves onto one device
+            return F.concat([a, b], axis=1, device=device)
+
+        a, b = x.to(da), x.to(db)
+        for i in (1, 2):                      # conv -> relu -> LRN -> pool, each tower alone
+            a = self.pool(self.lrn(F.relu(getattr(self, f"conv{i}a")(a))))
+            b = self.pool(self.lrn(F.relu(getattr(self, f"conv{i}b")(b))))
+            record(f"pool{i}a", a), record(f"pool{i}b", b)
+        a, b = F.relu(self.conv3a(join(a, b, da))), F.relu(self.conv3b(join(a, b, db)))
+        record("conv3a", a), record("conv3b", b)
+        a, b = F.relu(self.conv4a(a)), F.relu(self.conv4b(b))
+        record("conv4a", a), record("conv4b", b)
+        a, b = self.pool(F.relu(self.conv5a(a))), self.pool(F.relu(self.conv5b(b)))
+        record("pool5a", a), record("pool5b", b)
+        a, b = F.flatten(a), F.flatten(b)     # (N, C*H*W) in C, H, W order
+        for i in (6, 7):
+            a, b = (self.dropout(F.relu(getattr(self, f"fc{i}a")(join(a, b, da)))),
+                    self.dropout(F.relu(getattr(self, f"fc{i}b")(join(a, b, db)))))
+            record(f"fc{i}a", a), record(f"fc{i}b", b)
+        logits = self.fc8(join(a, b, da))
+        record("fc8", logits)
+        return logits
+
+
+def parameter_count(model):
+    return sum(int(numpy.prod(p.shape)) for p in model.parameters())

@@ -1,0 +1,110 @@
+"""The paper's numbers: parameter count, every shape, the towers' devices; whole-net gradients."""
+import numpy
+import pytest
+
+import minigrad
+from alexnet import AlexNet, parameter_count
+from minigrad import backend
+from minigrad import functional as F
+
+PAPER_SHAPES = {  # PAPER.md's table, per tower, one image
+    "pool1a": (48, 27, 27), "pool1b": (48, 27, 27), "pool2a": (128, 13, 13), "pool2b": (128, 13, 13),
+    "conv3a": (192, 13, 13), "conv3b": (192, 13, 13), "conv4a": (192, 13, 13), "conv4b": (192, 13, 13),
+    "pool5a": (128, 6, 6), "pool5b": (128, 6, 6), "fc6a": (2048,), "fc6b": (2048,),
+    "fc7a": (2048,), "fc7b": (2048,), "fc8": (1000,)}
+
+
+@pytest.fixture(scope="module")
+def paper_net():
+    minigrad.manual_seed(0)
+    return AlexNet(devices=("cpu", "cpu"))
+
+
+def test_paper_network_has_60965224_parameters(paper_net):
+    assert parameter_count(paper_net) == 60_965_224
+
+
+def test_state_dict_names_and_shapes(paper_net):
+    state = paper_net.state_dict()
+    layers = [f"conv{i}{t}" for i in range(1, 6) for t in "ab"] + \
+             [f"fc{i}{t}" for i in (6, 7) for t in "ab"] + ["fc8"]
+    assert list(state) == [f"{layer}.{kind}" for layer in layers for kind in ("weight", "bias")]
+    assert state["conv1a.weight"].shape == (48, 3, 11, 11)
+    assert state["conv3b.weight"].shape == (192, 256, 3, 3)          # reads both towers
+    assert state["conv4a.weight"].shape == (192, 192, 3, 3)          # reads its own tower
+    assert state["fc6a.weight"].shape == (2048, 9216)
+    assert state["fc8.weight"].shape == (1000, 4096)
+
+
+def test_every_intermediate_shape_matches_the_paper(paper_net):
+    trace = {}
+    x = numpy.random.default_rng(0).standard_normal((1, 3, 227, 227)).astype(numpy.float32)
+    logits = paper_net.eval()(x, trace=trace)
+    assert {name: t.shape[1:] for name, t in trace.items()} == PAPER_SHAPES
+    assert logits.shape == (1, 1000) and logits.dtype == numpy.float32
+
+
+def test_paper_init(paper_net):
+    state = paper_net.state_dict()
+    for name, value in state.items():
+        layer, kind = name.split(".")
+        if kind == "bias":
+            expected = 1.0 if layer.rstrip("ab") in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            assert numpy.all(value == expected), name
+    assert state["fc6a.weight"].std() == pytest.approx(0.01, rel=0.01)
+
+
+def test_fc6_reads_pool5a_then_pool5b_in_chw_order():
+    minigrad.manual_seed(0)
+    net = AlexNet(num_classes=3, preset="tiny", dtype=numpy.float64, devices=("cpu", "cpu")).eval()
+    trace = {}
+    x = numpy.random.default_rng(0).standard_normal((2, 3, 35, 35))
+    net(x, trace=trace)
+    joined = numpy.concatenate([trace["pool5a"].numpy().reshape(2, -1),
+                                trace["pool5b"].numpy().reshape(2, -1)], axis=1)
+    W, b = net.fc6a.weight.numpy(), net.fc6a.bias.numpy()
+    numpy.testing.assert_allclose(trace["fc6a"].numpy(), numpy.maximum(joined @ W.T + b, 0), rtol=1e-12)
+
+
+def test_whole_network_gradcheck_float64():
+    minigrad.manual_seed(3)
+    net = AlexNet(num_classes=3, preset="tiny", dtype=numpy.float64, init="kaiming",
+                  devices=("cpu", "cpu")).eval()
+    x = numpy.random.default_rng(1).standard_normal((2, 3, 35, 35))
+    labels = numpy.array([0, 2])
+    assert minigrad.gradcheck(lambda *params: F.cross_entropy(net(x), labels), net.parameters(),
+                              atol=1e-6, rtol=1e-4)
+
+
+def test_eval_is_deterministic_and_train_is_not():
+    minigrad.manual_seed(0)
+    net = AlexNet(num_classes=5, preset="tiny", init="kaiming", devices=("cpu", "cpu"))
+    x = numpy.random.default_rng(0).standard_normal((4, 3, 35, 35)).astype(numpy.float32)
+    net.eval()
+    numpy.testing.assert_array_equal(net(x).numpy(), net(x).numpy())
+    net.train()
+    assert not numpy.array_equal(net(x).numpy(), net(x).numpy())
+
+
+def test_wrong_input_size_is_explained():
+    net = AlexNet(num_classes=5, preset="tiny", devices=("cpu", "cpu"))
+    with pytest.raises(ValueError, match=r"expects images of shape \(N, 3, 35, 35\)"):
+        net(numpy.zeros((1, 3, 36, 36), numpy.float32))
+
+
+@pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU: the towers need a CUDA device")
+def test_every_parameter_activation_and_gradient_lives_on_its_towers_device():
+    # With one GPU, tower b on the CPU makes every join a real cross-device copy.
+    devices = (0, 1) if backend.gpu_count() >= 2 else (0, "cpu")
+    minigrad.manual_seed(0)
+    net = AlexNet(num_classes=4, preset="tiny", init="kaiming", devices=devices)
+    trace = {}
+    loss = F.cross_entropy(net(numpy.zeros((2, 3, 35, 35), numpy.float32) + 0.5, trace=trace),
+                           numpy.array([0, 3]))
+    loss.backward()
+    for name, t in trace.items():
+        assert t.device == (devices[0] if name == "fc8" or name.endswith("a") else devices[1]), name
+    for tower, device in zip("ab", devices):
+        for layer in net.tower_layers(tower):
+            for p in layer.parameters():
+                assert p.device == device and backend.device_of(p.grad) == device
