@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, run on a fresh machine, with the results collected in OUTDIR:
+#   env.json         device, driver, CUDA runtime, CuPy and NumPy versions, git commit, date
+#   pytest.log       the whole test suite, slow tests included, with the reasons for skips
+#   kernels.json     bench/kernels.py: time and bandwidth of every CUDA kernel (kernels.log: its table)
+#   ops.log, train_step.log   bench/ops.py and bench/train_step.py, where they exist
+#   summary.txt      one line per step
+# The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
+# A failing step does not stop the others; the exit status is 1 when any failed.
+#
+#   bash bench/gpu_run.sh OUTDIR
+set -u
+
+if [ $# -ne 1 ]; then
+    echo "usage: bash bench/gpu_run.sh OUTDIR" >&2
+    exit 2
+fi
+mkdir -p "$1" || exit 2
+OUT=$(cd "$1" && pwd)
+cd "$(dirname "$0")/.." || exit 2
+PY=${PYTHON:-python3}
+SUMMARY=()
+FAILED=0
+
+# step NAME LOG COMMAND...: run COMMAND with its output in OUTDIR/LOG, and note how it went.
+step() {
+    local name=$1 log=$2
+    shift 2
+    echo "== $name (log: $OUT/$log)"
+    "$@" > "$OUT/$log" 2>&1
+    local status=$?
+    tail -n 3 "$OUT/$log"
+    if [ $status -eq 0 ]; then
+        SUMMARY+=("$(printf '%-12s ok      %s' "$name" "$log")")
+    else
+        SUMMARY+=("$(printf '%-12s FAILED  %s (exit status %d)' "$name" "$log" $status)")
+        FAILED=1
+    fi
+}
+
+echo "== install (log: $OUT/install.log)"
+if "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1; then
+    SUMMARY+=("$(printf '%-12s ok      %s' install install.log)")
+else
+    echo "pip install failed; using the source tree through PYTHONPATH instead"
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+    SUMMARY+=("$(printf '%-12s pip failed (install.log), so PYTHONPATH=%s' install "$PWD")")
+fi
+
+step environment env.log "$PY" - "$OUT/env.json" <<'EOF'
+import datetime, json, platform, subprocess, sys
+
+import numpy
+
+
+def run(*command):
+    try:
+        return subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
+env = {
+    "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "python": platform.python_version(),
+    "numpy": numpy.__version__,
+    "git_commit": run("git", "rev-parse", "HEAD"),
+    "git_uncommitted_changes": bool(run("git", "status", "--porcelain")),
+    "driver_version": run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"),
+}
+try:
+    import cupy
+    runtime = cupy.cuda.runtime
+    env.update(cupy=cupy.__version__, device=runtime.getDeviceProperties(0)["name"].decode(),
+               device_count=runtime.getDeviceCount(), driver_cuda_version=runtime.driverGetVersion(),
+               cuda_runtime_version=runtime.runtimeGetVersion())
+except Exception as error:  # no CuPy, no driver or no device: say which, and still write the file
+    env["gpu_error"] = f"{type(error).__name__}: {error}"
+with open(sys.argv[1], "w") as f:
+    json.dump(env, f, indent=2)
+print(json.dumps(env, indent=2))
+sys.exit("gpu_error" in env)
+EOF
+
+step tests pytest.log "$PY" -m pytest -q -rs -m "not slow or slow"
+step kernels kernels.log "$PY" bench/kernels.py --json "$OUT/kernels.json"
+for bench in ops train_step; do
+    if [ -f "bench/$bench.py" ]; then
+        step "$bench" "$bench.log" "$PY" "bench/$bench.py"
+    else
+        SUMMARY+=("$(printf '%-12s skipped (bench/%s.py does not exist)' "$bench" "$bench")")
+    fi
+done
+
+echo "== summary (also in $OUT/summary.txt)"
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+exit $FAILED

@@ -1,0 +1,115 @@
+"""Time every CUDA kernel of minigrad at AlexNet's batch-128 shapes and compare the memory
+bandwidth it reaches with the GPU's peak.
+
+    python bench/kernels.py [--repeat 30] [--json PATH]
+
+Shapes are one tower's (PAPER.md), float32. A kernel is timed alone: its plan is made once and
+the compiled kernel launched `--inner` times between two CUDA events, so neither allocation nor
+the Python around a call is counted; the table gives the median over `--repeat` such timings.
+Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
+once) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
+and can still come near the peak because the repeats hit the cache. max_pool_backward's time
+leaves out the zeroing of gx, which its plan does with a separate CuPy fill.
+
+Without a GPU it prints one line saying so and exits with status 0.
+"""
+import argparse
+import json
+import statistics
+import sys
+
+from minigrad import backend, cuda
+
+BATCH = 128
+CONVS = [  # name, input shape, (kh, kw, sy, sx, ph, pw)
+    ("conv1", (BATCH, 3, 227, 227), (11, 11, 4, 4, 0, 0)),
+    ("conv2", (BATCH, 48, 27, 27), (5, 5, 1, 1, 2, 2)),
+    ("conv3", (BATCH, 256, 13, 13), (3, 3, 1, 1, 1, 1)),
+]
+POOLS = [("pool1", (BATCH, 48, 55, 55)), ("pool2", (BATCH, 128, 27, 27)), ("pool5", (BATCH, 128, 13, 13))]
+LRNS = [("lrn1", (BATCH, 48, 55, 55)), ("lrn2", (BATCH, 128, 27, 27))]
+LRN = dict(n=5, k=2.0, alpha=1e-4, beta=0.75)
+# CUDA runtime device attributes: cudaDevAttrMemoryClockRate (kHz), cudaDevAttrGlobalMemoryBusWidth (bits)
+MEMORY_CLOCK_KHZ, MEMORY_BUS_BITS = 36, 37
+
+
+def plans(cupy):
+    """(layer, plan) of every kernel at every AlexNet shape, made one at a time to bound memory."""
+    rng = cupy.random.default_rng(0)
+
+    def normal(shape):
+        return rng.standard_normal(shape, dtype=cupy.float32)
+
+    for layer, shape, geometry in CONVS:
+        x = normal(shape)
+        yield layer, cuda.plan_im2col(x, *geometry)
+        yield layer, cuda.plan_col2im(cuda.im2col(x, *geometry), shape, *geometry)
+    for layer, shape in POOLS:
+        x = normal(shape)
+        yield layer, cuda.plan_max_pool_forward(x, 3, 3, 2, 2)
+        y, argmax = cuda.max_pool_forward(x, 3, 3, 2, 2)
+        yield layer, cuda.plan_max_pool_backward(normal(y.shape), argmax, shape)
+    for layer, shape in LRNS:
+        x = normal(shape)
+        yield layer, cuda.plan_lrn_forward(x, **LRN)
+        y, scale = cuda.lrn_forward(x, **LRN)
+        yield layer, cuda.plan_lrn_backward(normal(shape), x, y, scale, LRN["n"], LRN["alpha"], LRN["beta"])
+
+
+def median_seconds(cupy, plan, repeat, inner):
+    """Median time of one launch of `plan`'s kernel, by CUDA events around `inner` launches."""
+    cuda.launch(plan)                                                   # compiles, and checks the plan
+    kernel = cuda.compiled_module(plan.module).get_function(plan.kernel)
+    start, end = cupy.cuda.Event(), cupy.cuda.Event()
+    times = []
+    for _ in range(repeat):
+        start.record()
+        for _ in range(inner):
+            kernel(plan.grid, plan.block, plan.args)
+        end.record()
+        end.synchronize()
+        times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner)
+    return statistics.median(times)
+
+
+def peak_bandwidth(cupy, device):
+    """Bytes per second the memory can move: 2 transfers per clock (DDR) times the bus width.
+    Asked of cudaDeviceGetAttribute: CUDA 13 dropped the clock from cudaDeviceProp."""
+    clock_hz = cupy.cuda.runtime.deviceGetAttribute(MEMORY_CLOCK_KHZ, device) * 1e3
+    bus_bytes = cupy.cuda.runtime.deviceGetAttribute(MEMORY_BUS_BITS, device) / 8
+    return 2 * clock_hz * bus_bytes
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeat", type=int, default=30, help="timings per kernel; the median is reported")
+    parser.add_argument("--inner", type=int, default=10, help="launches per timing")
+    parser.add_argument("--json", metavar="PATH", help="also write the results to PATH as JSON")
+    args = parser.parse_args(argv)
+    if backend.gpu_count() == 0:
+        print("no GPU: bench/kernels.py needs CuPy and a CUDA device, so there is nothing to time")
+        return 0
+    cupy = backend.cupy
+    device = cupy.cuda.runtime.getDevice()
+    name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
+    peak = peak_bandwidth(cupy, device)
+    print(f"{name}: peak memory bandwidth {peak / 1e9:.0f} GB/s (2 x memory clock x bus width)")
+    print(f"{'kernel':<26}{'layer':<7}{'input':<16}{'time us':>10}{'MB':>9}{'GB/s':>9}{'% peak':>8}")
+    results = []
+    for layer, plan in plans(cupy):
+        seconds = median_seconds(cupy, plan, args.repeat, args.inner)
+        moved = sum(a.nbytes for a in plan.args if isinstance(a, cupy.ndarray))
+        shape = "x".join(map(str, plan.args[0].shape))
+        results.append(dict(kernel=plan.kernel, layer=layer, input_shape=plan.args[0].shape,
+                            seconds=seconds, bytes=moved, bandwidth=moved / seconds))
+        print(f"{plan.kernel:<26}{layer:<7}{shape:<16}{seconds * 1e6:>10.1f}{moved / 1e6:>9.1f}"
+              f"{moved / seconds / 1e9:>9.0f}{100 * moved / seconds / peak:>7.0f}%")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(device=name, peak_bandwidth=peak, batch=BATCH, repeat=args.repeat,
+                           inner=args.inner, results=results), f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

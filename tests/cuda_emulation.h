@@ -1,0 +1,36 @@
+// Just enough CUDA for g++ to compile minigrad/kernels/*.cu for the CPU, so that the tests run
+// the kernels' own code without a GPU (tests/cuda_emulator.py includes this, then the .cu file).
+//
+// The emulator calls the kernel once per thread, one thread after the other, after setting
+// blockIdx and threadIdx. That is faithful for kernels whose threads never wait for each other
+// (no __shared__ memory, no __syncthreads), which is all of minigrad's.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+
+#define __global__
+#define __device__
+#define __forceinline__ inline
+// __restrict__ is a g++ keyword already.
+
+struct dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+// CUDA's built-in variables; the launcher sets them before each call.
+static dim3 gridDim, blockDim, blockIdx, threadIdx;
+
+// CUDA has these for int, float and double in device code without any include.
+using std::isnan;
+using std::min;
+using std::pow;
+
+// Threads run one at a time, so an atomic add is a plain one.
+template <typename T>
+T atomicAdd(T* address, T value)
+{
+    const T old = *address;
+    *address = old + value;
+    return old;
+}
