@@ -8,8 +8,7 @@ the compiled kernel launched `--inner` times between two CUDA events, so neither
 the Python around a call is counted; the table gives the median over `--repeat` such timings.
 Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
 once) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
-and can still come near the peak because the repeats hit the cache. max_pool_backward's time
-leaves out the zeroing of gx, which its plan does with a separate CuPy fill.
+and can still come near the peak because the repeats hit the cache.
 
 Without a GPU it prints one line saying so and exits with status 0.
 """
@@ -48,7 +47,7 @@ def plans(cupy):
         x = normal(shape)
         yield layer, cuda.plan_max_pool_forward(x, 3, 3, 2, 2)
         y, argmax = cuda.max_pool_forward(x, 3, 3, 2, 2)
-        yield layer, cuda.plan_max_pool_backward(normal(y.shape), argmax, shape)
+        yield layer, cuda.plan_max_pool_backward(normal(y.shape), argmax, shape, 3, 3, 2, 2)
     for layer, shape in LRNS:
         x = normal(shape)
         yield layer, cuda.plan_lrn_forward(x, **LRN)

@@ -55,9 +55,9 @@ def max_pool_forward(x, kh, kw, sy, sx):
     return _run(plan_max_pool_forward, x, kh, kw, sy, sx)
 
 
-def max_pool_backward(gy, argmax, x_shape):
+def max_pool_backward(gy, argmax, x_shape, kh, kw, sy, sx):
     """reference.max_pool_backward on the GPU: gy, argmax (N, C, OH, OW) -> gx (N, C, H, W)."""
-    return _run(plan_max_pool_backward, gy, argmax, x_shape)[0]
+    return _run(plan_max_pool_backward, gy, argmax, x_shape, kh, kw, sy, sx)[0]
 
 
 def lrn_forward(x, n, k, alpha, beta):
@@ -124,17 +124,17 @@ def plan_max_pool_forward(x, kh, kw, sy, sx):
     return _plan("pooling", "max_pool_forward", x.dtype, N * C * OH * OW, args, (y, argmax))
 
 
-def plan_max_pool_backward(gy, argmax, x_shape):
-    """max_pool_backward<T>: one thread per output, atomically adding its gy onto gx (zeroed here)."""
+def plan_max_pool_backward(gy, argmax, x_shape, kh, kw, sy, sx):
+    """max_pool_backward<T>: one thread per input pixel (n, c, iy, ix), gathering from the windows."""
     xp = backend.get_array_module(gy)
     N, C, H, W = x_shape
-    _, _, OH, OW = gy.shape
+    OH, OW = conv_output_size(H, kh, sy, 0), conv_output_size(W, kw, sx, 0)
     _require_shape("gy", gy, (N, C, OH, OW))
     _require_shape("argmax", argmax, gy.shape)
     gy, argmax = xp.ascontiguousarray(gy), xp.ascontiguousarray(argmax)
-    gx = xp.zeros((N, C, H, W), gy.dtype)                               # (N, C, H, W)
-    args = (gy, argmax, gx, *_c_ints(N, C, H, W, OH, OW))
-    return _plan("pooling", "max_pool_backward", gy.dtype, N * C * OH * OW, args, (gx,))
+    gx = xp.empty((N, C, H, W), gy.dtype)                               # (N, C, H, W)
+    args = (gy, argmax, gx, *_c_ints(N, C, H, W, kh, kw, sy, sx, OH, OW))
+    return _plan("pooling", "max_pool_backward", gy.dtype, N * C * H * W, args, (gx,))
 
 
 def plan_lrn_forward(x, n, k, alpha, beta):

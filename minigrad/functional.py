@@ -376,11 +376,11 @@ class MaxPool2d(Function):
 
     def forward(self, x, *, kernel_size, stride):
         y, self.argmax = _kernels(x).max_pool_forward(x, *kernel_size, *stride)
-        self.x_shape = x.shape
+        self.x_shape, self.kernel_size, self.stride = x.shape, kernel_size, stride
         return y
 
     def backward(self, gy):
-        return _kernels(gy).max_pool_backward(gy, self.argmax, self.x_shape)
+        return _kernels(gy).max_pool_backward(gy, self.argmax, self.x_shape, *self.kernel_size, *self.stride)
 
 
 def max_pool2d(x, kernel_size, stride=None):

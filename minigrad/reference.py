@@ -70,8 +70,12 @@ def max_pool_forward(x, kh, kw, sy, sx):
     return y, (iy * W + ix).astype(numpy.int32)
 
 
-def max_pool_backward(gy, argmax, x_shape):
-    """gx[n, c, p] = sum of gy over the windows whose maximum was pixel p."""
+def max_pool_backward(gy, argmax, x_shape, kh, kw, sy, sx):
+    """gx[n, c, p] = sum of gy over the windows whose maximum was pixel p.
+
+    argmax alone says where each gradient goes, so the window geometry (kh, kw, sy, sx) is unused
+    here; the CUDA kernel needs it to gather, for each pixel, from only the windows over it.
+    """
     N, C, H, W = x_shape
     plane = numpy.arange(N * C).reshape(N, C, 1, 1) * (H * W)         # offset of each (n, c) plane
     gx = numpy.bincount((plane + argmax).ravel(), weights=gy.ravel(), minlength=N * C * H * W)

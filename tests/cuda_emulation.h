@@ -25,12 +25,3 @@ static dim3 gridDim, blockDim, blockIdx, threadIdx;
 using std::isnan;
 using std::min;
 using std::pow;
-
-// Threads run one at a time, so an atomic add is a plain one.
-template <typename T>
-T atomicAdd(T* address, T value)
-{
-    const T old = *address;
-    *address = old + value;
-    return old;
-}

@@ -31,10 +31,15 @@ FLOATS = pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64], ids=["
 NO_GPU = pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU")
 
 
+def skip_without_gpp():
+    if shutil.which("g++") is None:
+        pytest.skip("g++ is not installed: the CPU emulation of the kernels compiles them with it")
+
+
 @pytest.fixture(params=["emulated", "emulated-shuffled", pytest.param("gpu", marks=NO_GPU)])
 def runner(request, monkeypatch):
-    if request.param != "gpu" and shutil.which("g++") is None:
-        pytest.skip("g++ is not installed: the CPU emulation of the kernels compiles them with it")
+    if request.param != "gpu":
+        skip_without_gpp()
     if request.param == "emulated-shuffled":
         monkeypatch.setattr(cuda, "MAX_BLOCKS", 3)
     return request.param
@@ -116,6 +121,10 @@ POOL_CASES = [  # x shape (N, C, H, W), window (kh, kw, sy, sx), values
     pytest.param((2, 2, 6, 6), (2, 2, 2, 2), "normal", id="2x2-stride2"),
     pytest.param((1, 2, 7, 7), (2, 2, 2, 2), "ties", id="2x2-stride2-odd-ties"),
     pytest.param((1, 1, 4, 6), (1, 3, 1, 2), "normal", id="1x3-stride1x2"),
+    pytest.param((2, 2, 9, 8), (3, 2, 2, 1), "normal", id="3x2-stride2x1"),
+    pytest.param((1, 2, 8, 9), (2, 3, 1, 2), "ties", id="2x3-stride1x2-ties"),
+    pytest.param((1, 3, 8, 8), (3, 3, 2, 2), "normal", id="3x3-stride2-last-row-col-in-no-window"),
+    pytest.param((1, 2, 8, 8), (2, 2, 3, 3), "normal", id="2x2-stride3-gaps"),
     pytest.param((1, 2, 6, 6), (3, 3, 1, 1), "ties", id="3x3-stride1-ties"),
     pytest.param((2, 48, 55, 55), (3, 3, 2, 2), "normal", id="alexnet-pool1"),
     pytest.param((2, 128, 27, 27), (3, 3, 2, 2), "normal", id="alexnet-pool2"),
@@ -134,7 +143,22 @@ def test_max_pool_forward(shape, window, values, dtype, runner, rng):
 def test_max_pool_backward(shape, window, values, dtype, runner, rng):
     y, argmax = reference.max_pool_forward(random_array(rng, shape, dtype, values), *window)
     gy = random_array(rng, y.shape, dtype)
-    check_kernel("max_pool_backward", (gy, argmax), (shape,), runner)
+    check_kernel("max_pool_backward", (gy, argmax), (shape, *window), runner)
+
+
+@FLOATS
+def test_max_pool_backward_is_deterministic(dtype, rng):
+    """The gradients of up to four overlapping windows meet on one pixel: whatever order the blocks
+    run in, gx must be the same to the last bit. (A scatter with atomicAdd, one thread per output,
+    gives a few pixels a different last bit here in every shuffled order tried.)"""
+    skip_without_gpp()
+    shape, window = (2, 16, 27, 27), (3, 3, 2, 2)
+    y, argmax = reference.max_pool_forward(random_array(rng, shape, dtype), *window)
+    gy = random_array(rng, y.shape, dtype)
+    runs = [cuda_emulator.run(cuda.plan_max_pool_backward(gy, argmax, shape, *window), order, seed)[0]
+            for order, seed in (("natural", 0), ("shuffled", 1), ("shuffled", 2))]
+    for gx in runs[1:]:
+        assert gx.tobytes() == runs[0].tobytes()
 
 
 # ---- local response normalization ---------------------------------------------------------------
@@ -182,7 +206,7 @@ def test_same_signature_as_reference(function):
 def test_signature_is_parsed_from_the_source():
     assert cuda.signature("pooling", "max_pool_backward<double>") == [
         ("gy", "double", True), ("argmax", "int", True), ("gx", "double", True),
-        *((name, "int", False) for name in ("N", "C", "H", "W", "OH", "OW"))]
+        *((name, "int", False) for name in ("N", "C", "H", "W", "kh", "kw", "sy", "sx", "OH", "OW"))]
 
 
 def _lrn_plan():
@@ -223,7 +247,8 @@ def test_check_refuses_wrong_arguments(index, value, error, message):
 
 def test_check_refuses_int64_argmax():
     x = numpy.ones((1, 1, 3, 3), numpy.float32)
-    plan = cuda.plan_max_pool_backward(x[:, :, :1, :1], numpy.zeros((1, 1, 1, 1), numpy.int64), x.shape)
+    plan = cuda.plan_max_pool_backward(x[:, :, :1, :1], numpy.zeros((1, 1, 1, 1), numpy.int64), x.shape,
+                                       3, 3, 2, 2)
     with pytest.raises(TypeError, match="'argmax' .* must be an array of int32 .*got an array of int64"):
         cuda.check_launch(plan)
 

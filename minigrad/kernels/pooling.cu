@@ -44,19 +44,34 @@ __global__ void max_pool_forward(const T* __restrict__ x, T* __restrict__ y, int
 
 template <typename T>
 __global__ void max_pool_backward(const T* __restrict__ gy, const int* __restrict__ argmax,
-                                  T* __restrict__ gx, int N, int C, int H, int W, int OH, int OW)
+                                  T* __restrict__ gx, int N, int C, int H, int W, int kh, int kw,
+                                  int sy, int sx, int OH, int OW)
 {
-    // One thread per output (n, c, oy, ox): sends its gradient to the pixel that was the maximum,
-    //   gx[n, c, argmax[n, c, oy, ox]] += gy[n, c, oy, ox],   gx zeroed before the launch.
-    // Overlapping windows can choose the same pixel, so the add is atomic (at most
-    // ceil(kh/sy) * ceil(kw/sx) adds meet on one pixel, 4 for AlexNet's 3x3 stride 2; their
-    // order, and so the last bit of a float sum, can vary from run to run). A gather, one thread
-    // per input pixel as in col2im, would need the window size and stride, which
-    // max_pool_backward(gy, argmax, x_shape) does not receive.
-    const int count = N * C * OH * OW;
+    // One thread per input pixel (n, c, iy, ix), gathering as col2im does from the windows over it:
+    //   gx[n, c, iy, ix] = sum of gy[n, c, oy, ox] over the windows with argmax[n, c, oy, ox] == iy*W + ix,
+    //   oy = (iy < kh ? 0 : (iy - kh) / sy + 1) ... min(iy / sy, OH - 1), and ox likewise.
+    // Each gx entry is written by one thread only: no atomics, and the sum has a fixed order.
+    const int count = N * C * H * W;
     for (int index = blockIdx.x * blockDim.x + threadIdx.x; index < count;
          index += blockDim.x * gridDim.x) {
-        const int nc = index / (OW * OH);                                 // n*C + c
-        atomicAdd(&gx[nc * H * W + argmax[index]], gy[index]);
+        const int ix = index % W;
+        const int iy = (index / W) % H;
+        const int nc = index / (W * H);                                   // n*C + c
+        const int oy_first = iy < kh ? 0 : (iy - kh) / sy + 1;
+        const int oy_last = min(iy / sy, OH - 1);
+        const int ox_first = ix < kw ? 0 : (ix - kw) / sx + 1;
+        const int ox_last = min(ix / sx, OW - 1);
+        const T* gy_plane = gy + nc * OH * OW;                            // gy[n, c]  (OH, OW)
+        const int* argmax_plane = argmax + nc * OH * OW;                  // argmax[n, c]  (OH, OW)
+        const int pixel = iy * W + ix;
+        T sum = 0;
+        for (int oy = oy_first; oy <= oy_last; ++oy) {
+            for (int ox = ox_first; ox <= ox_last; ++ox) {
+                if (argmax_plane[oy * OW + ox] == pixel) {
+                    sum += gy_plane[oy * OW + ox];
+                }
+            }
+        }
+        gx[index] = sum;
     }
 }
