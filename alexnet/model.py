@@ -59,6 +59,9 @@ PRESETS = {
 # layers, as well as in the fully-connected hidden layers, with the constant 1."
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
+# Typical standard deviation of mean-subtracted 0..255 pixel values (ImageNet: about 60-70).
+PIXEL_STD = 64.0
+
 _announced_cpu = False
 
 
@@ -82,8 +85,11 @@ class AlexNet(nn.Module):
     num_classes: size of fc8.  devices: (device of tower a, device of tower b), each "cpu" or
     a GPU id; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
     init: "paper" (section 5: weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7
-    and 0 elsewhere) or "kaiming" (He normal weights, zero biases; trains reliably from scratch
-    on small data sets, where the paper's recipe often sits at chance for a long time).
+    and 0 elsewhere) or "kaiming" (He normal weights, zero biases, fc8 N(0, 0.01^2) so the
+    first logits are near 0; trains reliably from scratch on small data sets, where the paper's
+    recipe often sits at chance for a long time). The input is the paper's: mean-subtracted
+    0..255 pixels. He et al. assume inputs of unit variance, so with init="kaiming" the network
+    first multiplies its input by input_scale = 1 / PIXEL_STD (1 with init="paper").
     preset: "paper", "small" or "tiny" (see PRESETS), or a Preset.
     """
 
@@ -119,6 +125,10 @@ class AlexNet(nn.Module):
         self.dropout = nn.Dropout(0.5)
         if init == "paper":
             self._paper_init()
+        else:                        # He-normal from nn; the output layer starts near 0 logits
+            self.fc8.weight.data = (mg_random.generator().standard_normal(self.fc8.weight.shape)
+                                    * 0.01).astype(dtype)
+        self.input_scale = 1.0 if init == "paper" else 1.0 / PIXEL_STD
         self.devices = tuple(backend.parse_device(d) for d in (devices or default_devices()))
         self._place()
 
@@ -164,6 +174,8 @@ class AlexNet(nn.Module):
         def join(a, b, device):               # the towers meet: both halves onto one device
             return F.concat([a, b], axis=1, device=device)
 
+        if self.input_scale != 1.0:
+            x = x * self.input_scale
         a, b = x.to(da), x.to(db)
         for i in (1, 2):                      # conv -> relu -> LRN -> pool, each tower alone
             a = self.pool(self.lrn(F.relu(getattr(self, f"conv{i}a")(a))))

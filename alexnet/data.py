@@ -1,0 +1,208 @@
+"""Images in, batches out: the paper's preprocessing and augmentation (sections 2 and 4.1).
+
+A data set here is a split held as uint8 images (N, 3, S, S) with S = 256 for the paper (the
+shorter side rescaled to S, then the central S x S crop) and int64 labels. Training batches are
+
+    random crop of input_size x input_size, mirrored with probability 1/2   (section 4.1)
+    minus the per-pixel mean image of the training set (3, S, S), cropped the same way (section 2)
+    plus the PCA colour shift  sum_i p_i * a_i * sqrt(lambda_i),  a_i ~ N(0, 0.1)   (section 4.1)
+
+The paper writes lambda_i, the eigenvalues of the RGB covariance, in that shift; taken literally
+on 0..255 pixel values it moves colours by hundreds of levels. We scale by sqrt(lambda_i), the
+standard deviation along p_i (about 5 levels for ImageNet), as the common reimplementations do.
+
+Evaluation batches are the central crop, mean subtracted. Every batch is a pure function of
+(seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen.
+"""
+import concurrent.futures
+import os
+from dataclasses import dataclass
+
+import numpy
+from PIL import Image, ImageOps
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+
+
+@dataclass
+class Split:
+    images: numpy.ndarray      # (N, 3, S, S) uint8
+    labels: numpy.ndarray      # (N,) int64
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def mean_image(images, chunk=1024):
+    """The per-pixel mean (3, S, S) float32 of uint8 images (N, 3, S, S), summed in float64."""
+    total = numpy.zeros(images.shape[1:], numpy.float64)
+    for start in range(0, len(images), chunk):
+        total += images[start:start + chunk].sum(axis=0, dtype=numpy.float64)
+    return (total / len(images)).astype(numpy.float32)
+
+
+def rgb_pca(images, max_pixels=1_000_000, seed=0):
+    """Eigenvalues (3,) descending and eigenvectors (3, 3) as columns of the covariance of RGB
+    values over the pixels of `images` (a random sample of at most max_pixels of them)."""
+    N, _, H, W = images.shape
+    if N * H * W <= max_pixels:
+        pixels = images.transpose(0, 2, 3, 1).reshape(-1, 3).astype(numpy.float64)  # (N*H*W, 3)
+    else:
+        rng = numpy.random.default_rng(seed)
+        n, y, x = (rng.integers(0, size, max_pixels) for size in (N, H, W))
+        pixels = images[n, :, y, x].astype(numpy.float64)                   # (max_pixels, 3)
+    eigenvalues, eigenvectors = numpy.linalg.eigh(numpy.cov(pixels, rowvar=False))
+    order = eigenvalues.argsort()[::-1]
+    return eigenvalues[order].astype(numpy.float32), eigenvectors[:, order].astype(numpy.float32)
+
+
+@dataclass
+class Augmentation:
+    """What the training set says about colour: its mean image and RGB principal components."""
+    mean: numpy.ndarray            # (3, S, S) float32
+    eigenvalues: numpy.ndarray     # (3,)
+    eigenvectors: numpy.ndarray    # (3, 3), columns
+
+    @classmethod
+    def of(cls, images):
+        return cls(mean_image(images), *rgb_pca(images))
+
+
+def crop(images, mean, tops, lefts, size, flips):
+    """float32 crops (B, 3, size, size) of uint8 images (B, 3, S, S) at (tops[b], lefts[b]),
+    mirrored where flips[b], minus the same crop of the mean image (3, S, S)."""
+    B = len(images)
+    rows = tops[:, None] + numpy.arange(size)                                 # (B, size)
+    cols = lefts[:, None] + numpy.arange(size)
+    cols = numpy.where(flips[:, None], cols[:, ::-1], cols)                    # mirror
+    channel = numpy.arange(3)[None, :, None, None]
+    index = channel, rows[:, None, :, None], cols[:, None, None, :]
+    out = images[(numpy.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
+    return out - mean[index]                                                   # (B, 3, size, size)
+
+
+def train_batch(split, indices, aug, size, rng):
+    """One augmented training batch: random crops, mirrors and PCA colour shifts."""
+    S = split.images.shape[-1]
+    B = len(indices)
+    tops, lefts = rng.integers(0, S - size + 1, B), rng.integers(0, S - size + 1, B)
+    x = crop(split.images[indices], aug.mean, tops, lefts, size, rng.random(B) < 0.5)
+    alphas = rng.normal(0.0, 0.1, (B, 3)).astype(numpy.float32)
+    shift = (alphas * numpy.sqrt(aug.eigenvalues)) @ aug.eigenvectors.T      # (B, 3) RGB
+    x += shift[:, :, None, None]
+    return x, split.labels[indices]
+
+
+def center_batch(split, indices, aug, size):
+    """The central crop of each image, mean subtracted (evaluation)."""
+    S = split.images.shape[-1]
+    B = len(indices)
+    offset = numpy.full(B, (S - size) // 2)
+    return crop(split.images[indices], aug.mean, offset, offset, size, numpy.zeros(B, bool)), \
+        split.labels[indices]
+
+
+def batch_count(split, batch_size, train):
+    """Training drops the last incomplete batch (every step sees batch_size images)."""
+    return len(split) // batch_size if train else -(-len(split) // batch_size)
+
+
+def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, workers=1, prefetch=4):
+    """Yield (x float32 (B, 3, size, size), labels (B,)) from batch `start` of `epoch` on.
+
+    Training shuffles with a generator seeded by (seed, epoch) and augments each batch with
+    one seeded by (seed, epoch, batch index). `workers` threads prepare up to `prefetch`
+    batches ahead of the consumer (NumPy releases the GIL in the copies that dominate here).
+    """
+    order = numpy.random.default_rng([seed, epoch]).permutation(len(split)) if train \
+        else numpy.arange(len(split))
+
+    def make(i):
+        indices = order[i * batch_size:(i + 1) * batch_size]
+        if train:
+            return train_batch(split, indices, aug, size, numpy.random.default_rng([seed, epoch, i]))
+        return center_batch(split, indices, aug, size)
+
+    todo = range(start, batch_count(split, batch_size, train))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        pending = [pool.submit(make, i) for i in todo[:prefetch]]
+        for i in todo[prefetch:]:
+            done = pending.pop(0).result()
+            pending.append(pool.submit(make, i))
+            yield done
+        for future in pending:
+            yield future.result()
+
+
+# ---- image folders ----------------------------------------------------------------------------
+
+def load_image(path, size):
+    """The image at `path` as uint8 (3, size, size): any mode to RGB, EXIF rotation applied,
+    the shorter side rescaled to `size`, then the central size x size crop (section 2)."""
+    with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
+        image = image.convert("RGB")
+        w, h = image.size
+        scale = size / min(w, h)
+        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
+                             Image.BILINEAR)
+        w, h = image.size
+        left, top = (w - size) // 2, (h - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+        return numpy.asarray(image, dtype=numpy.uint8).transpose(2, 0, 1)
+
+
+def find_images(root, classes=None):
+    """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
+    Hidden files and folders are skipped; extensions match in any case."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class>/<images>")
+    found = sorted(d for d in os.listdir(root)
+                   if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    if classes is None:
+        classes = found
+    else:
+        unknown = sorted(set(found) - set(classes))
+        if unknown:
+            raise ValueError(f"{root} has classes that the training set lacks: "
+                             f"{', '.join(unknown[:5])}; every val class needs a train folder")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        folder = os.path.join(root, name)
+        if not os.path.isdir(folder):
+            continue
+        for dirpath, dirnames, filenames in os.walk(folder):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for f in sorted(filenames):
+                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                    paths.append(os.path.join(dirpath, f))
+                    labels.append(label)
+    if not paths:
+        raise ValueError(f"no images found under {root}/<class>/ (extensions: "
+                         f"{', '.join(IMAGE_EXTENSIONS)})")
+    return paths, numpy.array(labels, numpy.int64), list(classes)
+
+
+def load_folder(root, size, classes=None, workers=None, log=print):
+    """A Split of every readable image under root/<class>/, and the (path, reason) pairs of
+    the files that could not be read (skipped, never fatal)."""
+    paths, labels, classes = find_images(root, classes)
+    images = numpy.empty((len(paths), 3, size, size), numpy.uint8)
+    good = numpy.ones(len(paths), bool)
+    bad = []
+
+    def read(i):
+        try:
+            images[i] = load_image(paths[i], size)
+        except Exception as error:  # any undecodable file: record it and go on
+            good[i] = False
+            bad.append((paths[i], f"{type(error).__name__}: {error}"))
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
+        for done, _ in enumerate(pool.map(read, range(len(paths))), 1):
+            if done % 500 == 0 or done == len(paths):
+                log(f"  {root}: {done}/{len(paths)} images read")
+    if bad:
+        log(f"  {root}: {int(good.sum())} images, {len(bad)} skipped "
+            f"({', '.join(p for p, _ in bad[:3])}{', ...' if len(bad) > 3 else ''})")
+    return Split(images[good], labels[good]), classes, sorted(bad)

@@ -1,0 +1,142 @@
+"""Data pipeline, training loop, checkpoints and resume, on the tiny preset (seconds on a CPU)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy
+import pytest
+from PIL import Image
+
+from alexnet import checkpoint, data, train
+
+TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
+        "--log-every", "1"]
+
+
+# ---- data -------------------------------------------------------------------------------------
+
+def test_crop_takes_the_right_window_mirrors_and_subtracts_the_mean():
+    images = numpy.arange(2 * 3 * 6 * 6, dtype=numpy.uint8).reshape(2, 3, 6, 6)
+    mean = numpy.random.default_rng(0).random((3, 6, 6)).astype(numpy.float32)
+    x = data.crop(images, mean, numpy.array([1, 2]), numpy.array([0, 3]), 3, numpy.array([False, True]))
+    numpy.testing.assert_array_equal(x[0], images[0, :, 1:4, 0:3] - mean[:, 1:4, 0:3])
+    numpy.testing.assert_array_equal(x[1], (images[1, :, 2:5, 3:6] - mean[:, 2:5, 3:6])[:, :, ::-1])
+
+
+def test_mean_image_and_pca_equal_direct_numpy():
+    images = numpy.random.default_rng(0).integers(0, 256, (50, 3, 8, 8)).astype(numpy.uint8)
+    numpy.testing.assert_allclose(data.mean_image(images, chunk=7), images.mean(axis=0), rtol=1e-6)
+    eigenvalues, eigenvectors = data.rgb_pca(images, max_pixels=10**9)
+    pixels = images.transpose(0, 2, 3, 1).reshape(-1, 3).astype(numpy.float64)
+    covariance = numpy.cov(pixels, rowvar=False)
+    assert list(eigenvalues) == sorted(eigenvalues, reverse=True)
+    for value, vector in zip(eigenvalues, eigenvectors.T):
+        numpy.testing.assert_allclose(covariance @ vector, value * vector, rtol=1e-4, atol=1e-3)
+
+
+def test_training_batches_are_a_function_of_seed_epoch_and_index():
+    rng = numpy.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (40, 3, 12, 12)).astype(numpy.uint8), numpy.arange(40) % 4)
+    aug = data.Augmentation.of(split.images)
+    every = list(data.batches(split, aug, 10, 8, train=True, seed=1, epoch=2, workers=2))
+    assert len(every) == 5 and every[0][0].shape == (8, 3, 10, 10)
+    resumed = list(data.batches(split, aug, 10, 8, train=True, seed=1, epoch=2, start=3))
+    for (x, y), (rx, ry) in zip(every[3:], resumed):
+        numpy.testing.assert_array_equal(x, rx)
+        numpy.testing.assert_array_equal(y, ry)
+    other_epoch = next(data.batches(split, aug, 10, 8, train=True, seed=1, epoch=3))
+    assert not numpy.array_equal(every[0][1], other_epoch[1])
+    val = list(data.batches(split, aug, 10, 16, train=False))
+    assert [len(y) for _, y in val] == [16, 16, 8]                  # evaluation keeps every image
+
+
+def test_image_folder_skips_unreadable_files_by_name(tmp_path):
+    for cls, colour in (("cat", (200, 10, 10)), ("dog", (10, 10, 200))):
+        folder = tmp_path / "train" / cls
+        folder.mkdir(parents=True)
+        Image.new("RGB", (40, 30), colour).save(folder / "a.JPG")
+        Image.new("L", (20, 50), 128).save(folder / "b.png")
+    (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "train" / ".hidden").mkdir()
+    messages = []
+    split, classes, bad = data.load_folder(str(tmp_path / "train"), 16, log=messages.append)
+    assert classes == ["cat", "dog"] and len(split) == 4 and split.images.shape == (4, 3, 16, 16)
+    assert list(split.labels) == [0, 0, 1, 1]
+    assert [os.path.basename(path) for path, _ in bad] == ["broken.jpg"]
+    assert any("4 images, 1 skipped" in m for m in messages)
+
+
+def test_missing_folder_is_one_clear_sentence(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data.find_images(str(tmp_path / "nope"))
+
+
+# ---- the training loop ------------------------------------------------------------------------
+
+def run_training(tmp_path, name, *extra):
+    run_dir = str(tmp_path / name)
+    assert train.main(TINY + ["--run-dir", run_dir, *extra]) == 0
+    return run_dir
+
+
+def test_a_run_writes_everything_it_promises(tmp_path, capsys):
+    run_dir = run_training(tmp_path, "run", "--epochs", "2")
+    for name in ("config.json", "metrics.jsonl", "classes.txt", "last.npz", "best.npz",
+                 "curves.png", "conv1.png"):
+        assert os.path.exists(os.path.join(run_dir, name)), name
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert [r["kind"] for r in records].count("eval") == 2
+    assert {"loss", "top1_error", "images_per_s", "data_share", "lr"} <= set(records[0])
+    out = capsys.readouterr().out
+    assert "img/s" in out and "ETA" in out and "top-5 error" in out
+    params, velocities, meta = checkpoint.load(os.path.join(run_dir, "last.npz"))
+    assert meta["step"] == 8 and meta["epoch"] == 2 and len(meta["classes"]) == 10
+    assert "conv1a.weight" in params and "velocity.0" in velocities
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    # 4 steps per epoch: stop mid-epoch at 3, resume to 7 (crossing an evaluation), against 7 at once.
+    straight = run_training(tmp_path, "straight", "--epochs", "3", "--max-steps", "7")
+    first = run_training(tmp_path, "split", "--epochs", "3", "--max-steps", "3")
+    assert train.main(["--resume", first, "--epochs", "3", "--max-steps", "7"]) == 0
+    a_params, a_vel, a_meta = checkpoint.load(os.path.join(straight, "last.npz"))
+    b_params, b_vel, b_meta = checkpoint.load(os.path.join(first, "last.npz"))
+    assert a_meta["step"] == b_meta["step"] == 7
+    for name in a_params:
+        numpy.testing.assert_array_equal(a_params[name], b_params[name], err_msg=name)
+    for name in a_vel:
+        numpy.testing.assert_array_equal(a_vel[name], b_vel[name], err_msg=name)
+
+
+def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
+    assert train.main(TINY + ["--run-dir", str(tmp_path / "nan"), "--lr", "1e8", "--epochs", "3"]) == 1
+    error = capsys.readouterr().err
+    assert "the loss became" in error and "learning rate" in error and "last.npz" in error
+
+
+def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
+    path = tmp_path / "last.npz"
+    path.write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(ValueError, match="cannot be read"):
+        checkpoint.load(str(path))
+
+
+def test_ctrl_c_saves_last_checkpoint_and_exits(tmp_path):
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alexnet.train", *TINY, "--synthetic-train", "2000", "--epochs", "50",
+         "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:              # wait until training has started
+        lines.append(line)
+        if "img/s" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    output = "".join(lines) + process.communicate(timeout=60)[0]
+    assert process.returncode == 0, output
+    assert "interrupted at step" in output and "--resume" in output
+    params, _, meta = checkpoint.load(str(run_dir / "last.npz"))
+    assert meta["step"] >= 1
