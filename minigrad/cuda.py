@@ -41,12 +41,12 @@ ELEMENT_TYPES = {numpy.dtype(numpy.float32): "float", numpy.dtype(numpy.float64)
 # ---- the six kernels, as in minigrad/reference.py -----------------------------------------------
 
 def im2col(x, kh, kw, sy, sx, ph, pw):
-    """reference.im2col on the GPU: x (N, C, H, W) -> col (N, C*kh*kw, OH*OW)."""
+    """reference.im2col on the GPU: x (N, C, H, W) -> col (C*kh*kw, N*OH*OW)."""
     return _run(plan_im2col, x, kh, kw, sy, sx, ph, pw)[0]
 
 
 def col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
-    """reference.col2im on the GPU: col (N, C*kh*kw, OH*OW) -> gx (N, C, H, W)."""
+    """reference.col2im on the GPU: col (C*kh*kw, N*OH*OW) -> gx (N, C, H, W)."""
     return _run(plan_col2im, col, x_shape, kh, kw, sy, sx, ph, pw)[0]
 
 
@@ -90,12 +90,12 @@ class Launch:
 
 
 def plan_im2col(x, kh, kw, sy, sx, ph, pw):
-    """im2col<T>: one thread per window (n, c, oy, ox)."""
+    """im2col<T>: one thread per window (n, c, oy, ox), numbered so that a warp writes contiguously."""
     xp = backend.get_array_module(x)
     N, C, H, W = x.shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     x = xp.ascontiguousarray(x)
-    col = xp.empty((N, C * kh * kw, OH * OW), x.dtype)                  # (N, C*kh*kw, OH*OW)
+    col = xp.empty((C * kh * kw, N * OH * OW), x.dtype)                 # (C*kh*kw, N*OH*OW)
     args = (x, col, *_c_ints(N, C, H, W, kh, kw, sy, sx, ph, pw, OH, OW))
     return _plan("im2col", "im2col", x.dtype, N * C * OH * OW, args, (col,))
 
@@ -105,7 +105,7 @@ def plan_col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
     xp = backend.get_array_module(col)
     N, C, H, W = x_shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
-    _require_shape("col", col, (N, C * kh * kw, OH * OW))
+    _require_shape("col", col, (C * kh * kw, N * OH * OW))
     col = xp.ascontiguousarray(col)
     gx = xp.empty((N, C, H, W), col.dtype)                              # (N, C, H, W)
     args = (col, gx, *_c_ints(N, C, H, W, kh, kw, sy, sx, ph, pw, OH, OW))

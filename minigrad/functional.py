@@ -328,8 +328,9 @@ class Conv2d(Function):
 
         y[n, o, oy, ox] = b[o] + sum_{c,i,j} W[o, c, i, j] * x_pad[n, c, oy*sy + i, ox*sx + j]
 
-    im2col turns every window into a column, so the sum is the matrix product W (O, C*kh*kw)
-    @ col (C*kh*kw, OH*OW) per image. Backward: gW = gy @ col^T summed over images,
+    im2col turns every window of every image into a column, so the sum for the whole batch is
+    one matrix product W (O, C*kh*kw) @ col (C*kh*kw, N*OH*OW): one large GEMM runs much faster
+    than N small ones. Backward, with gy as a matrix (O, N*OH*OW): gW = gy @ col^T,
     gcol = W^T @ gy, and col2im adds every column entry back onto the pixel it came from.
     """
 
@@ -337,24 +338,24 @@ class Conv2d(Function):
         N, C, H, _ = x.shape
         O, Cw, kh, kw = W.shape
         (sy, sx), (ph, pw) = stride, padding
-        kernels = _kernels(x)
-        col = kernels.im2col(x, kh, kw, sy, sx, ph, pw)              # (N, C*kh*kw, OH*OW)
-        y = W.reshape(O, -1) @ col                                 # (N, O, OH*OW)
+        xp = backend.get_array_module(x)
+        col = _kernels(x).im2col(x, kh, kw, sy, sx, ph, pw)        # (C*kh*kw, N*OH*OW)
+        y = W.reshape(O, -1) @ col                                 # (O, N*OH*OW)
         if b is not None:
             y += b[:, None]
         self.col, self.W, self.x_shape = col, W, x.shape
         self.geometry = kh, kw, sy, sx, ph, pw
         OH = reference.conv_output_size(H, kh, sy, ph)
-        return y.reshape(N, O, OH, -1)                             # (N, O, OH, OW)
+        y = y.reshape(O, N, OH, -1).transpose(1, 0, 2, 3)          # (N, O, OH, OW) view
+        return xp.ascontiguousarray(y)                             # for the next layer; small next to col
 
     def backward(self, gy):
-        xp = backend.get_array_module(gy)
-        N, O = gy.shape[:2]
-        gy = gy.reshape(N, O, -1)                                  # (N, O, OH*OW)
-        gW = xp.tensordot(gy, self.col, axes=([0, 2], [0, 2]))     # (O, C*kh*kw)
-        gcol = self.W.reshape(O, -1).T @ gy                        # (N, C*kh*kw, OH*OW)
+        O = gy.shape[1]
+        gy = gy.transpose(1, 0, 2, 3).reshape(O, -1)               # (O, N*OH*OW)
+        gW = gy @ self.col.T                                       # (O, C*kh*kw)
+        gcol = self.W.reshape(O, -1).T @ gy                        # (C*kh*kw, N*OH*OW)
         gx = _kernels(gy).col2im(gcol, self.x_shape, *self.geometry)
-        return gx, gW.reshape(self.W.shape), gy.sum(axis=(0, 2))
+        return gx, gW.reshape(self.W.shape), gy.sum(axis=1)
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):

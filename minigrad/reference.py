@@ -5,7 +5,9 @@ the tests compare them. They are vectorized (no Python loop over pixels or chann
 loops run over the kh*kw offsets of a kernel window) and kept as plain as possible.
 
 Layouts (N images, C channels, H x W pixels):
-    im2col:   x (N, C, H, W)  ->  col (N, C*kh*kw, OH*OW), row index c*kh*kw + i*kw + j
+    im2col:   x (N, C, H, W)  ->  col (C*kh*kw, N*OH*OW), row (c*kh + i)*kw + j,
+              column (n*OH + oy)*OW + ox: one matrix for the whole batch, so a convolution is
+              one large GEMM rather than N small ones
     pooling:  argmax holds, for each output, the flat index y*W + x of the chosen input pixel
     LRN:      scale (N, C, H, W) = k + alpha * (sum of squares over the channel window)
 """
@@ -33,24 +35,26 @@ def _windows(x, kh, kw, sy, sx, OH, OW):
 def im2col(x, kh, kw, sy, sx, ph, pw):
     """Unfold every kh x kw window of x (zero padded by ph, pw) into a column.
 
-    col[n, (c*kh + i)*kw + j, oy*OW + ox] = x_padded[n, c, oy*sy + i, ox*sx + j]
+    col[(c*kh + i)*kw + j, (n*OH + oy)*OW + ox] = x_padded[n, c, oy*sy + i, ox*sx + j]
     """
     N, C, H, W = x.shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
     col = _windows(xp, kh, kw, sy, sx, OH, OW)            # (N, C, kh, kw, OH, OW) view
-    return col.reshape(N, C * kh * kw, OH * OW)            # the copy happens here
+    col = col.transpose(1, 2, 3, 0, 4, 5)                  # (C, kh, kw, N, OH, OW) view
+    return col.reshape(C * kh * kw, N * OH * OW)           # the copy happens here
 
 
 def col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
     """The adjoint of im2col: add every column entry back onto the pixel it was read from."""
     N, C, H, W = x_shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
-    col = col.reshape(N, C, kh, kw, OH, OW)
+    col = col.reshape(C, kh, kw, N, OH, OW)
     gx = numpy.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
     for i in range(kh):
         for j in range(kw):
-            gx[:, :, i:i + sy * OH:sy, j:j + sx * OW:sx] += col[:, :, i, j]
+            entries = col[:, i, j].transpose(1, 0, 2, 3)   # (N, C, OH, OW) view
+            gx[:, :, i:i + sy * OH:sy, j:j + sx * OW:sx] += entries
     return gx[:, :, ph:ph + H, pw:pw + W]
 
 

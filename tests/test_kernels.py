@@ -14,6 +14,7 @@ import ctypes
 import dataclasses
 import importlib.util
 import inspect
+import itertools
 import pathlib
 import shutil
 
@@ -108,8 +109,32 @@ def test_col2im(shape, geometry, dtype, runner, rng):
     N, C, H, W = shape
     kh, kw, sy, sx, ph, pw = geometry
     OH, OW = reference.conv_output_size(H, kh, sy, ph), reference.conv_output_size(W, kw, sx, pw)
-    col = random_array(rng, (N, C * kh * kw, OH * OW), dtype)
+    col = random_array(rng, (C * kh * kw, N * OH * OW), dtype)
     check_kernel("col2im", (col,), (shape, *geometry), runner)
+
+
+def test_im2col_layout():
+    """The layout of col, entry by entry, that Conv2d's single GEMM and the CUDA kernels rely on:
+    col[(c*kh + i)*kw + j, (n*OH + oy)*OW + ox] = x_padded[n, c, oy*sy + i, ox*sx + j]."""
+    N, C, H, W = 2, 3, 4, 5
+    kh, kw, sy, sx, ph, pw = 2, 3, 2, 1, 1, 0
+    OH, OW = 3, 3  # (H + 2*ph - kh)//sy + 1, (W + 2*pw - kw)//sx + 1
+    x = numpy.arange(1.0, N * C * H * W + 1).reshape(N, C, H, W)  # all distinct, none 0
+    x_padded = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    col = reference.im2col(x, kh, kw, sy, sx, ph, pw)
+    assert col.shape == (C * kh * kw, N * OH * OW)
+    for n, c, i, j, oy, ox in itertools.product(*map(range, (N, C, kh, kw, OH, OW))):
+        pixel = x_padded[n, c, oy * sy + i, ox * sx + j]
+        assert col[(c * kh + i) * kw + j, (n * OH + oy) * OW + ox] == pixel
+
+
+@pytest.mark.parametrize("shape, geometry", CONV_CASES)
+def test_col2im_is_the_adjoint_of_im2col(shape, geometry, rng):
+    """<im2col(x), col> = <x, col2im(col)> for any x and col: col2im reads the same layout."""
+    x = rng.standard_normal(shape)
+    col = rng.standard_normal(reference.im2col(x, *geometry).shape)
+    numpy.testing.assert_allclose(numpy.sum(reference.im2col(x, *geometry) * col),
+                                  numpy.sum(x * reference.col2im(col, shape, *geometry)), rtol=1e-10)
 
 
 # ---- max pooling --------------------------------------------------------------------------------
@@ -262,8 +287,8 @@ def test_check_refuses_wrong_argument_count():
 def test_plans_refuse_unsupported_dtype_and_wrong_shapes():
     with pytest.raises(TypeError, match="float32 and float64 arrays, not float16"):
         cuda.plan_im2col(numpy.ones((1, 1, 4, 4), numpy.float16), 3, 3, 1, 1, 0, 0)
-    with pytest.raises(ValueError, match=r"col has shape \(1, 4, 5\) but the kernel needs \(1, 4, 4\)"):
-        cuda.plan_col2im(numpy.ones((1, 4, 5), numpy.float32), (1, 1, 3, 3), 2, 2, 1, 1, 0, 0)
+    with pytest.raises(ValueError, match=r"col has shape \(2, 4, 4\) but the kernel needs \(4, 8\)"):
+        cuda.plan_col2im(numpy.ones((2, 4, 4), numpy.float32), (2, 1, 3, 3), 2, 2, 1, 1, 0, 0)
 
 
 def test_numpy_arrays_are_refused():
