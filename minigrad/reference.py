@@ -61,14 +61,22 @@ def col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
 def max_pool_forward(x, kh, kw, sy, sx):
     """y[n, c, oy, ox] = max of the kh x kw window at (oy*sy, ox*sx); no padding, floor mode.
 
-    Returns y and argmax, the flat index iy*W + ix of the first maximum in row-major window order.
+    Returns y and argmax, the flat index iy*W + ix of the first maximum in row-major window
+    order (as numpy.argmax: a NaN counts as the largest value).
     """
     N, C, H, W = x.shape
     OH, OW = conv_output_size(H, kh, sy, 0), conv_output_size(W, kw, sx, 0)
-    win = _windows(x, kh, kw, sy, sx, OH, OW)                          # (N, C, kh, kw, OH, OW)
-    win = win.transpose(0, 1, 4, 5, 2, 3).reshape(N, C, OH, OW, kh * kw)
-    k = win.argmax(axis=-1)                                            # first maximum wins ties
-    y = numpy.take_along_axis(win, k[..., None], axis=-1)[..., 0]
+    y, k = None, numpy.zeros((N, C, OH, OW), numpy.int32)   # k: offset i*kw + j of the maximum
+    for i in range(kh):                                    # one strided view per window offset
+        for j in range(kw):
+            v = x[:, :, i:i + sy * (OH - 1) + 1:sy, j:j + sx * (OW - 1) + 1:sx]   # (N, C, OH, OW)
+            if y is None:
+                y = v.copy()
+                continue
+            better = ~(v <= y)                     # v > y, or v or y is NaN: strict, so the
+            better &= y == y                       # first max stays; a NaN y is never replaced
+            k += better * (numpy.int32(i * kw + j) - k)   # arithmetic, not a masked copy: faster
+            numpy.maximum(y, v, out=y)             # NaN propagates, as in the choice above
     iy = numpy.arange(OH)[:, None] * sy + k // kw                      # (N, C, OH, OW)
     ix = numpy.arange(OW)[None, :] * sx + k % kw
     return y, (iy * W + ix).astype(numpy.int32)
