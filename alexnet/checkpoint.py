@@ -2,23 +2,32 @@
 
     model.<name>          every parameter, e.g. model.conv1a.weight
     optim.velocity.<i>    SGD's momentum buffers, in model.parameters() order
+    data.<name>           what the training set says about colour (data.Augmentation): data.mean
+                          (3, S, S), data.eigenvalues (3,), data.eigenvectors (3, 3); evaluation
+                          and prediction subtract the TRAINING set's mean image, so it travels
+                          with the weights
     meta                  a JSON string: preset, classes, epoch, step, learning rate, schedule,
                           random state, the run's settings
 """
+import dataclasses
 import json
 import os
 import zipfile
 
 import numpy
 
+from alexnet.data import Augmentation
 from alexnet.model import AlexNet
 
 
-def save(path, model, optimizer, meta):
+def save(path, model, optimizer, meta, extra_arrays=None):
+    """extra_arrays: name -> array, stored as data.<name> (e.g. augmentation_arrays(aug))."""
     arrays = {f"model.{name}": value for name, value in model.state_dict().items()}
     for key, value in optimizer.state_dict().items():
         if key.startswith("velocity."):
             arrays[f"optim.{key}"] = value
+    for name, value in (extra_arrays or {}).items():
+        arrays[f"data.{name}"] = value
     arrays["meta"] = numpy.array(json.dumps(meta))
     write_atomically(path, arrays)
 
@@ -33,20 +42,34 @@ def write_atomically(path, arrays):
     os.replace(tmp, path)
 
 
-def load(path):
-    """(parameters: name -> array, velocities: key -> array, meta: dict) of a checkpoint."""
+def resolve(path):
+    """The .npz file a checkpoint argument names: a file, or a run directory's last.npz."""
     if os.path.isdir(path):
         path = os.path.join(path, "last.npz")
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .npz written by "
                                 "alexnet.train (last.npz or best.npz) or its run directory")
+    return path
+
+
+def read(path, prefix=""):
+    """(arrays whose key starts with `prefix`, the prefix removed; meta dict) of a checkpoint.
+    Only those arrays are read from the file (an .npz is read member by member)."""
+    path = resolve(path)
     try:
         with numpy.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-        meta = json.loads(str(arrays.pop("meta")))
+            arrays = {key[len(prefix):]: npz[key] for key in npz.files
+                      if key.startswith(prefix) and key != "meta"}
+            meta = json.loads(str(npz["meta"]))
     except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as error:
         raise ValueError(f"checkpoint {path} cannot be read ({error}); it is truncated or not a "
                          "checkpoint: use another one, e.g. best.npz") from None
+    return arrays, meta
+
+
+def load(path):
+    """(parameters: name -> array, velocities: key -> array, meta: dict) of a checkpoint."""
+    arrays, meta = read(path)
     params = {k[len("model."):]: v for k, v in arrays.items() if k.startswith("model.")}
     velocities = {k[len("optim."):]: v for k, v in arrays.items() if k.startswith("optim.")}
     return params, velocities, meta
@@ -54,8 +77,30 @@ def load(path):
 
 def load_model(path, devices=None):
     """The AlexNet a checkpoint holds, in eval mode, and the checkpoint's meta."""
-    params, _, meta = load(path)
+    params, meta = read(path, "model.")
     model = AlexNet(num_classes=len(meta["classes"]), devices=devices, preset=meta["preset"],
                     init=meta["config"]["init"])      # init decides the input scale
     model.load_state_dict(params)
     return model.eval(), meta
+
+
+def augmentation_arrays(aug):
+    """The arrays of an Augmentation by field name, for save(..., extra_arrays=...)."""
+    return {field.name: getattr(aug, field.name) for field in dataclasses.fields(Augmentation)}
+
+
+def load_augmentation(path):
+    """The training set's mean image and RGB principal components stored in a checkpoint."""
+    arrays, meta = read(path, "data.")
+    names = [field.name for field in dataclasses.fields(Augmentation)]
+    missing = [name for name in names if name not in arrays]
+    if missing:
+        path = resolve(path)
+        last = os.path.basename(path) == "last.npz"
+        raise ValueError(f"checkpoint {path} lacks the training set's mean image and colour "
+                         f"statistics (data.{', data.'.join(missing)}): it was written before "
+                         "checkpoints carried them; rewrite its run's last.npz with them, without "
+                         "training, by python -m alexnet.train --resume "
+                         f"{os.path.dirname(path) or '.'} --max-steps "
+                         f"{meta['step'] if last else 'STEP (the step of that last.npz)'}")
+    return Augmentation(**{name: arrays[name] for name in names})

@@ -12,14 +12,18 @@ on 0..255 pixel values it moves colours by hundreds of levels. We scale by sqrt(
 standard deviation along p_i (about 5 levels for ImageNet), as the common reimplementations do.
 
 Evaluation batches are the central crop, mean subtracted. Every batch is a pure function of
-(seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen.
+(seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen. A batch
+is made on the device the network reads it on: the uint8 images go there, and the crops, mirrors
+and colour shifts are computed there from random draws made on the CPU.
 """
 import concurrent.futures
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy
 from PIL import Image, ImageOps
+
+from minigrad import backend
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
 
@@ -70,36 +74,59 @@ class Augmentation:
 
 def crop(images, mean, tops, lefts, size, flips):
     """float32 crops (B, 3, size, size) of uint8 images (B, 3, S, S) at (tops[b], lefts[b]),
-    mirrored where flips[b], minus the same crop of the mean image (3, S, S)."""
+    mirrored where flips[b], minus the same crop of the mean image (3, S, S).
+
+    images and mean are NumPy or CuPy arrays (the gather runs where they live); tops, lefts and
+    flips are NumPy arrays, so the same random draws give the same crops on either device."""
+    xp = backend.get_array_module(images)
     B = len(images)
     rows = tops[:, None] + numpy.arange(size)                                 # (B, size)
     cols = lefts[:, None] + numpy.arange(size)
     cols = numpy.where(flips[:, None], cols[:, ::-1], cols)                    # mirror
     channel = numpy.arange(3)[None, :, None, None]
-    index = channel, rows[:, None, :, None], cols[:, None, None, :]
-    out = images[(numpy.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
+    index = tuple(xp.asarray(i) for i in (channel, rows[:, None, :, None], cols[:, None, None, :]))
+    out = images[(xp.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
     return out - mean[index]                                                   # (B, 3, size, size)
 
 
-def train_batch(split, indices, aug, size, rng):
-    """One augmented training batch: random crops, mirrors and PCA colour shifts."""
+def train_batch(split, indices, aug, size, rng, device="cpu"):
+    """One augmented training batch: random crops, mirrors and PCA colour shifts, made on
+    `device` from the uint8 images (a quarter of the float32 bytes cross the bus). The random
+    draws come from `rng` on the CPU, so both devices make the same batch."""
     S = split.images.shape[-1]
     B = len(indices)
     tops, lefts = rng.integers(0, S - size + 1, B), rng.integers(0, S - size + 1, B)
-    x = crop(split.images[indices], aug.mean, tops, lefts, size, rng.random(B) < 0.5)
+    images = backend.to_device(split.images[indices], device)                 # (B, 3, S, S) uint8
+    mean = backend.to_device(aug.mean, device)                               # (3, S, S)
+    x = crop(images, mean, tops, lefts, size, rng.random(B) < 0.5)
     alphas = rng.normal(0.0, 0.1, (B, 3)).astype(numpy.float32)
     shift = (alphas * numpy.sqrt(aug.eigenvalues)) @ aug.eigenvectors.T      # (B, 3) RGB
-    x += shift[:, :, None, None]
+    x += backend.to_device(shift, device)[:, :, None, None]
     return x, split.labels[indices]
 
 
-def center_batch(split, indices, aug, size):
-    """The central crop of each image, mean subtracted (evaluation)."""
-    S = split.images.shape[-1]
-    B = len(indices)
-    offset = numpy.full(B, (S - size) // 2)
-    return crop(split.images[indices], aug.mean, offset, offset, size, numpy.zeros(B, bool)), \
-        split.labels[indices]
+def center_batch(split, indices, aug, size, device="cpu"):
+    """The central crop of each image, mean subtracted (evaluation), made on `device`."""
+    images = backend.to_device(split.images[indices], device)                 # (B, 3, S, S) uint8
+    return center_crop(images, backend.to_device(aug.mean, device), size), split.labels[indices]
+
+
+def center_crop(images, mean, size):
+    """float32 central crops (B, 3, size, size) of uint8 images (B, 3, S, S), minus the mean's."""
+    return ten_views(images, mean, size, count=1)[0]
+
+
+def ten_views(images, mean, size, count=10):
+    """The paper's test-time views (section 4.1) of uint8 images (B, 3, S, S): the central crop,
+    the four corner crops, then the same five mirrored, each minus the same crop of the mean
+    image (3, S, S): float32 (count, B, 3, size, size). count=1 gives the central crop alone."""
+    xp = backend.get_array_module(images)
+    B, S = len(images), images.shape[-1]
+    middle, far = (S - size) // 2, S - size
+    windows = [(top, left, flip) for flip in (False, True)
+               for top, left in ((middle, middle), (0, 0), (0, far), (far, 0), (far, far))]
+    return xp.stack([crop(images, mean, numpy.full(B, top), numpy.full(B, left), size,
+                          numpy.full(B, flip)) for top, left, flip in windows[:count]])
 
 
 def batch_count(split, batch_size, train):
@@ -107,8 +134,10 @@ def batch_count(split, batch_size, train):
     return len(split) // batch_size if train else -(-len(split) // batch_size)
 
 
-def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, workers=1, prefetch=4):
-    """Yield (x float32 (B, 3, size, size), labels (B,)) from batch `start` of `epoch` on.
+def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, workers=1, prefetch=4,
+            device="cpu"):
+    """Yield (x float32 (B, 3, size, size) on `device`, labels (B,)) from batch `start` of
+    `epoch` on.
 
     Training shuffles with a generator seeded by (seed, epoch) and augments each batch with
     one seeded by (seed, epoch, batch index). `workers` threads prepare up to `prefetch`
@@ -116,12 +145,15 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
     """
     order = numpy.random.default_rng([seed, epoch]).permutation(len(split)) if train \
         else numpy.arange(len(split))
+    aug = replace(aug, mean=backend.to_device(aug.mean, device))   # one copy for every batch
 
     def make(i):
         indices = order[i * batch_size:(i + 1) * batch_size]
-        if train:
-            return train_batch(split, indices, aug, size, numpy.random.default_rng([seed, epoch, i]))
-        return center_batch(split, indices, aug, size)
+        with backend.device_scope(device):     # a thread starts on GPU 0 whatever `device` is
+            if train:
+                return train_batch(split, indices, aug, size,
+                                   numpy.random.default_rng([seed, epoch, i]), device)
+            return center_batch(split, indices, aug, size, device)
 
     todo = range(start, batch_count(split, batch_size, train))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
@@ -138,10 +170,16 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
 
 def load_image(path, size):
     """The image at `path` as uint8 (3, size, size): any mode to RGB, EXIF rotation applied,
-    the shorter side rescaled to `size`, then the central size x size crop (section 2)."""
+    the shorter side rescaled to `size`, then the central size x size crop (section 2).
+
+    A file Pillow cannot decode completely raises (OSError, ValueError, ...): a truncated JPEG
+    is an error, not an image with a grey bottom, as long as ImageFile.LOAD_TRUNCATED_IMAGES
+    keeps its default False. The file type comes from its content, not its name."""
     with Image.open(path) as image:
+        image.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale if still >= size
+        image.load()
         image = ImageOps.exif_transpose(image)
-        image = image.convert("RGB")
+        image = to_rgb(image)
         w, h = image.size
         scale = size / min(w, h)
         image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
@@ -150,6 +188,19 @@ def load_image(path, size):
         left, top = (w - size) // 2, (h - size) // 2
         image = image.crop((left, top, left + size, top + size))
         return numpy.asarray(image, dtype=numpy.uint8).transpose(2, 0, 1)
+
+
+def to_rgb(image):
+    """A Pillow image of any mode as RGB. Grey images of more than 8 bits (16-bit PNG or TIFF:
+    modes I;16*, I, F) are scaled from 0..65535 to 0..255; Pillow's own conversion clips them,
+    so that anything above 255 turns white. I and F images whose values stay within 0..255 are
+    taken as 8-bit values."""
+    if image.mode.startswith("I") or image.mode == "F":
+        values = numpy.asarray(image, numpy.float64)
+        if image.mode.startswith("I;16") or values.max() > 255:
+            values = values / 257                                   # 65535 -> 255
+        image = Image.fromarray(numpy.clip(numpy.rint(values), 0, 255).astype(numpy.uint8))
+    return image.convert("RGB")
 
 
 def find_images(root, classes=None):

@@ -2,10 +2,10 @@
 
 With no arguments it trains on an embedded data set of drawn shapes (alexnet/synthetic.py), the
 paper preset on a GPU and the small preset on a CPU. With --data DIR it reads DIR/train/<class>/*
-and DIR/val/<class>/* and follows the paper's recipe (section 5): SGD with momentum 0.9 and
-weight decay 0.0005, batch 128, learning rate 0.01 divided by 10 when the validation error stops
-improving, dropout 0.5, random 227 crops and mirrors of 256x256 images, PCA colour shifts,
-per-pixel mean subtraction.
+and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.py) and follows
+the paper's recipe (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
+learning rate 0.01 divided by 10 when the validation error stops improving, dropout 0.5, random
+227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel mean subtraction.
 
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
 last.npz / best.npz checkpoints, curves.png and conv1.png.
@@ -21,14 +21,14 @@ import time
 import numpy
 
 import minigrad
-from alexnet import checkpoint, data, plots, synthetic
+from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.model import PRESETS, AlexNet
 from minigrad import backend, optim
 from minigrad import functional as F
 from minigrad import random as mg_random
 
 # Settings that define a run; on --resume they come from the checkpoint, not the command line.
-RUN_SETTINGS = ("data", "preset", "batch_size", "lr", "momentum", "weight_decay", "init", "seed",
+RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init", "seed",
                 "synthetic_train", "synthetic_val", "lr_patience")
 
 
@@ -36,7 +36,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="python -m alexnet.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
-                   "val/<class>/*; default: the embedded shapes data set, drawn on the fly")
+                   "val/<class>/*, or a cache made from one by python -m alexnet.prepare; "
+                   "default: the embedded shapes data set, drawn on the fly")
+    p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to on "
+                   "first use (default DIR/.alexnet-cache-<size>)")
     p.add_argument("--preset", choices=["auto"] + list(PRESETS), default="auto",
                    help="network size: 'paper' (227x227 input, 61M parameters) or 'small' "
                    "(99x99, same structure, narrower); auto: paper on a GPU, small on a CPU")
@@ -83,16 +86,22 @@ def log_line(message):
 
 
 def load_data(args, size):
-    """(train Split, val Split, class names, bad files)."""
+    """(train Split, val Split, class names, bad files, the training set's data.Augmentation
+    when a prepared cache has it stored, else None)."""
     if args.data is None:
         log_line(f"data: embedded shapes data set, {args.synthetic_train} train / "
                  f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
-        return data.Split(*splits["train"]), data.Split(*splits["val"]), splits["classes"], []
-    log_line(f"data: reading {args.data} at {size}x{size}")
-    train, classes, bad = data.load_folder(os.path.join(args.data, "train"), size, log=log_line)
-    val, _, bad_val = data.load_folder(os.path.join(args.data, "val"), size, classes, log=log_line)
-    return train, val, classes, bad + bad_val
+        return data.Split(*splits["train"]), data.Split(*splits["val"]), splits["classes"], [], None
+    folder = prepare.cache_for(args.data, size, args.cache, log=log_line)
+    cache = prepare.open_cache(folder)
+    if cache.size != size:
+        raise ValueError(f"the cache {folder} holds {cache.size}x{cache.size} images but preset "
+                         f"{args.preset} needs {size}x{size}; prepare it with --size {size} or "
+                         "choose the preset that matches")
+    log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
+             f"memory-mapped from {folder}")
+    return cache.train, cache.val, cache.classes, cache.bad, cache.aug
 
 
 def format_time(seconds):
@@ -113,7 +122,8 @@ def evaluate(model, split, aug, size, batch_size):
     model.eval()
     total_loss, logits_all = 0.0, []
     with minigrad.no_grad():
-        for x, labels in data.batches(split, aug, size, batch_size, train=False):
+        for x, labels in data.batches(split, aug, size, batch_size, train=False,
+                                      device=model.devices[0]):
             logits = model(x)
             total_loss += F.cross_entropy(logits, labels).item() * len(labels)
             logits_all.append(logits.numpy())
@@ -162,7 +172,7 @@ class Run:
             args.epochs = 90 if args.data else 8
         preset = PRESETS[args.preset]
         self.size = preset.input_size
-        self.train, self.val, self.classes, bad = load_data(args, stored_size(preset))
+        self.train, self.val, self.classes, bad, aug = load_data(args, stored_size(preset))
         if resume and resume[2]["classes"] != self.classes:
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
                              f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
@@ -170,7 +180,7 @@ class Run:
         if len(self.train) < args.batch_size:
             raise ValueError(f"the training set has {len(self.train)} images, fewer than one batch "
                              f"of {args.batch_size}; lower --batch-size")
-        self.aug = data.Augmentation.of(self.train.images)
+        self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 
         if args.run_dir:
             self.dir = args.run_dir
@@ -206,7 +216,9 @@ class Run:
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "random_state": mg_random.get_state(), "config": vars(self.args)}
         path = os.path.join(self.dir, name)
-        checkpoint.save(path, self.model, self.optimizer, meta)
+        # The training set's mean image goes along: evaluation must subtract it, not the val set's.
+        checkpoint.save(path, self.model, self.optimizer, meta,
+                        extra_arrays=checkpoint.augmentation_arrays(self.aug))
         return path
 
     def _restore(self, params, velocities, meta):
@@ -262,7 +274,7 @@ class Run:
             while self.epoch < args.epochs and self.step < total_steps and not stop.requested:
                 batches = data.batches(self.train, self.aug, self.size, args.batch_size, train=True,
                                        seed=args.seed, epoch=self.epoch, start=self.batch,
-                                       workers=args.workers)
+                                       workers=args.workers, device=self.model.devices[0])
                 tick = time.perf_counter()
                 for x, labels in batches:
                     loaded = time.perf_counter()
@@ -330,7 +342,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         Run(args).run()
-    except (FileNotFoundError, ValueError, FloatingPointError) as error:
+    except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

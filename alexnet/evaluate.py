@@ -1,0 +1,159 @@
+"""Evaluate a checkpoint: `python -m alexnet.evaluate --checkpoint CKPT --data DIR`.
+
+Reports the top-1 and top-5 error (section 6 of the paper) of DIR/val/<class>/* (or of
+DIR/<class>/* when DIR has no val folder). Images are prepared as for training: the shorter side
+rescaled to S, the central S x S crop, minus the TRAINING set's mean image, which the checkpoint
+stores. --views 1 classifies the central crop, as the training loop's evaluation does; --views 10
+averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
+central crop, and their horizontal reflections.
+
+Also writes per_class.csv (class, images, top1_accuracy, top5_accuracy) and prints the ten
+(true, predicted) class pairs that are confused most often.
+"""
+import argparse
+import csv
+import os
+import sys
+
+import numpy
+
+import minigrad
+from alexnet import checkpoint, data, train
+from minigrad import functional as F
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m alexnet.evaluate", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+    p.add_argument("--data", required=True, metavar="DIR", help="image folder with "
+                   "val/<class>/*, or a folder of class folders itself")
+    p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1: the central crop; "
+                   "10: the paper's ten views, softmax averaged (default 1)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass "
+                   "(default 128; with --views 10 each view of a batch is one pass)")
+    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
+                   "(default: two GPUs, one GPU twice, or the CPU)")
+    p.add_argument("--out", metavar="DIR", help="where per_class.csv goes (default: the "
+                   "checkpoint's folder)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
+    return args
+
+
+def image_folder(root):
+    """DIR/val when it exists, else DIR itself (a folder of class folders)."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"data folder {root} does not exist; pass a folder with "
+                                "val/<class>/<images>, or one with <class>/<images>")
+    val = os.path.join(root, "val")
+    return val if os.path.isdir(val) else root
+
+
+def check_classes(folder, classes, checkpoint_path):
+    """Every class folder must be one of the checkpoint's classes (missing ones are allowed)."""
+    _, _, found = data.find_images(folder)
+    unknown = [name for name in found if name not in classes]
+    if unknown:
+        raise ValueError(
+            f"{folder} has classes that checkpoint {checkpoint_path} was not trained on "
+            f"({', '.join(unknown[:5])}{', ...' if len(unknown) > 5 else ''}; it knows "
+            f"{', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}): evaluate it on "
+            "images of its own classes")
+
+
+def probabilities(model, images, mean, size, views=1, batch_size=128):
+    """Softmax (N, classes) of uint8 images (N, 3, S, S), averaged over `views` views of each
+    (data.ten_views: 1 is the central crop), with `mean` (3, S, S) subtracted."""
+    model.eval()
+    batches = []
+    with minigrad.no_grad():
+        for start in range(0, len(images), batch_size):
+            crops = data.ten_views(images[start:start + batch_size], mean, size, count=views)
+            batches.append(sum(softmax(model(x)) for x in crops) / views)   # (B, classes)
+    return numpy.concatenate(batches)
+
+
+def softmax(logits):
+    """exp(log_softmax) of logits (N, classes) in float64 on the CPU: float32 could round two
+    close probabilities to one value and change which class ranks first."""
+    return numpy.exp(F.log_softmax(minigrad.Tensor(logits.numpy().astype(numpy.float64))).numpy())
+
+
+def scores(probs, labels, num_classes):
+    """Per class: images, top-1 hits and top-5 hits; and the confusion counts (true, predicted)
+    of the top-1 predictions."""
+    order = numpy.argsort(-probs, axis=1)
+    top1 = order[:, 0] == labels
+    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
+    images = numpy.bincount(labels, minlength=num_classes)
+    hits1 = numpy.bincount(labels, weights=top1, minlength=num_classes).astype(int)
+    hits5 = numpy.bincount(labels, weights=top5, minlength=num_classes).astype(int)
+    confusion = numpy.bincount(labels * num_classes + order[:, 0],
+                               minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    return images, hits1, hits5, confusion
+
+
+def most_confused(confusion, count=10):
+    """The `count` largest off-diagonal entries as (true, predicted, images), largest first."""
+    off = confusion * (1 - numpy.eye(len(confusion), dtype=confusion.dtype))
+    flat = numpy.argsort(-off, axis=None, kind="stable")[:count]
+    pairs = [(*divmod(int(i), len(confusion)), int(off.flat[i])) for i in flat]
+    return [pair for pair in pairs if pair[2] > 0]
+
+
+def write_per_class(path, classes, images, hits1, hits5):
+    """per_class.csv: accuracy columns are empty for a class without images."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["class", "images", "top1_accuracy", "top5_accuracy"])
+        for name, n, h1, h5 in zip(classes, images, hits1, hits5):
+            writer.writerow([name, n, f"{h1 / n:.4f}" if n else "", f"{h5 / n:.4f}" if n else ""])
+
+
+def run(args):
+    aug = checkpoint.load_augmentation(args.checkpoint)
+    model, meta = checkpoint.load_model(args.checkpoint,
+                                        args.devices.split(",") if args.devices else None)
+    classes = meta["classes"]
+    folder = image_folder(args.data)
+    check_classes(folder, classes, args.checkpoint)
+    S, size = train.stored_size(model.preset), model.preset.input_size
+    split, _, _ = data.load_folder(folder, S, classes)
+    if len(split) == 0:
+        raise ValueError(f"no image under {folder} could be read; see the files named above")
+
+    probs = probabilities(model, split.images, aug.mean, size, args.views, args.batch_size)
+    images, hits1, hits5, confusion = scores(probs, split.labels, len(classes))
+    N = len(split)
+    print(f"{checkpoint.resolve(args.checkpoint)} (epoch {meta['epoch']}, step {meta['step']}) "
+          f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
+    print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
+    print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")
+
+    out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "per_class.csv")
+    write_per_class(path, classes, images, hits1, hits5)
+    print(f"per-class accuracy: {path}")
+    pairs = most_confused(confusion)
+    print("most confused (true -> predicted: images):" if pairs else "no image was confused")
+    width = max((len(classes[t]) for t, _, _ in pairs), default=0)
+    for true, predicted, count in pairs:
+        print(f"  {classes[true]:<{width}} -> {classes[predicted]}: {count}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (OSError, ValueError) as error:      # a missing file, a class mismatch, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

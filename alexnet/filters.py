@@ -1,0 +1,41 @@
+"""Draw a checkpoint's conv1 filters: `python -m alexnet.filters --checkpoint CKPT --out conv1.png`.
+
+Like Figure 3 of the paper: every first-layer kernel as a small colour image, each stretched to
+the full 0..255 range on its own, tower a's kernels in one block above tower b's. In the paper
+the towers specialize: one learns mostly colourless edge detectors, the other colour blobs.
+"""
+import argparse
+import sys
+
+from alexnet import checkpoint, plots
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m alexnet.filters", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+    p.add_argument("--out", default="conv1.png", metavar="PNG", help="PNG to write (default conv1.png)")
+    p.add_argument("--columns", type=int, default=16, help="filters per row (default 16)")
+    p.add_argument("--scale", type=int, default=4, help="screen pixels per filter pixel "
+                   "(default 4)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        conv1, _ = checkpoint.read(args.checkpoint, "model.conv1")      # keys a.weight, b.bias...
+        a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each
+        plots.filter_grid(a, b, args.out, columns=args.columns, scale=max(1, args.scale))
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    count, _, kh, kw = a.shape
+    print(f"wrote {args.out}: the {count} + {len(b)} conv1 filters ({kh}x{kw}) of "
+          f"{checkpoint.resolve(args.checkpoint)}, tower a above tower b")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

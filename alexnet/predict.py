@@ -1,0 +1,63 @@
+"""Classify images with a checkpoint: `python -m alexnet.predict --checkpoint CKPT IMAGE ...`.
+
+Each image (any mode, any size) is prepared as for evaluation: the shorter side rescaled to S,
+the central S x S crop, then the central crop of the network's input size, minus the same crop
+of the training set's mean image that the checkpoint stores. Prints the most probable classes
+of each image with their softmax probabilities. An image that cannot be read is named with the
+reason and skipped; the exit status is then 1.
+"""
+import argparse
+import sys
+
+import numpy
+
+import minigrad
+from alexnet import checkpoint, data, train
+from alexnet.evaluate import softmax
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m alexnet.predict", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
+                   "(default: two GPUs, one GPU twice, or the CPU)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        aug = checkpoint.load_augmentation(args.checkpoint)
+        model, meta = checkpoint.load_model(args.checkpoint,
+                                            args.devices.split(",") if args.devices else None)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    classes = meta["classes"]
+    S, size = train.stored_size(model.preset), model.preset.input_size
+    failed = 0
+    for path in args.images:
+        try:
+            image = data.load_image(path, S)                                   # (3, S, S) uint8
+        except Exception as error:  # any unreadable or undecodable file: name it and go on
+            print(f"{path}: cannot be read ({type(error).__name__}: {error}); skipped",
+                  file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        with minigrad.no_grad():
+            probs = softmax(model(data.center_crop(image[None], aug.mean, size)))[0]
+        print(path)
+        for k in numpy.argsort(-probs)[:max(1, args.top)]:
+            print(f"  {probs[k]:7.2%}  {classes[k]}")
+        sys.stdout.flush()
+    if failed:
+        print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

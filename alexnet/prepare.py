@@ -1,0 +1,482 @@
+"""Decode an image folder once, train from it many times: `python -m alexnet.prepare`.
+
+    python -m alexnet.prepare --data DIR --out CACHE [--size 256] [--workers N]
+    python -m alexnet.prepare --val-labels LOC_val_solution.csv --data VALDIR [--dry-run]
+
+The first form decodes every image under DIR/train/<class>/ and DIR/val/<class>/ once, as the
+paper prepares ImageNet (section 2: the shorter side rescaled to --size, then the central
+square), into a cache folder that training maps into memory instead of reading it into RAM:
+
+    manifest.json       size, class names, source folder, and per split: files, images,
+                        skipped, complete
+    classes.txt         the class names in label order (the sorted folder names), one a line
+    train_images.npy    uint8 (files, 3, S, S), memory-mapped; the first `images` rows are used
+    train_labels.npy    int64 (images,): the labels of those rows
+    train_files.txt     path (below DIR/train) TAB label of every file found, in decoding order
+    val_*               the same for the validation split
+    mean.npy            float32 (3, S, S): the per-pixel mean image of the training set
+    pca.npz             eigenvalues (3,) and eigenvectors (3, 3) of its RGB covariance
+    bad_files.txt       path TAB reason for every file that could not be decoded
+
+Every image Pillow can decode is used, whatever its mode (data.load_image). A file that cannot
+be decoded (truncated, empty, not an image) is skipped and listed. It leaves no hole: when a split
+is complete, the last good rows are copied into the rows of the failed files, so the good images
+are exactly the first `images` rows. That costs one row copy per bad file, whatever the size of
+the split, and a reader needs no mask: it takes images[:len(labels)].
+
+The work is shared by --workers processes that write straight into the memory-mapped array. An
+interrupted run resumes: <split>_done.npy marks the rows written so far (saved every few seconds,
+after the image file is synced to disk), and the same command decodes only the missing rows.
+
+The second form sorts a flat validation folder into class folders from a list of (file, class)
+pairs: ImageNet's LOC_val_solution.csv (ImageId,PredictionString; the class is the first word of
+PredictionString, the file is ImageId with whatever extension it has in the folder) or any list
+of `file class` lines separated by spaces or a comma.
+"""
+import argparse
+import concurrent.futures
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy
+from numpy.lib.format import open_memmap
+
+from alexnet import checkpoint, data
+
+SPLITS = ("train", "val")
+MANIFEST = "manifest.json"
+CHUNK = 32              # images per task handed to a worker process
+SAVE_EVERY = 10.0       # seconds between saves of the done mask
+PROGRESS_EVERY = 5.0    # seconds between progress lines
+
+
+def default_cache(data_dir, size):
+    """Where training prepares DIR when no --cache is given: a hidden folder inside DIR."""
+    return os.path.join(data_dir, f".alexnet-cache-{size}")
+
+
+def is_cache(path):
+    return os.path.isfile(os.path.join(path, MANIFEST))
+
+
+def read_manifest(cache):
+    with open(os.path.join(cache, MANIFEST)) as f:
+        return json.load(f)
+
+
+def is_complete(manifest):
+    """Both splits decoded and the training set's mean and PCA stored."""
+    return bool(manifest.get("statistics")) and \
+        all(manifest["splits"].get(split, {}).get("complete") for split in SPLITS)
+
+
+def write_atomically(path, write):
+    """Write through write(file) to a temporary file beside `path`, then rename it over `path`:
+    a crash leaves the old file, never half a new one."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def write_text(path, text):
+    write_atomically(path, lambda f: f.write(text.encode()))
+
+
+def read_text(path):
+    with open(path, encoding="utf-8") as f:
+        return f.read()
+
+
+# ---- decoding (in worker processes) -----------------------------------------------------------
+
+def decode(images, indices, paths, size):
+    """Decode paths[k] into images[indices[k]]: (indices written, [(index, reason)] of the
+    files that could not be decoded)."""
+    written, failed = [], []
+    for i, path in zip(indices, paths):
+        try:
+            images[i] = data.load_image(path, size)
+            written.append(i)
+        except Exception as error:  # any undecodable file: record it and go on
+            failed.append((i, f"{type(error).__name__}: {error}"))
+    return written, failed
+
+
+_worker_images = None   # a worker process's own mapping of the array being filled
+
+
+def _start_worker(images_path):
+    global _worker_images
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which saves progress
+    _worker_images = numpy.load(images_path, mmap_mode="r+")
+
+
+def _decode_in_worker(indices, paths, size):
+    return decode(_worker_images, indices, paths, size)
+
+
+def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
+    """Decode the rows `todo` in chunks of CHUNK, calling on_chunk(written, failed) as each
+    chunk finishes: in this process for workers=1, else in a pool of worker processes that keeps
+    a few chunks per worker queued."""
+    chunks = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
+    if workers == 1:
+        for chunk in chunks:
+            on_chunk(*decode(images, chunk, [paths[i] for i in chunk], size))
+        return
+    pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker,
+                                                  initargs=(images_path,))
+    try:
+        pending, queued = set(), iter(chunks)
+
+        def submit(count):
+            for chunk in itertools.islice(queued, count):
+                pending.add(pool.submit(_decode_in_worker, chunk, [paths[i] for i in chunk], size))
+
+        submit(4 * workers)
+        while pending:
+            finished, pending = concurrent.futures.wait(
+                pending, return_when=concurrent.futures.FIRST_COMPLETED)
+            for future in finished:
+                on_chunk(*future.result())
+            submit(len(finished))
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+# ---- one split --------------------------------------------------------------------------------
+
+class Progress:
+    """The done mask of a split, saved every SAVE_EVERY seconds, and a progress line every
+    PROGRESS_EVERY seconds: images done/total, images/s, ETA."""
+
+    def __init__(self, name, done, todo, images_path, done_path, log):
+        self.name, self.done, self.todo, self.log = name, done, todo, log
+        self.images_path, self.done_path = images_path, done_path
+        self.failed = []                              # (index, reason), this run
+        self.decoded = 0                              # files tried in this run
+        self.started = self.saved = self.shown = time.perf_counter()
+
+    def __call__(self, written, failed):
+        self.done[written] = True
+        self.failed += failed
+        self.decoded += len(written) + len(failed)
+        now = time.perf_counter()
+        if now - self.saved >= SAVE_EVERY:
+            self.save()
+        if now - self.shown >= PROGRESS_EVERY or self.decoded == self.todo:
+            self.shown = now
+            rate = self.decoded / max(now - self.started, 1e-9)
+            seconds_left = (self.todo - self.decoded) / max(rate, 1e-9)
+            eta = time.strftime("%H:%M:%S", time.gmtime(seconds_left))
+            self.log(f"  {self.name}: {int(self.done.sum()) + len(self.failed)}/{len(self.done)} "
+                     f"images  {rate:.0f} images/s  ETA {eta}")
+
+    def save(self):
+        """Sync the image rows to disk first, then the mask that vouches for them."""
+        with open(self.images_path, "rb") as f:
+            os.fsync(f.fileno())
+        write_atomically(self.done_path, lambda f: numpy.save(f, self.done))
+        self.saved = time.perf_counter()
+
+
+def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, log):
+    """Decode one split into the cache, going on from where an earlier run stopped; at most
+    `limit` files now. Updates and saves the manifest; returns the number of files tried."""
+    size = manifest["size"]
+    prefix = os.path.join(cache, split)
+    files_path, images_path = f"{prefix}_files.txt", f"{prefix}_images.npy"
+    labels_path, done_path = f"{prefix}_labels.npy", f"{prefix}_done.npy"
+    listing = "".join(f"{os.path.relpath(path, root)}\t{label}\n"
+                      for path, label in zip(paths, labels))
+    entry = manifest["splits"].get(split, {})
+    same_files = os.path.exists(files_path) and os.path.exists(images_path) and \
+        read_text(files_path) == listing
+    if same_files and entry.get("complete"):
+        log(f"  {split}: prepared before ({entry['images']} images, {entry['skipped']} skipped)")
+        return 0
+    if same_files and os.path.exists(done_path):
+        images = open_memmap(images_path, mode="r+")
+        done = numpy.load(done_path)
+        log(f"  {split}: resuming, {int(done.sum())} of {len(paths)} images were done before")
+    else:
+        if entry:
+            log(f"  {split}: the files under {root} changed since the cache was made; "
+                "preparing them again")
+        if split == "train":
+            manifest["statistics"] = False
+        images = open_memmap(images_path, mode="w+", dtype=numpy.uint8,
+                             shape=(len(paths), 3, size, size))
+        done = numpy.zeros(len(paths), bool)
+        write_atomically(done_path, lambda f: numpy.save(f, done))
+        write_text(files_path, listing)          # last: it says that the two files above belong
+    manifest["splits"][split] = {"files": len(paths), "complete": False}
+    write_manifest(cache, manifest)
+
+    todo = numpy.flatnonzero(~done)
+    finishing = limit is None or limit >= len(todo)
+    todo = todo if finishing else todo[:limit]
+    progress = Progress(split, done, len(todo), images_path, done_path, log)
+    try:
+        decode_rows(images, images_path, todo, paths, size, workers, progress)
+    finally:
+        progress.save()
+    if not finishing:
+        log(f"  {split}: stopped after {limit} images (--limit); {int(done.sum())} of "
+            f"{len(paths)} done; run the same command again to go on")
+        return len(todo)
+
+    count = int(done.sum())
+    bad = sorted([paths[i], reason] for i, reason in progress.failed)
+    if count == 0:
+        manifest["splits"][split]["bad"] = bad
+        write_manifest(cache, manifest)
+        raise ValueError(f"none of the {len(paths)} files under {root} could be decoded "
+                         f"(see {os.path.join(cache, 'bad_files.txt')})")
+    # Every row is written or failed. Fill the failed rows among the first `count` with the good
+    # rows after them; sources and targets never overlap, so a crash here is repaired by rerunning.
+    holes = numpy.flatnonzero(~done[:count])
+    tails = count + numpy.flatnonzero(done[count:])
+    for hole, tail in zip(holes, tails):
+        images[hole] = images[tail]
+    images.flush()
+    labels = labels.copy()
+    labels[holes] = labels[tails]
+    write_atomically(labels_path, lambda f: numpy.save(f, labels[:count]))
+    manifest["splits"][split] = {"files": len(paths), "images": count, "skipped": len(bad),
+                                 "complete": True, "bad": bad}
+    write_manifest(cache, manifest)
+    os.remove(done_path)
+    return len(todo)
+
+
+def write_manifest(cache, manifest):
+    write_text(os.path.join(cache, MANIFEST), json.dumps(manifest, indent=1))
+    bad = [pair for split in SPLITS for pair in manifest["splits"].get(split, {}).get("bad", [])]
+    write_text(os.path.join(cache, "bad_files.txt"), "".join(f"{p}\t{r}\n" for p, r in bad))
+
+
+def store_statistics(cache, manifest, log):
+    """mean.npy and pca.npz of the training images, read chunk by chunk from the memmap."""
+    train = open_split(cache, "train")
+    log(f"  train: mean image and RGB principal components of {len(train)} images")
+    aug = data.Augmentation.of(train.images)
+    write_atomically(os.path.join(cache, "mean.npy"), lambda f: numpy.save(f, aug.mean))
+    checkpoint.write_atomically(os.path.join(cache, "pca.npz"),
+                                {"eigenvalues": aug.eigenvalues, "eigenvectors": aug.eigenvectors})
+    manifest["statistics"] = True
+    write_manifest(cache, manifest)
+
+
+def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print):
+    """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
+    returns the manifest. limit: decode at most this many files now (a later call goes on)."""
+    train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
+    train_paths, train_labels, classes = data.find_images(train_root)
+    val_paths, val_labels, _ = data.find_images(val_root, classes)
+    try:
+        os.makedirs(cache, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the cache folder {cache} ({error.strerror}); "
+                      "pass a writable folder with --out (or --cache when training)") from None
+    manifest = read_manifest(cache) if is_cache(cache) else {"splits": {}}
+    if manifest.get("size", size) != size:
+        raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images, "
+                         f"not {size}x{size}; choose another --out for this size")
+    manifest.update(size=size, source=os.path.abspath(data_dir), classes=classes)
+    write_text(os.path.join(cache, "classes.txt"), "".join(name + "\n" for name in classes))
+    workers = workers or os.cpu_count()
+    log(f"preparing {data_dir} into {cache}: {len(train_paths)} train and {len(val_paths)} val "
+        f"files, {len(classes)} classes, {size}x{size}, {workers} worker process(es)")
+    started, tried = time.perf_counter(), 0
+    for split, root, paths, labels in (("train", train_root, train_paths, train_labels),
+                                       ("val", val_root, val_paths, val_labels)):
+        left = None if limit is None else limit - tried
+        tried += prepare_split(cache, manifest, split, root, paths, labels, workers, left, log)
+    if manifest["splits"]["train"]["complete"] and not manifest.get("statistics"):
+        store_statistics(cache, manifest, log)
+    if is_complete(manifest):
+        splits = [manifest["splits"][split] for split in SPLITS]
+        seconds = time.perf_counter() - started
+        log(f"{cache}: {sum(s['images'] for s in splits)} images, "
+            f"{sum(s['skipped'] for s in splits)} skipped "
+            f"(see {os.path.join(cache, 'bad_files.txt')}); {tried} decoded now in {seconds:.1f}s")
+    return manifest
+
+
+# ---- reading a cache --------------------------------------------------------------------------
+
+@dataclass
+class Cache:
+    train: data.Split
+    val: data.Split
+    classes: list
+    aug: data.Augmentation       # what the training set says about colour
+    bad: list                    # (path, reason) of the skipped files
+    size: int
+
+
+def open_split(cache, split):
+    """A split of the cache, its images memory-mapped (read from disk as they are used)."""
+    prefix = os.path.join(cache, split)
+    labels = numpy.load(f"{prefix}_labels.npy")
+    images = numpy.load(f"{prefix}_images.npy", mmap_mode="r")[:len(labels)]   # good rows only
+    return data.Split(images, labels)
+
+
+def open_cache(cache):
+    """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA."""
+    manifest = read_manifest(cache)
+    if not is_complete(manifest):
+        raise ValueError(f"the cache {cache} is unfinished; finish it with python -m "
+                         f"alexnet.prepare --data {manifest.get('source', 'DIR')} --out {cache}")
+    with numpy.load(os.path.join(cache, "pca.npz")) as pca:
+        aug = data.Augmentation(numpy.load(os.path.join(cache, "mean.npy")),
+                                pca["eigenvalues"], pca["eigenvectors"])
+    bad = [tuple(pair) for split in SPLITS for pair in manifest["splits"][split]["bad"]]
+    return Cache(open_split(cache, "train"), open_split(cache, "val"), manifest["classes"], aug,
+                 bad, manifest["size"])
+
+
+def cache_for(data_dir, size, cache=None, workers=None, log=print):
+    """The cache to train from: data_dir itself when it is one, else `cache` (default
+    default_cache(data_dir, size)), prepared first unless a finished one is there."""
+    if is_cache(data_dir):
+        return data_dir
+    cache = cache or default_cache(data_dir, size)
+    if is_cache(cache) and is_complete(read_manifest(cache)):
+        log(f"data: using the cache {cache} (delete it to decode {data_dir} again)")
+    else:
+        prepare(data_dir, cache, size, workers, log=log)
+    return cache
+
+
+# ---- sorting a flat validation folder ---------------------------------------------------------
+
+def read_label_list(path):
+    """[(file, class)] from LOC_val_solution.csv (header ImageId,PredictionString) or from lines
+    `file class` separated by whitespace or a comma."""
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    loc = bool(lines) and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring")
+    pairs = []
+    for number, line in enumerate(lines[1:] if loc else lines, 2 if loc else 1):
+        if not line.strip():
+            continue
+        if loc:
+            name, _, prediction = line.partition(",")
+            words = [name.strip()] + prediction.split()[:1]
+        else:
+            words = line.replace(",", " ").split()
+        if len(words) != 2:
+            raise ValueError(f"line {number} of {path} is not a 'file class' pair: {line!r}")
+        name, label = words
+        if label.startswith(".") or "/" in label or os.sep in label:
+            raise ValueError(f"line {number} of {path} names the class {label!r}, which cannot "
+                             "be a folder name")
+        pairs.append((name, label))
+    if not pairs:
+        raise ValueError(f"{path} lists no files; expected 'file class' lines or ImageNet's "
+                         "LOC_val_solution.csv")
+    return pairs
+
+
+def sort_validation(labels_path, val_dir, dry_run=False, log=print):
+    """Move the images of the flat folder val_dir into val_dir/<class>/ as labels_path says.
+    Images already in their class folder are left there, so an interrupted sort can be rerun."""
+    if not os.path.isdir(val_dir):
+        raise FileNotFoundError(f"validation folder {val_dir} does not exist; pass the folder "
+                                "of validation images as --data")
+    if not os.path.isfile(labels_path):
+        raise FileNotFoundError(f"label list {labels_path} does not exist")
+    pairs = read_label_list(labels_path)
+
+    def images_in(folder):
+        return [f for f in os.listdir(folder) if not f.startswith(".")
+                and f.lower().endswith(data.IMAGE_EXTENSIONS)
+                and os.path.isfile(os.path.join(folder, f))]
+
+    def by_name_and_stem(names):                # LOC lists ImageId without its extension
+        return {**{os.path.splitext(f)[0]: f for f in names}, **{f: f for f in names}}
+
+    loose = by_name_and_stem(images_in(val_dir))
+    placed = {label: by_name_and_stem(images_in(os.path.join(val_dir, label)))
+              for label in {label for _, label in pairs}
+              if os.path.isdir(os.path.join(val_dir, label))}
+    moves, missing, in_place = [], [], 0
+    for name, label in pairs:
+        if name in loose:
+            moves.append((loose[name], label))
+        elif name in placed.get(label, {}):
+            in_place += 1
+        else:
+            missing.append(name)
+    if not loose and not in_place:
+        raise ValueError(f"{val_dir} holds no images (extensions: "
+                         f"{', '.join(data.IMAGE_EXTENSIONS)}); pass the flat validation folder")
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} files listed in {labels_path} are not in "
+                                f"{val_dir} (e.g. {', '.join(missing[:3])}); pass the folder "
+                                "that the list describes")
+    for name, label in moves:
+        if dry_run:
+            log(f"would move {name} -> {label}/{name}")
+        else:
+            os.makedirs(os.path.join(val_dir, label), exist_ok=True)
+            os.rename(os.path.join(val_dir, name), os.path.join(val_dir, label, name))
+    unlisted = len(set(loose.values()) - {name for name, _ in moves})
+    log(f"{'would move' if dry_run else 'moved'} {len(moves)} images into "
+        f"{len({label for _, label in moves})} class folders of {val_dir}"
+        f"{f'; {in_place} were in place already' if in_place else ''}"
+        f"{f'; {unlisted} images are not in the list and stay where they are' if unlisted else ''}")
+
+
+# ---- command line -----------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m alexnet.prepare", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="DIR", required=True, help="image folder with "
+                   "train/<class>/* and val/<class>/*; with --val-labels: the flat folder of "
+                   "validation images")
+    p.add_argument("--out", metavar="CACHE", help="folder the cache is written to (default "
+                   "DIR/.alexnet-cache-<size>, where training looks first)")
+    p.add_argument("--size", type=int, default=256, help="side of the stored images (default "
+                   "256; 256 * input / 227 for other presets, e.g. 112 for 'small')")
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
+    p.add_argument("--limit", type=int, help="decode at most this many images now; the same "
+                   "command goes on later")
+    p.add_argument("--val-labels", metavar="FILE", help="sort the flat folder --data into class "
+                   "folders from this list (LOC_val_solution.csv or 'file class' lines)")
+    p.add_argument("--dry-run", action="store_true", help="with --val-labels: print the moves only")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        if args.val_labels:
+            sort_validation(args.val_labels, args.data, args.dry_run)
+        else:
+            prepare(args.data, args.out or default_cache(args.data, args.size), args.size,
+                    args.workers, args.limit)
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\ninterrupted; the work done so far is saved: run the same command to go on",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""Preparing an image folder into a memory-mapped cache (alexnet/prepare.py), sorting a flat
+validation folder, training from the cache, and the batches made on either device."""
+import io
+import os
+import shutil
+
+import numpy
+import pytest
+from PIL import Image, ImageFile
+
+from alexnet import data, prepare, train
+from minigrad import backend
+
+SIZE = 39                                   # the stored size of the tiny preset: 35 * 256 / 227
+BAD = {"truncated.jpg", "empty.jpg", "text.jpg", "broken.jpg"}
+
+
+def noise(mode, size, seed):
+    bands = len(Image.new(mode, (1, 1)).getbands())
+    pixels = numpy.random.default_rng(seed).integers(0, 256, (size[1], size[0], bands), numpy.uint8)
+    return Image.fromarray(pixels[:, :, 0] if bands == 1 else pixels).convert(mode)
+
+
+def halves(size, first, second):
+    """An RGB image whose left half is `first` and right half `second`."""
+    image = Image.new("RGB", size, second)
+    image.paste(first, (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+def write_awkward_folder(root):
+    """train/{cat,dog} and val/{cat,dog} with every image mode, name and breakage we accept or
+    must reject; hidden files and folders that must be ignored."""
+    cat, dog = root / "train" / "cat", root / "train" / "dog"
+    for folder in (cat, dog, root / "val" / "cat", root / "val" / "dog",
+                   root / "train" / ".hidden_class", cat / ".thumbnails"):
+        folder.mkdir(parents=True)
+    noise("RGB", (50, 40), 0).save(cat / "rgb.jpg")
+    noise("L", (40, 50), 1).save(cat / "gray.JPG")
+    noise("P", (30, 30), 2).save(cat / "palette.gif")
+    noise("RGBA", (30, 30), 3).save(cat / "rgba.png")
+    Image.new("LA", (30, 30), (100, 255)).save(cat / "la.png")
+    Image.new("CMYK", (30, 30), (0, 255, 255, 0)).save(cat / "cmyk.jpeg")
+    gradient = numpy.tile(numpy.linspace(0, 65535, 64).astype(numpy.uint16), (48, 1))
+    Image.fromarray(gradient).save(cat / "deep.png")                  # 16-bit grey, mode I;16
+    exif = Image.Exif()
+    exif[0x0112] = 6                                                  # Orientation: rotate 90 CW
+    halves((40, 20), (255, 0, 0), (0, 0, 255)).save(cat / "rotated.jpg", exif=exif)
+    noise("RGB", (30, 30), 4).save(cat / "png_named.JPEG", format="PNG")
+    Image.new("RGB", (1, 1), (9, 99, 199)).save(cat / "tiny.png")
+    noise("RGB", (2000, 10), 5).save(cat / "wide.png")
+    whole = io.BytesIO()
+    noise("RGB", (64, 64), 6).save(whole, "JPEG", quality=95)
+    (cat / "truncated.jpg").write_bytes(whole.getvalue()[:len(whole.getvalue()) // 2])
+    (cat / "empty.jpg").write_bytes(b"")
+    (cat / "text.jpg").write_text("this is not an image\n")
+    (cat / ".hidden.jpg").write_text("ignored")
+    (cat / ".thumbnails" / "thumb.jpg").write_text("ignored")
+    (cat / "notes.txt").write_text("ignored")
+    (root / "train" / ".hidden_class" / "a.jpg").write_text("ignored")
+    for i in range(4):
+        noise("RGB", (40 + i, 36), 10 + i).save(dog / f"dog{i}.jpg")
+    for i, cls in enumerate(("cat", "cat", "dog", "dog")):
+        noise("RGB", (45, 45), 20 + i).save(root / "val" / cls / f"v{i}.png")
+    (root / "val" / "dog" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 nothing more")
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    write_awkward_folder(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def prepared(folder, tmp_path_factory):
+    """The folder prepared in one go by two worker processes: (cache, log lines)."""
+    cache, messages = str(tmp_path_factory.mktemp("cache")), []
+    prepare.prepare(str(folder), cache, SIZE, workers=2, log=messages.append)
+    return cache, messages
+
+
+def cache_arrays(cache):
+    """Every file of a cache that holds data, as arrays (rows beyond the good ones excluded)."""
+    opened = prepare.open_cache(cache)
+    return {"train_images": numpy.asarray(opened.train.images), "train_labels": opened.train.labels,
+            "val_images": numpy.asarray(opened.val.images), "val_labels": opened.val.labels,
+            "mean": opened.aug.mean, "eigenvalues": opened.aug.eigenvalues,
+            "eigenvectors": opened.aug.eigenvectors}
+
+
+def assert_same_cache(a, b):
+    for name, value in cache_arrays(a).items():
+        numpy.testing.assert_array_equal(value, cache_arrays(b)[name], err_msg=name)
+
+
+# ---- decoding ---------------------------------------------------------------------------------
+
+def test_awkward_images_decode_to_what_they_show(folder):
+    cat = folder / "train" / "cat"
+    deep = data.load_image(cat / "deep.png", SIZE)               # 16 bits scaled, not clipped
+    assert abs(deep.mean() - 127.5) < 5 and deep[0, 0, 0] < 60 and deep[0, 0, -1] > 195
+    rotated = data.load_image(cat / "rotated.jpg", SIZE)         # the left half turned to the top
+    assert rotated[0, :3].mean() > 200 and rotated[2, :3].mean() < 50
+    assert rotated[2, -3:].mean() > 200 and rotated[0, -3:].mean() < 50
+    gray = data.load_image(cat / "gray.JPG", SIZE)
+    assert (gray[0] == gray[1]).all() and (gray[1] == gray[2]).all()
+    assert tuple(data.load_image(cat / "la.png", SIZE)[:, 5, 5]) == (100, 100, 100)
+    red = data.load_image(cat / "cmyk.jpeg", SIZE).reshape(3, -1).mean(axis=1)
+    assert red[0] > 200 and red[1] < 60 and red[2] < 60
+    assert tuple(data.load_image(cat / "tiny.png", SIZE)[:, 20, 20]) == (9, 99, 199)
+    assert data.load_image(cat / "wide.png", SIZE).shape == (3, SIZE, SIZE)
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    with pytest.raises(OSError):
+        data.load_image(cat / "truncated.jpg", SIZE)
+
+
+def test_good_images_are_used_and_bad_ones_listed_by_name(folder, prepared):
+    cache, messages = prepared
+    manifest = prepare.read_manifest(cache)
+    assert manifest["classes"] == ["cat", "dog"] and manifest["size"] == SIZE
+    train_entry, val_entry = manifest["splits"]["train"], manifest["splits"]["val"]
+    assert (train_entry["files"], train_entry["images"], train_entry["skipped"]) == (18, 15, 3)
+    assert (val_entry["files"], val_entry["images"], val_entry["skipped"]) == (5, 4, 1)
+    assert train_entry["complete"] and val_entry["complete"]
+    assert not os.path.exists(os.path.join(cache, "train_done.npy"))
+    with open(os.path.join(cache, "bad_files.txt")) as f:
+        listed = [line.split("\t") for line in f.read().splitlines()]
+    assert {os.path.basename(path) for path, _ in listed} == BAD and all(r for _, r in listed)
+    with open(os.path.join(cache, "classes.txt")) as f:
+        assert f.read() == "cat\ndog\n"
+    assert any("19 images, 4 skipped (see" in m and "bad_files.txt" in m for m in messages)
+
+    # The rows are the good files, each decoded as load_image does, with its own label; a bad
+    # file's row was filled with a good one, so no row is blank.
+    opened = prepare.open_cache(cache)
+    paths, labels, _ = data.find_images(str(folder / "train"))
+    expected = sorted((data.load_image(p, SIZE).tobytes(), int(label))
+                      for p, label in zip(paths, labels) if os.path.basename(p) not in BAD)
+    found = sorted((row.tobytes(), int(label))
+                   for row, label in zip(opened.train.images, opened.train.labels))
+    assert found == expected
+    assert isinstance(opened.train.images, numpy.memmap)
+
+
+def test_mean_and_pca_of_the_cache_equal_direct_numpy(prepared):
+    opened = prepare.open_cache(prepared[0])
+    images = numpy.asarray(opened.train.images)
+    numpy.testing.assert_allclose(opened.aug.mean, images.mean(axis=0), rtol=1e-6)
+    covariance = numpy.cov(images.transpose(0, 2, 3, 1).reshape(-1, 3).astype(numpy.float64),
+                           rowvar=False)
+    for value, vector in zip(opened.aug.eigenvalues, opened.aug.eigenvectors.T):
+        numpy.testing.assert_allclose(covariance @ vector, value * vector, rtol=1e-4, atol=1e-3)
+
+
+# ---- resuming ---------------------------------------------------------------------------------
+
+def test_an_interrupted_preparation_resumes_with_the_missing_rows_only(folder, prepared, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setattr(prepare, "CHUNK", 4)
+    monkeypatch.setattr(prepare, "SAVE_EVERY", 0.0)
+    load_image, decoded = data.load_image, []
+
+    def interrupted_after_ten(path, size):
+        if len(decoded) == 10:
+            raise KeyboardInterrupt
+        decoded.append(os.path.basename(path))
+        return load_image(path, size)
+
+    cache = str(tmp_path / "cache")
+    monkeypatch.setattr(data, "load_image", interrupted_after_ten)
+    with pytest.raises(KeyboardInterrupt):
+        prepare.prepare(str(folder), cache, SIZE, workers=1, log=lambda message: None)
+    done = numpy.load(os.path.join(cache, "train_done.npy"))
+    paths = data.find_images(str(folder / "train"))[0]
+    first = [os.path.basename(p) for p in numpy.array(paths)[done]]
+    assert len(first) == 8 - len(BAD & set(decoded[:8]))      # two whole chunks of four
+
+    def counted(path, size):
+        decoded.append(os.path.basename(path))
+        return load_image(path, size)
+
+    decoded.clear()
+    monkeypatch.setattr(data, "load_image", counted)
+    prepare.prepare(str(folder), cache, SIZE, workers=1, log=lambda message: None)
+    assert not set(decoded) & set(first)                         # nothing decoded twice
+    assert len(decoded) == 18 - len(first) + 5                   # the rest of train, all of val
+    assert_same_cache(cache, prepared[0])
+
+
+def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_path, capsys):
+    command = ["--data", str(folder), "--out", str(tmp_path / "cache"), "--size", str(SIZE),
+               "--workers", "1"]
+    assert prepare.main(command + ["--limit", "5"]) == 0
+    assert "run the same command again" in capsys.readouterr().out
+    manifest = prepare.read_manifest(str(tmp_path / "cache"))
+    assert not manifest["splits"]["train"]["complete"] and not prepare.is_complete(manifest)
+    with pytest.raises(ValueError, match="unfinished"):
+        prepare.open_cache(str(tmp_path / "cache"))
+    assert prepare.main(command) == 0
+    assert "resuming, 4 of 18 images" in capsys.readouterr().out   # the 5 tried, less empty.jpg
+    assert_same_cache(str(tmp_path / "cache"), prepared[0])
+    assert prepare.main(command) == 0                            # a finished cache: no work
+    assert "prepared before" in capsys.readouterr().out
+
+
+def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
+    for split, cls in (("train", "cat"), ("val", "cat"), ("val", "bird")):
+        (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+        noise("RGB", (20, 20), 0).save(tmp_path / split / cls / "a.png")
+    assert prepare.main(["--data", str(tmp_path), "--out", str(tmp_path / "c")]) == 1
+    error = capsys.readouterr().err
+    assert "bird" in error and "training set lacks" in error and error.count("\n") == 1
+
+
+# ---- sorting a flat validation folder ---------------------------------------------------------
+
+def flat_val_folder(root):
+    root.mkdir()
+    for i, name in enumerate(("ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000002.JPEG",
+                              "c.png")):
+        noise("RGB", (20, 20), i).save(root / name)
+    return root
+
+
+def test_loc_solution_csv_sorts_the_folder_and_dry_run_moves_nothing(tmp_path, capsys):
+    val = flat_val_folder(tmp_path / "val")
+    labels = tmp_path / "LOC_val_solution.csv"
+    labels.write_text("ImageId,PredictionString\n"
+                      "ILSVRC2012_val_00000001,n01751748 10 20 30 40 n01751748 5 5 9 9 \n"
+                      "ILSVRC2012_val_00000002,n09193705 1 2 3 4 \n")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    first = "ILSVRC2012_val_00000001.JPEG"
+    assert f"would move {first} -> n01751748/{first}" in out
+    assert sorted(os.listdir(val)) == ["ILSVRC2012_val_00000001.JPEG",
+                                       "ILSVRC2012_val_00000002.JPEG", "c.png"]
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 0
+    assert "1 images are not in the list" in capsys.readouterr().out
+    assert os.listdir(val / "n01751748") == ["ILSVRC2012_val_00000001.JPEG"]
+    assert os.listdir(val / "n09193705") == ["ILSVRC2012_val_00000002.JPEG"]
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 0   # rerun: no-op
+    assert "2 were in place already" in capsys.readouterr().out
+
+
+def test_plain_list_with_spaces_or_commas_sorts_the_folder(tmp_path):
+    val = flat_val_folder(tmp_path / "val")
+    labels = tmp_path / "labels.txt"
+    labels.write_text("ILSVRC2012_val_00000001.JPEG  cat\nILSVRC2012_val_00000002.JPEG,dog\n\n"
+                      "c.png\tcat\n")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 0
+    assert sorted(os.listdir(val / "cat")) == ["ILSVRC2012_val_00000001.JPEG", "c.png"]
+    assert os.listdir(val / "dog") == ["ILSVRC2012_val_00000002.JPEG"]
+
+
+def test_val_labels_errors_are_one_sentence(tmp_path, capsys):
+    labels = tmp_path / "labels.txt"
+    labels.write_text("a.jpg cat\nb.jpg cat\nc.jpg dog\nd.jpg dog\n")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(tmp_path / "nope")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert prepare.main(["--val-labels", str(labels), "--data", str(tmp_path / "empty")]) == 1
+    assert "holds no images" in capsys.readouterr().err
+    val = flat_val_folder(tmp_path / "val")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 1
+    error = capsys.readouterr().err
+    assert "4 files listed" in error and "a.jpg, b.jpg, c.jpg" in error and error.count("\n") == 1
+    assert len(os.listdir(val)) == 3                              # nothing moved
+
+
+# ---- training from a cache --------------------------------------------------------------------
+
+TINY = ["--preset", "tiny", "--batch-size", "4", "--epochs", "1", "--log-every", "1"]
+
+
+def test_training_runs_on_a_prepared_cache_without_recomputing_the_mean(prepared, tmp_path,
+                                                                          monkeypatch, capsys):
+    def recomputed(images):
+        raise AssertionError("the cache's mean and PCA should be used")
+
+    monkeypatch.setattr(data.Augmentation, "of", recomputed)
+    assert train.main(["--data", prepared[0], *TINY, "--run-dir", str(tmp_path / "run")]) == 0
+    assert "15 train / 4 val images" in capsys.readouterr().out
+    with open(tmp_path / "run" / "bad_files.txt") as f:
+        assert {os.path.basename(line.split("\t")[0]) for line in f} == BAD
+
+
+def test_training_on_a_raw_folder_prepares_its_cache_first(folder, tmp_path):
+    raw = tmp_path / "raw"
+    shutil.copytree(folder, raw)
+    assert train.main(["--data", str(raw), *TINY, "--run-dir", str(tmp_path / "run")]) == 0
+    assert prepare.is_complete(prepare.read_manifest(str(raw / f".alexnet-cache-{SIZE}")))
+
+
+def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):
+    assert train.main(["--data", prepared[0], "--preset", "small",
+                       "--run-dir", str(tmp_path / "run")]) == 1
+    assert "needs 112x112" in capsys.readouterr().err
+
+
+# ---- batches on the device --------------------------------------------------------------------
+
+def test_batches_on_a_device_equal_the_numpy_batches(device):
+    rng = numpy.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (12, 3, 16, 16)).astype(numpy.uint8), numpy.arange(12))
+    aug = data.Augmentation.of(split.images)
+    for train_mode in (True, False):
+        on_cpu = list(data.batches(split, aug, 13, 4, train=train_mode, seed=3, workers=2))
+        on_device = list(data.batches(split, aug, 13, 4, train=train_mode, seed=3, workers=2,
+                                      device=device))
+        for (x, labels), (dx, dlabels) in zip(on_cpu, on_device, strict=True):
+            assert backend.device_of(dx) == device and dx.dtype == numpy.float32
+            numpy.testing.assert_allclose(backend.to_device(dx, "cpu"), x, rtol=1e-6, atol=1e-5)
+            numpy.testing.assert_array_equal(dlabels, labels)

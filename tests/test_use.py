@@ -1,0 +1,180 @@
+"""python -m alexnet.evaluate, alexnet.predict and alexnet.filters on a tiny checkpoint."""
+import csv
+import json
+import re
+import subprocess
+import sys
+
+import numpy
+import pytest
+from PIL import Image
+
+from alexnet import checkpoint, data, evaluate, filters, predict, synthetic, train
+from alexnet.model import PRESETS
+
+SIZE = PRESETS["tiny"].input_size                      # 35
+STORED = train.stored_size(PRESETS["tiny"])            # 39
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run: 64 drawn training images, one epoch (a few seconds on a CPU)."""
+    path = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32",
+                       "--batch-size", "16", "--epochs", "1", "--run-dir", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """DIR/val/<class>/*.png: 30 drawn images of another size than the stored one."""
+    root = tmp_path_factory.mktemp("images")
+    images, labels = synthetic.make_images(30, size=48, seed=1)
+    for i, (image, label) in enumerate(zip(images, labels)):
+        folder = root / "val" / synthetic.CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    return root
+
+
+def counts(output, name):
+    """(errors, images) of the line 'top-1 error 12.34% (4 of 32)'."""
+    errors, images = re.search(rf"{name} error [\d.]+% \((\d+) of (\d+)\)", output).groups()
+    return int(errors), int(images)
+
+
+# ---- views ------------------------------------------------------------------------------------
+
+def test_ten_views_are_the_center_the_corners_and_their_mirrors():
+    images = numpy.arange(2 * 3 * 6 * 6, dtype=numpy.uint8).reshape(2, 3, 6, 6)
+    mean = numpy.random.default_rng(0).random((3, 6, 6)).astype(numpy.float32)
+    views = data.ten_views(images, mean, 4)
+    assert views.shape == (10, 2, 3, 4, 4) and views.dtype == numpy.float32
+    windows = [(1, 1), (0, 0), (0, 2), (2, 0), (2, 2)]          # (top, left): center, corners
+    expected = [images[:, :, t:t + 4, l:l + 4] - mean[:, t:t + 4, l:l + 4] for t, l in windows]
+    expected += [view[..., ::-1] for view in expected]          # the horizontal reflections
+    for i, view in enumerate(expected):
+        numpy.testing.assert_array_equal(views[i], view, err_msg=f"view {i}")
+    numpy.testing.assert_array_equal(data.center_crop(images, mean, 4), expected[0])
+    split = data.Split(images, numpy.arange(2))
+    numpy.testing.assert_array_equal(data.center_batch(split, numpy.arange(2),
+                                                       data.Augmentation.of(images), 4)[0],
+                                     data.center_crop(images, data.mean_image(images), 4))
+
+
+def test_checkpoint_stores_the_training_sets_mean_image(run_dir):
+    aug = checkpoint.load_augmentation(str(run_dir / "last.npz"))
+    train_images = synthetic.make_splits(64, 32, STORED, seed=0)["train"][0]
+    expected = data.Augmentation.of(train_images)
+    assert aug.mean.shape == (3, STORED, STORED)
+    numpy.testing.assert_array_equal(aug.mean, expected.mean)
+    numpy.testing.assert_array_equal(aug.eigenvalues, expected.eigenvalues)
+    numpy.testing.assert_array_equal(aug.eigenvectors, expected.eigenvectors)
+
+
+# ---- evaluate ---------------------------------------------------------------------------------
+
+def test_one_view_agrees_with_the_training_loops_evaluation(run_dir, image_dir, tmp_path, capsys):
+    ckpt = str(run_dir / "last.npz")
+    assert evaluate.main(["--checkpoint", ckpt, "--data", str(image_dir), "--batch-size", "16",
+                          "--out", str(tmp_path)]) == 0
+    output = capsys.readouterr().out
+    model, meta = checkpoint.load_model(ckpt)
+    split, _, _ = data.load_folder(str(image_dir / "val"), STORED, meta["classes"])
+    _, top1, top5 = train.evaluate(model, split, checkpoint.load_augmentation(ckpt), SIZE, 16)
+    assert len(split) == 30 and counts(output, "top-1") == (round(top1 * 30), 30)
+    assert counts(output, "top-5") == (round(top5 * 30), 30)
+    rows = list(csv.DictReader(open(tmp_path / "per_class.csv")))
+    assert sum(round(float(r["top1_accuracy"]) * int(r["images"])) for r in rows) == \
+        30 - round(top1 * 30)
+
+
+def test_ten_views_run_and_write_per_class_csv(run_dir, image_dir, capsys):
+    # DIR may also be the folder of class folders itself; --out defaults to the checkpoint's.
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(image_dir / "val"),
+                          "--views", "10"]) == 0
+    output = capsys.readouterr().out
+    assert "10 views" in output and counts(output, "top-5")[1] == 30
+    assert "most confused" in output or "no image was confused" in output
+    rows = list(csv.DictReader(open(run_dir / "per_class.csv")))
+    assert [r["class"] for r in rows] == list(synthetic.CLASSES)
+    assert sum(int(r["images"]) for r in rows) == 30
+    assert all(0 <= float(r["top1_accuracy"]) <= float(r["top5_accuracy"]) <= 1 for r in rows)
+
+
+def test_ten_view_probabilities_are_the_mean_of_the_views(run_dir):
+    model, _ = checkpoint.load_model(str(run_dir))
+    images = synthetic.make_images(3, size=STORED, seed=2)[0]
+    mean = checkpoint.load_augmentation(str(run_dir)).mean
+    probs = evaluate.probabilities(model, images, mean, SIZE, views=10)
+    per_view = [evaluate.softmax(model(view)) for view in data.ten_views(images, mean, SIZE)]
+    numpy.testing.assert_allclose(probs, numpy.mean(per_view, axis=0), rtol=1e-12)
+    numpy.testing.assert_allclose(probs.sum(axis=1), 1.0)
+
+
+def test_class_mismatch_is_one_sentence_naming_the_classes(run_dir, tmp_path, capsys):
+    (tmp_path / "val" / "cat").mkdir(parents=True)
+    Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "val" / "cat" / "a.png")
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(tmp_path)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "cat" in error and "was not trained on" in error
+    assert synthetic.CLASSES[0] in error
+
+
+def test_user_errors_are_one_sentence_without_traceback(run_dir, image_dir, tmp_path, capsys):
+    missing = str(tmp_path / "nope.npz")
+    for main, argv in ((evaluate.main, ["--checkpoint", missing, "--data", str(image_dir)]),
+                       (evaluate.main, ["--checkpoint", str(run_dir), "--data", missing]),
+                       (predict.main, ["--checkpoint", missing, "a.png"]),
+                       (filters.main, ["--checkpoint", missing])):
+        assert main(argv) == 1
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and "does not exist" in error and error.count("\n") == 1
+
+
+def test_a_checkpoint_without_the_mean_image_says_so(run_dir, image_dir, tmp_path, capsys):
+    params, _, meta = checkpoint.load(str(run_dir))
+    old = str(tmp_path / "old.npz")
+    checkpoint.write_atomically(old, {**{f"model.{k}": v for k, v in params.items()},
+                                      "meta": numpy.array(json.dumps(meta))})
+    assert evaluate.main(["--checkpoint", old, "--data", str(image_dir)]) == 1
+    assert "mean image" in capsys.readouterr().err
+
+
+# ---- predict and filters ----------------------------------------------------------------------
+
+def test_predict_prints_top5_per_image_and_names_unreadable_files(run_dir, tmp_path, capsys):
+    grey = tmp_path / "grey.png"
+    Image.new("L", (90, 30), 128).save(grey)                    # another mode, another shape
+    rgba = tmp_path / "shape.png"
+    Image.fromarray(synthetic.make_images(1, size=60, seed=3)[0][0].transpose(1, 2, 0)) \
+        .convert("RGBA").save(rgba)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    assert predict.main(["--checkpoint", str(run_dir), str(grey), str(broken), str(rgba)]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    heads = [i for i, line in enumerate(lines) if line in (str(grey), str(rgba))]
+    assert [lines[i] for i in heads] == [str(grey), str(rgba)]
+    for i in heads:                                              # "  12.34%  disk" five times
+        names = [line.split()[-1] for line in lines[i + 1:i + 6]]
+        assert all(line.startswith("  ") and line.split()[0].endswith("%")
+                   for line in lines[i + 1:i + 6])
+        assert len(set(names)) == 5 and set(names) <= set(synthetic.CLASSES)
+    assert "broken.jpg" in err and "cannot be read" in err
+
+
+def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
+    out = tmp_path / "conv1.png"
+    assert filters.main(["--checkpoint", str(run_dir / "last.npz"), "--out", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out
+    with Image.open(out) as image:
+        width, height = image.size
+    assert image.format == "PNG" and height > width / 2      # two blocks, one above the other
+
+
+def test_the_modules_run_from_the_command_line(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "alexnet.predict", "--checkpoint",
+                             str(tmp_path / "none.npz"), "a.png"], capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "does not exist" in result.stderr
