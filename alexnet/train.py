@@ -28,8 +28,8 @@ from minigrad import functional as F
 from minigrad import random as mg_random
 
 # Settings that define a run; on --resume they come from the checkpoint, not the command line.
-RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init", "seed",
-                "synthetic_train", "synthetic_val", "lr_patience")
+RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init",
+                "seed", "synthetic_train", "synthetic_val", "lr_patience")
 
 
 def parse_args(argv=None):
