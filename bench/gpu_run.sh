@@ -2,8 +2,9 @@
 # Everything that needs a GPU, run on a fresh machine, with the results collected in OUTDIR:
 #   env.json         device, driver, CUDA runtime, CuPy and NumPy versions, git commit, date
 #   pytest.log       the whole test suite, slow tests included, with the reasons for skips
-#   kernels.json     bench/kernels.py: time and bandwidth of every CUDA kernel (kernels.log: its table)
-#   ops.log, train_step.log   bench/ops.py and bench/train_step.py, where they exist
+#   report.md        bench/report.py: training step, layers and kernels beside PyTorch, loader
+#                    (report/*.json: the raw results)
+#   train.log, run/  two epochs of the paper network on the embedded data set
 #   summary.txt      one line per step
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
 # A failing step does not stop the others; the exit status is 1 when any failed.
@@ -83,14 +84,10 @@ sys.exit("gpu_error" in env)
 EOF
 
 step tests pytest.log "$PY" -m pytest -q -rs -m "not slow or slow"
-step kernels kernels.log "$PY" bench/kernels.py --json "$OUT/kernels.json"
-for bench in ops train_step; do
-    if [ -f "bench/$bench.py" ]; then
-        step "$bench" "$bench.log" "$PY" "bench/$bench.py"
-    else
-        SUMMARY+=("$(printf '%-12s skipped (bench/%s.py does not exist)' "$bench" "$bench")")
-    fi
-done
+step report report.log "$PY" bench/report.py --device 0 --out "$OUT/report.md"
+# The whole GPU training path end to end: the paper network on the embedded data set, briefly.
+step train train.log "$PY" -m alexnet.train --preset paper --synthetic-train 5120 \
+    --synthetic-val 1000 --epochs 2 --run-dir "$OUT/run"
 
 echo "== summary (also in $OUT/summary.txt)"
 printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
