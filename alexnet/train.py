@@ -164,8 +164,9 @@ class Run:
                 setattr(args, key, saved[key])
         if args.preset == "auto":
             args.preset = "paper" if backend.gpu_count() else "small"
-            log_line(f"preset: {args.preset} ("
-                     f"{'a GPU was found' if backend.gpu_count() else 'no GPU: the paper network would take days on a CPU'})")
+            why = "a GPU was found" if backend.gpu_count() else \
+                "no GPU: the paper network would take days on a CPU"
+            log_line(f"preset: {args.preset} ({why})")
         if args.init == "auto":
             args.init = "paper" if args.preset == "paper" else "kaiming"
         if args.epochs is None:
