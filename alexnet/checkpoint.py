@@ -29,14 +29,15 @@ def save(path, model, optimizer, meta, extra_arrays=None):
     for name, value in (extra_arrays or {}).items():
         arrays[f"data.{name}"] = value
     arrays["meta"] = numpy.array(json.dumps(meta))
-    write_atomically(path, arrays)
+    write_atomically(path, lambda f: numpy.savez(f, **arrays))
 
 
-def write_atomically(path, arrays):
-    """Write to a temporary file beside `path`, then rename it: a crash leaves the old file."""
+def write_atomically(path, write):
+    """Write through write(file) to a temporary file beside `path`, then rename it over `path`:
+    a crash leaves the old file, never half a new one."""
     tmp = f"{path}.tmp"
     with open(tmp, "wb") as f:
-        numpy.savez(f, **arrays)
+        write(f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

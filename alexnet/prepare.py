@@ -47,6 +47,7 @@ import numpy
 from numpy.lib.format import open_memmap
 
 from alexnet import checkpoint, data
+from alexnet.checkpoint import write_atomically
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
@@ -73,17 +74,6 @@ def is_complete(manifest):
     """Both splits decoded and the training set's mean and PCA stored."""
     return bool(manifest.get("statistics")) and \
         all(manifest["splits"].get(split, {}).get("complete") for split in SPLITS)
-
-
-def write_atomically(path, write):
-    """Write through write(file) to a temporary file beside `path`, then rename it over `path`:
-    a crash leaves the old file, never half a new one."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_text(path, text):
@@ -270,8 +260,8 @@ def store_statistics(cache, manifest, log):
     log(f"  train: mean image and RGB principal components of {len(train)} images")
     aug = data.Augmentation.of(train.images)
     write_atomically(os.path.join(cache, "mean.npy"), lambda f: numpy.save(f, aug.mean))
-    checkpoint.write_atomically(os.path.join(cache, "pca.npz"),
-                                {"eigenvalues": aug.eigenvalues, "eigenvectors": aug.eigenvectors})
+    write_atomically(os.path.join(cache, "pca.npz"), lambda f: numpy.savez(
+        f, eigenvalues=aug.eigenvalues, eigenvectors=aug.eigenvectors))
     manifest["statistics"] = True
     write_manifest(cache, manifest)
 
