@@ -190,13 +190,13 @@ class Reshape(Function):
 
 class Transpose(Function):
     def forward(self, x, axes):
-        self.axes = axes
-        return x.transpose(axes)
+        self.axes = None if axes is None else tuple(a % x.ndim for a in axes)   # no negatives
+        return x.transpose(self.axes)
 
     def backward(self, gy):
         if self.axes is None:
             return gy.transpose()
-        return gy.transpose(numpy.argsort(self.axes))
+        return gy.transpose(tuple(int(a) for a in numpy.argsort(self.axes)))   # the inverse
 
 
 class GetItem(Function):

@@ -129,6 +129,7 @@ def test_shape_ops(device, rng):
     check_grad(lambda t: t.reshape(4, 6), [x], device)
     check_grad(lambda t: F.flatten(t), [x], device)
     check_grad(lambda t: t.transpose(2, 0, 1), [x], device)
+    check_grad(lambda t: t.transpose(-1, 0, 1), [x], device)
     check_grad(lambda t: t.T, [x], device)
     check_grad(lambda t: t[1:, ::2, 1], [x], device)
     assert forward(lambda t: t.transpose(2, 0, 1), [x], device).shape == (4, 2, 3)
