@@ -353,8 +353,10 @@ class Conv2d(Function):
         O = gy.shape[1]
         gy = gy.transpose(1, 0, 2, 3).reshape(O, -1)               # (O, N*OH*OW)
         gW = gy @ self.col.T                                       # (O, C*kh*kw)
-        gcol = self.W.reshape(O, -1).T @ gy                        # (C*kh*kw, N*OH*OW)
-        gx = _kernels(gy).col2im(gcol, self.x_shape, *self.geometry)
+        gx = None
+        if self.needs_grad[0]:                                     # not for a network's input
+            gcol = self.W.reshape(O, -1).T @ gy                    # (C*kh*kw, N*OH*OW)
+            gx = _kernels(gy).col2im(gcol, self.x_shape, *self.geometry)
         return gx, gW.reshape(self.W.shape), gy.sum(axis=1)
 
 

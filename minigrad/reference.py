@@ -50,12 +50,13 @@ def col2im(col, x_shape, kh, kw, sy, sx, ph, pw):
     N, C, H, W = x_shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
     col = col.reshape(C, kh, kw, N, OH, OW)
-    gx = numpy.zeros((N, C, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
+    # Sum in col's own (C, N) order, so each += walks both arrays in memory order; one
+    # transpose at the end gives (N, C, H, W).
+    gx = numpy.zeros((C, N, H + 2 * ph, W + 2 * pw), dtype=col.dtype)
     for i in range(kh):
         for j in range(kw):
-            entries = col[:, i, j].transpose(1, 0, 2, 3)   # (N, C, OH, OW) view
-            gx[:, :, i:i + sy * OH:sy, j:j + sx * OW:sx] += entries
-    return gx[:, :, ph:ph + H, pw:pw + W]
+            gx[:, :, i:i + sy * OH:sy, j:j + sx * OW:sx] += col[:, i, j]   # (C, N, OH, OW)
+    return gx[:, :, ph:ph + H, pw:pw + W].transpose(1, 0, 2, 3)
 
 
 def max_pool_forward(x, kh, kw, sy, sx):

@@ -186,13 +186,15 @@ class Function:
         forward(self, *arrays, **options) -> array    (saves on self what backward needs)
         backward(self, gy) -> one gradient array per forward input (None where there is none)
 
-    and are called through `apply`, which handles Tensors, devices and the graph.
+    and are called through `apply`, which handles Tensors, devices and the graph. A backward
+    may skip an expensive gradient whose input has needs_grad False (e.g. a network's input).
     """
     crosses_devices = False        # only ops that move data between devices set this
 
 
     def __init__(self):
         self.parents = ()
+        self.needs_grad = ()     # per input: will backward's gradient for it be used?
 
     @classmethod
     def apply(cls, *inputs, **options):
@@ -202,10 +204,11 @@ class Function:
             raise ValueError(f"{cls.__name__.lower()}: inputs are on different devices "
                              f"{sorted(map(str, devices))}; move them with .to(device) first")
         fn = cls()
+        fn.needs_grad = tuple(_grad_enabled and _needs_grad(t) for t in tensors)
         with backend.device_scope(tensors[0].device):
             y = fn.forward(*(t.data for t in tensors), **options)
         out = Tensor(y)
-        if _grad_enabled and any(_needs_grad(t) for t in tensors):
+        if any(fn.needs_grad):
             fn.parents = tensors
             out._ctx = fn
         return out

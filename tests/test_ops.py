@@ -377,3 +377,12 @@ def test_tensor_reports_its_device(device):
     t = Tensor(backend.to_device(numpy.zeros(2), device))
     assert t.device == device and t.to("cpu").device == "cpu"
     assert t.to(device) is t
+
+
+def test_backward_skips_gradients_no_one_needs(device, rng):
+    x = Tensor(backend.to_device(rng.standard_normal((1, 2, 5, 5)), device))   # no requires_grad
+    W = tensors([rng.standard_normal((3, 2, 3, 3))], device)[0]
+    y = F.conv2d(x, W)
+    assert y._ctx.needs_grad == (False, True)
+    y.sum().backward()
+    assert x.grad is None and W.grad is not None
