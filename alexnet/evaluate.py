@@ -1,7 +1,7 @@
 """Evaluate a checkpoint: `python -m alexnet.evaluate --checkpoint CKPT --data DIR`.
 
 Reports the top-1 and top-5 error (section 6 of the paper) of DIR/val/<class>/* (or of
-DIR/<class>/* when DIR has no val folder). Images are prepared as for training: the shorter side
+DIR/<class>/* when DIR has no val folder, or of the val split when DIR is a prepared cache). Images are prepared as for training: the shorter side
 rescaled to S, the central S x S crop, minus the TRAINING set's mean image, which the checkpoint
 stores. --views 1 classifies the central crop, as the training loop's evaluation does; --views 10
 averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
@@ -18,7 +18,7 @@ import sys
 import numpy
 
 import minigrad
-from alexnet import checkpoint, data, train
+from alexnet import checkpoint, data, prepare, train
 from minigrad import functional as F
 
 
@@ -28,7 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder with "
-                   "val/<class>/*, or a folder of class folders itself")
+                   "val/<class>/*, a folder of class folders itself, or a cache made by "
+                   "python -m alexnet.prepare (its val split)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1: the central crop; "
                    "10: the paper's ten views, softmax averaged (default 1)")
     p.add_argument("--batch-size", type=int, default=128, help="images per forward pass "
@@ -52,9 +53,11 @@ def image_folder(root):
     return val if os.path.isdir(val) else root
 
 
-def check_classes(folder, classes, checkpoint_path):
-    """Every class folder must be one of the checkpoint's classes (missing ones are allowed)."""
-    _, _, found = data.find_images(folder)
+def check_classes(folder, classes, checkpoint_path, found=None):
+    """Every class of the data (default: folder's class folders) must be one of the
+    checkpoint's classes (missing ones are allowed)."""
+    if found is None:
+        _, _, found = data.find_images(folder)
     unknown = [name for name in found if name not in classes]
     if unknown:
         raise ValueError(
@@ -118,10 +121,20 @@ def run(args):
     model, meta = checkpoint.load_model(args.checkpoint,
                                         args.devices.split(",") if args.devices else None)
     classes = meta["classes"]
-    folder = image_folder(args.data)
-    check_classes(folder, classes, args.checkpoint)
     S, size = train.stored_size(model.preset), model.preset.input_size
-    split, _, _ = data.load_folder(folder, S, classes)
+    if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped
+        folder, cache = args.data, prepare.open_cache(args.data)
+        if cache.size != S:
+            raise ValueError(f"the cache {folder} holds {cache.size}x{cache.size} images but "
+                             f"checkpoint {args.checkpoint} needs {S}x{S}; prepare the data "
+                             f"again with --size {S}")
+        check_classes(folder, classes, args.checkpoint, cache.classes)
+        to_checkpoint = numpy.array([classes.index(name) for name in cache.classes])
+        split = data.Split(cache.val.images, to_checkpoint[cache.val.labels])   # same names
+    else:                                 # a folder of images, read into memory
+        folder = image_folder(args.data)
+        check_classes(folder, classes, args.checkpoint)
+        split, _, _ = data.load_folder(folder, S, classes)
     if len(split) == 0:
         raise ValueError(f"no image under {folder} could be read; see the files named above")
 

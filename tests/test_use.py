@@ -9,7 +9,7 @@ import numpy
 import pytest
 from PIL import Image
 
-from alexnet import checkpoint, data, evaluate, filters, predict, synthetic, train
+from alexnet import checkpoint, data, evaluate, filters, predict, prepare, synthetic, train
 from alexnet.model import PRESETS
 
 SIZE = PRESETS["tiny"].input_size                      # 35
@@ -87,6 +87,25 @@ def test_one_view_agrees_with_the_training_loops_evaluation(run_dir, image_dir, 
     rows = list(csv.DictReader(open(tmp_path / "per_class.csv")))
     assert sum(round(float(r["top1_accuracy"]) * int(r["images"])) for r in rows) == \
         30 - round(top1 * 30)
+
+
+def test_a_prepared_cache_evaluates_like_its_image_folder(run_dir, image_dir, tmp_path, capsys):
+    for split, seed in (("train", 2), ("val", 1)):        # val: the same images as image_dir
+        images, labels = synthetic.make_images(30, size=48, seed=seed)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = tmp_path / "raw" / split / synthetic.CLASSES[label]
+            folder.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    assert prepare.main(["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
+                         "--size", str(STORED), "--workers", "1"]) == 0
+    ckpt = str(run_dir / "last.npz")
+    results = []
+    for source in (tmp_path / "cache", image_dir):
+        capsys.readouterr()
+        assert evaluate.main(["--checkpoint", ckpt, "--data", str(source), "--out", str(tmp_path)]) == 0
+        output = capsys.readouterr().out
+        results.append((counts(output, "top-1"), counts(output, "top-5")))
+    assert results[0] == results[1] and results[0][0][1] == 30
 
 
 def test_ten_views_run_and_write_per_class_csv(run_dir, image_dir, capsys):
