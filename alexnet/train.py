@@ -161,7 +161,8 @@ class Run:
         if resume:
             saved = resume[2]["config"]
             for key in RUN_SETTINGS:
-                setattr(args, key, saved[key])
+                if key in saved:
+                    setattr(args, key, saved[key])
         if args.preset == "auto":
             args.preset = "paper" if backend.gpu_count() else "small"
             why = "a GPU was found" if backend.gpu_count() else \
@@ -186,7 +187,8 @@ class Run:
         if args.run_dir:
             self.dir = args.run_dir
         elif args.resume:
-            self.dir = args.resume if os.path.isdir(args.resume) else os.path.dirname(args.resume)
+            self.dir = args.resume if os.path.isdir(args.resume) else \
+                os.path.dirname(os.path.abspath(args.resume))
         else:
             self.dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
         os.makedirs(self.dir, exist_ok=True)
