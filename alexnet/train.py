@@ -53,8 +53,8 @@ def parse_args(argv=None):
                    "of the validation top-1 error before the learning rate is divided by 10")
     p.add_argument("--init", choices=["auto", "paper", "kaiming"], default="auto",
                    help="'paper': N(0, 0.01^2) weights, biases 1 in conv2,4,5 fc6,7; 'kaiming': "
-                   "He-normal weights, zero biases; auto: paper for the paper preset, kaiming "
-                   "for the small one (the paper's recipe can sit at chance on small data)")
+                   "He-normal weights, zero biases; auto: paper with --data, kaiming on the "
+                   "embedded data set (the paper's recipe can sit at chance on small data)")
     p.add_argument("--seed", type=int, default=0, help="seed for initialization, shuffling, "
                    "augmentation and dropout (default 0)")
     p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
@@ -169,7 +169,7 @@ class Run:
                 "no GPU: the paper network would take days on a CPU"
             log_line(f"preset: {args.preset} ({why})")
         if args.init == "auto":
-            args.init = "paper" if args.preset == "paper" else "kaiming"
+            args.init = "paper" if args.data else "kaiming"
         if args.epochs is None:
             args.epochs = 90 if args.data else 8
         preset = PRESETS[args.preset]
