@@ -6,8 +6,9 @@
                           (3, S, S), data.eigenvalues (3,), data.eigenvectors (3, 3); evaluation
                           and prediction subtract the TRAINING set's mean image, so it travels
                           with the weights
-    meta                  a JSON string: preset, classes, epoch, step, learning rate, schedule,
-                          random state, the run's settings
+    meta                  a JSON string: preset, classes, epoch, batch (next in the epoch),
+                          step, best validation top-1 error, learning rate, schedule, random
+                          state, the run's settings
 """
 import dataclasses
 import json

@@ -18,7 +18,7 @@ import sys
 import numpy
 
 import minigrad
-from alexnet import checkpoint, data, prepare, train
+from alexnet import checkpoint, data, prepare
 from minigrad import functional as F
 
 
@@ -119,9 +119,9 @@ def write_per_class(path, classes, images, hits1, hits5):
 def run(args):
     aug = checkpoint.load_augmentation(args.checkpoint)
     model, meta = checkpoint.load_model(args.checkpoint,
-                                        args.devices.split(",") if args.devices else None)
+                                        args.devices)
     classes = meta["classes"]
-    S, size = train.stored_size(model.preset), model.preset.input_size
+    S, size = model.preset.stored_size(), model.preset.input_size
     if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped
         folder, cache = args.data, prepare.open_cache(args.data)
         if cache.size != S:

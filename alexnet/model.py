@@ -35,6 +35,10 @@ class Preset:
     widths: tuple          # output channels of conv1..conv5 in one tower
     fc_width: int          # units of fc6 and fc7 in one tower
 
+    def stored_size(self):
+        """Side of the stored images: 256 for the 227 input (section 2), the same ratio else."""
+        return round(self.input_size * 256 / 227)
+
     def feature_size(self):
         """Side of pool5's output: conv1, then three 3/2 poolings (convs 2-5 keep the size)."""
         side = (self.input_size - self.conv1_kernel) // self.conv1_stride + 1
@@ -83,7 +87,7 @@ class AlexNet(nn.Module):
     """AlexNet with explicit towers: conv1a/conv1b ... fc7a/fc7b, and fc8 on tower a's device.
 
     num_classes: size of fc8.  devices: (device of tower a, device of tower b), each "cpu" or
-    a GPU id; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
+    a GPU id, or the same as text such as "0,1"; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
     init: "paper" (section 5: weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7
     and 0 elsewhere) or "kaiming" (He normal weights, zero biases, fc8 N(0, 0.01^2) so the
     first logits are near 0; trains reliably from scratch on small data sets, where the paper's
@@ -101,7 +105,7 @@ class AlexNet(nn.Module):
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
             preset = PRESETS[preset]
-        self.preset, self.num_classes, self.init = preset, num_classes, init
+        self.preset = preset
         c1, c2, c3, c4, c5 = preset.widths
         fc, side = preset.fc_width, preset.feature_size()
         k, s = preset.conv1_kernel, preset.conv1_stride
@@ -129,6 +133,8 @@ class AlexNet(nn.Module):
             self.fc8.weight.data = (mg_random.generator().standard_normal(self.fc8.weight.shape)
                                     * 0.01).astype(dtype)
         self.input_scale = 1.0 if init == "paper" else 1.0 / PIXEL_STD
+        if isinstance(devices, str):
+            devices = devices.split(",")
         self.devices = tuple(backend.parse_device(d) for d in (devices or default_devices()))
         self._place()
 

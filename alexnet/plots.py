@@ -9,6 +9,7 @@ import os
 import numpy
 from PIL import Image, ImageDraw, ImageFont
 
+from alexnet.checkpoint import write_atomically
 from minigrad.backend import to_device
 
 _TRAIN, _VAL, _VAL_TOP5 = (31, 119, 180), (255, 127, 14), (44, 160, 44)
@@ -24,9 +25,7 @@ def _font(size):
 
 def _save(image, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    image.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    write_atomically(path, lambda f: image.save(f, format="PNG"))
 
 
 def _nice_ticks(lo, hi, count=5):

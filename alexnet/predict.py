@@ -12,7 +12,7 @@ import sys
 import numpy
 
 import minigrad
-from alexnet import checkpoint, data, train
+from alexnet import checkpoint, data
 from alexnet.evaluate import softmax
 
 
@@ -33,12 +33,12 @@ def main(argv=None):
     try:
         aug = checkpoint.load_augmentation(args.checkpoint)
         model, meta = checkpoint.load_model(args.checkpoint,
-                                            args.devices.split(",") if args.devices else None)
+                                            args.devices)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     classes = meta["classes"]
-    S, size = train.stored_size(model.preset), model.preset.input_size
+    S, size = model.preset.stored_size(), model.preset.input_size
     failed = 0
     for path in args.images:
         try:

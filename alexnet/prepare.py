@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy
 from numpy.lib.format import open_memmap
 
-from alexnet import checkpoint, data
+from alexnet import data
 from alexnet.checkpoint import write_atomically
 
 SPLITS = ("train", "val")

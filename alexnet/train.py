@@ -8,7 +8,8 @@ learning rate 0.01 divided by 10 when the validation error stops improving, drop
 227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel mean subtraction.
 
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
-last.npz / best.npz checkpoints, curves.png and conv1.png.
+last.npz / best.npz checkpoints, curves.png, conv1.png and (if any image was unreadable)
+bad_files.txt.
 """
 import argparse
 import json
@@ -74,11 +75,6 @@ def parse_args(argv=None):
     p.add_argument("--synthetic-val", type=int, default=2000,
                    help="images in the embedded validation set (default 2000)")
     return p.parse_args(argv)
-
-
-def stored_size(preset):
-    """Side of the stored images: 256 for a 227 input, the same ratio for other presets."""
-    return round(preset.input_size * 256 / 227)
 
 
 def log_line(message):
@@ -174,7 +170,7 @@ class Run:
             args.epochs = 90 if args.data else 8
         preset = PRESETS[args.preset]
         self.size = preset.input_size
-        self.train, self.val, self.classes, bad, aug = load_data(args, stored_size(preset))
+        self.train, self.val, self.classes, bad, aug = load_data(args, preset.stored_size())
         if resume and resume[2]["classes"] != self.classes:
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
                              f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
@@ -197,8 +193,7 @@ class Run:
                 f.writelines(f"{path}\t{reason}\n" for path, reason in bad)
 
         minigrad.manual_seed(args.seed)
-        devices = args.devices.split(",") if args.devices else None
-        self.model = AlexNet(len(self.classes), devices=devices, init=args.init, preset=args.preset)
+        self.model = AlexNet(len(self.classes), devices=args.devices, init=args.init, preset=args.preset)
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
         self.schedule = optim.ReduceLROnPlateau(self.optimizer, patience=args.lr_patience)
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")

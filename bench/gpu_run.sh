@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, run on a fresh machine, with the results collected in OUTDIR:
 #   env.json         device, driver, CUDA runtime, CuPy and NumPy versions, git commit, date
-#   pytest.log       the whole test suite, slow tests included, with the reasons for skips
+#   pytest.log       the whole test suite, with the reasons for skips
 #   report.md        bench/report.py: training step, layers and kernels beside PyTorch, loader
 #                    (report/*.json: the raw results)
 #   train.log, run/  two epochs of the paper network on the embedded data set
@@ -83,7 +83,7 @@ print(json.dumps(env, indent=2))
 sys.exit("gpu_error" in env)
 EOF
 
-step tests pytest.log "$PY" -m pytest -q -rs -m "not slow or slow"
+step tests pytest.log "$PY" -m pytest -q -rs
 step report report.log "$PY" bench/report.py --device 0 --out "$OUT/report.md"
 # The whole GPU training path end to end: the paper network on the embedded data set, briefly.
 step train train.log "$PY" -m alexnet.train --preset paper --synthetic-train 5120 \

@@ -335,8 +335,8 @@ class Conv2d(Function):
     """
 
     def forward(self, x, W, b=None, *, stride, padding):
-        N, C, H, _ = x.shape
-        O, Cw, kh, kw = W.shape
+        N, _, H, _ = x.shape
+        O, _, kh, kw = W.shape
         (sy, sx), (ph, pw) = stride, padding
         xp = backend.get_array_module(x)
         col = _kernels(x).im2col(x, kh, kw, sy, sx, ph, pw)        # (C*kh*kw, N*OH*OW)

@@ -2,7 +2,8 @@
 
 These are the specification: `minigrad/kernels/*.cu` must compute exactly these functions, and
 the tests compare them. They are vectorized (no Python loop over pixels or channels; the only
-loops run over the kh*kw offsets of a kernel window) and kept as plain as possible.
+loops run over the offsets of a window: kh*kw for convolution and pooling, n for LRN) and kept
+as plain as possible.
 
 Layouts (N images, C channels, H x W pixels):
     im2col:   x (N, C, H, W)  ->  col (C*kh*kw, N*OH*OW), row (c*kh + i)*kw + j,

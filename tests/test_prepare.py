@@ -9,9 +9,10 @@ import pytest
 from PIL import Image, ImageFile
 
 from alexnet import data, prepare, train
+from alexnet.model import PRESETS
 from minigrad import backend
 
-SIZE = 39                                   # the stored size of the tiny preset: 35 * 256 / 227
+SIZE = PRESETS["tiny"].stored_size()        # 39
 BAD = {"truncated.jpg", "empty.jpg", "text.jpg", "broken.jpg"}
 
 

@@ -4,7 +4,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import numpy
 import pytest
@@ -138,5 +137,5 @@ def test_ctrl_c_saves_last_checkpoint_and_exits(tmp_path):
     output = "".join(lines) + process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
     assert "interrupted at step" in output and "--resume" in output
-    params, _, meta = checkpoint.load(str(run_dir / "last.npz"))
+    _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1

@@ -13,7 +13,7 @@ from alexnet import checkpoint, data, evaluate, filters, predict, prepare, synth
 from alexnet.model import PRESETS
 
 SIZE = PRESETS["tiny"].input_size                      # 35
-STORED = train.stored_size(PRESETS["tiny"])            # 39
+STORED = PRESETS["tiny"].stored_size()            # 39
 
 
 @pytest.fixture(scope="module")
