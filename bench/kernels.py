@@ -91,7 +91,7 @@ def main(argv=None):
     cupy = backend.cupy
     device = cupy.cuda.runtime.getDevice()
     name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
-    peak = peak_bandwidth(cupy, device)
+    peak = peak_bandwidth(cupy, device) or float("nan")      # 0 if the driver does not say
     print(f"{name}: peak memory bandwidth {peak / 1e9:.0f} GB/s (2 x memory clock x bus width)")
     print(f"{'kernel':<26}{'layer':<7}{'input':<16}{'time us':>10}{'MB':>9}{'GB/s':>9}{'% peak':>8}")
     results = []

@@ -282,5 +282,10 @@ def launch(plan):
     if any(isinstance(arg, numpy.ndarray) for arg in plan.args):
         raise TypeError(f"{plan.kernel} was given NumPy arrays; minigrad.cuda runs on CuPy arrays "
                         f"(minigrad.reference is the NumPy version)")
+    current = backend.cupy.cuda.runtime.getDevice()
+    elsewhere = {arg.device.id for arg in plan.args if _is_array(arg)} - {current}
+    if elsewhere:             # a kernel reading another GPU's memory is slow or crashes the context
+        raise ValueError(f"{plan.kernel} runs on GPU {current} but was given arrays on GPU "
+                         f"{sorted(elsewhere)}; move them with minigrad.backend.to_device first")
     compiled_module(plan.module).get_function(plan.kernel)(plan.grid, plan.block, plan.args)
     return plan.outputs

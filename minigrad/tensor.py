@@ -113,14 +113,16 @@ class Tensor:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, not shape "
                                    f"{self.shape}; pass gy of the same shape, or reduce first")
-            gy = self.xp.ones_like(self.data)
+            with backend.device_scope(self.device):
+                gy = self.xp.ones_like(self.data)
         grads = {id(self): gy}
         for t in reversed(_topological_order(self)):
             g = grads.pop(id(t), None)
             if g is None:                                              # no gradient flowed here
                 continue
             if t._ctx is None:                                         # a leaf: keep its gradient
-                t.grad = g if t.grad is None else t.grad + g
+                with backend.device_scope(t.device):
+                    t.grad = g if t.grad is None else t.grad + g
                 continue
             ctx, t._ctx = t._ctx, None
             with backend.device_scope(t.device):
@@ -131,7 +133,11 @@ class Tensor:
                 if pg is None or not _needs_grad(parent):
                     continue
                 assert pg.shape == parent.shape, (type(ctx).__name__, pg.shape, parent.shape)
-                grads[id(parent)] = pg if id(parent) not in grads else grads[id(parent)] + pg
+                if id(parent) not in grads:
+                    grads[id(parent)] = pg
+                else:                           # on the parent's device: tower b adds on GPU 1
+                    with backend.device_scope(parent.device):
+                        grads[id(parent)] = grads[id(parent)] + pg
 
     # ---- operators: each calls the op of the same name in minigrad.functional ----------------
     def __add__(self, other): return F.add(self, other)

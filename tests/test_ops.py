@@ -110,7 +110,7 @@ def test_relu(device, rng):
 def test_matmul(shapes, device, rng):
     a, b = (rng.standard_normal(s) for s in shapes)
     check_grad(F.matmul, [a, b], device)
-    numpy.testing.assert_allclose(forward(F.matmul, [a, b], device), a @ b, rtol=1e-12)
+    numpy.testing.assert_allclose(forward(F.matmul, [a, b], device), a @ b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -119,7 +119,8 @@ def test_linear(bias, N, device, rng):
     x, W, b = rng.standard_normal((N, 7)), rng.standard_normal((3, 7)), rng.standard_normal(3)
     if bias:
         check_grad(F.linear, [x, W, b], device)
-        numpy.testing.assert_allclose(forward(F.linear, [x, W, b], device), x @ W.T + b, rtol=1e-12)
+        numpy.testing.assert_allclose(forward(F.linear, [x, W, b], device), x @ W.T + b, rtol=1e-12,
+                                      atol=1e-12)
     else:
         check_grad(F.linear, [x, W], device)
 
