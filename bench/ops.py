@@ -305,6 +305,27 @@ def torch_device_for(device):
     return torch.device(f"cuda:{device}"), ""
 
 
+def checked_device(parser, args, count_option):
+    """The device of --device, after checking --batch, --warmup and the count option `count_option`
+    (--repeat or --steps), with args.batch defaulted: 16 on the CPU, 128 on a GPU. Every problem
+    is one parser error, before any table starts."""
+    try:
+        device = backend.parse_device(args.device)
+    except ValueError as error:
+        parser.error(str(error))
+    count = getattr(args, count_option)
+    if count < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
+        parser.error(f"--{count_option} and --batch must be at least 1, --warmup at least 0")
+    if device != "cpu":
+        try:
+            from minigrad import cuda  # noqa: F401  (fail here, with one sentence, not mid-table)
+        except Exception as error:
+            parser.error(f"minigrad's CUDA kernels could not be loaded ({error}); "
+                         "run with --device cpu")
+    args.batch = args.batch or (16 if device == "cpu" else 128)
+    return device
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu (NumPy) or a GPU id such as 0 (CuPy)")
@@ -315,20 +336,11 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    device = checked_device(parser, args, "repeat")
     try:
-        device = backend.parse_device(args.device)
         layers = select_layers(args.layers)
     except ValueError as error:
         parser.error(str(error))
-    if args.repeat < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        parser.error("--repeat and --batch must be at least 1, --warmup at least 0")
-    if device != "cpu":
-        try:
-            from minigrad import cuda  # noqa: F401  (fail here, with one sentence, not mid-table)
-        except Exception as error:
-            parser.error(f"minigrad's CUDA kernels could not be loaded ({error}); "
-                         "run with --device cpu")
-    args.batch = args.batch or (16 if device == "cpu" else 128)
 
     torch_device, torch_note = torch_device_for(device)
     print("\n".join(header_lines(args, device, torch_device, torch_note)), flush=True)

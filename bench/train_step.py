@@ -51,7 +51,7 @@ import numpy
 from alexnet.model import PIXEL_STD, PRESETS, AlexNet, parameter_count
 from minigrad import backend, optim
 from minigrad import functional as F
-from ops import (blas_info, cpu_counters, cpu_name, other_cores, relative_error,
+from ops import (blas_info, checked_device, cpu_counters, cpu_name, other_cores, relative_error,
                  torch_device_for)
 
 try:
@@ -380,19 +380,7 @@ def main(argv=None):
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        device = backend.parse_device(args.device)
-    except ValueError as error:
-        parser.error(str(error))
-    if args.steps < 1 or args.warmup < 0 or (args.batch is not None and args.batch < 1):
-        parser.error("--steps and --batch must be at least 1, --warmup at least 0")
-    if device != "cpu":
-        try:
-            from minigrad import cuda  # noqa: F401  (fail here, with one sentence, not mid-run)
-        except Exception as error:
-            parser.error(f"minigrad's CUDA kernels could not be loaded ({error}); "
-                         "run with --device cpu")
-    args.batch = args.batch or (16 if device == "cpu" else 128)
+    device = checked_device(parser, args, "steps")
 
     torch_device, torch_note = torch_device_for(device)
     print("\n".join(header_lines(args, device, torch_device, torch_note)), flush=True)
