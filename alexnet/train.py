@@ -343,6 +343,10 @@ def main(argv=None):
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         print(f"error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:    # before training started, or a second Ctrl-C during it
+        print("\ninterrupted: checkpoints already written stay, and a data cache being prepared "
+              "keeps what it has decoded; the same command goes on from there", file=sys.stderr)
+        return 130
     return 0
 
 
