@@ -123,11 +123,7 @@ def run(args):
     classes = meta["classes"]
     S, size = model.preset.stored_size(), model.preset.input_size
     if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped
-        folder, cache = args.data, prepare.open_cache(args.data)
-        if cache.size != S:
-            raise ValueError(f"the cache {folder} holds {cache.size}x{cache.size} images but "
-                             f"checkpoint {args.checkpoint} needs {S}x{S}; prepare the data "
-                             f"again with --size {S}")
+        folder, cache = args.data, prepare.open_cache(args.data, S)
         check_classes(folder, classes, args.checkpoint, cache.classes)
         to_checkpoint = numpy.array([classes.index(name) for name in cache.classes])
         split = data.Split(cache.val.images, to_checkpoint[cache.val.labels])   # same names

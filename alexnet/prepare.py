@@ -311,7 +311,6 @@ class Cache:
     classes: list
     aug: data.Augmentation       # what the training set says about colour
     bad: list                    # (path, reason) of the skipped files
-    size: int
 
 
 def open_split(cache, split):
@@ -322,18 +321,23 @@ def open_split(cache, split):
     return data.Split(images, labels)
 
 
-def open_cache(cache):
-    """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA."""
+def open_cache(cache, size=None):
+    """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA;
+    `size`: the side the caller needs, refused in one sentence when the cache holds another."""
     manifest = read_manifest(cache)
     if not is_complete(manifest):
         raise ValueError(f"the cache {cache} is unfinished; finish it with python -m "
                          f"alexnet.prepare --data {manifest.get('source', 'DIR')} --out {cache}")
+    if size is not None and manifest["size"] != size:
+        raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images "
+                         f"but this needs {size}x{size}; prepare it again with --size "
+                         f"{size}, or choose the preset that matches")
     with numpy.load(os.path.join(cache, "pca.npz")) as pca:
         aug = data.Augmentation(numpy.load(os.path.join(cache, "mean.npy")),
                                 pca["eigenvalues"], pca["eigenvectors"])
     bad = [tuple(pair) for split in SPLITS for pair in manifest["splits"][split]["bad"]]
     return Cache(open_split(cache, "train"), open_split(cache, "val"), manifest["classes"], aug,
-                 bad, manifest["size"])
+                 bad)
 
 
 def cache_for(data_dir, size, cache=None, workers=None, log=print):

@@ -90,11 +90,7 @@ def load_data(args, size):
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
         return data.Split(*splits["train"]), data.Split(*splits["val"]), splits["classes"], [], None
     folder = prepare.cache_for(args.data, size, args.cache, log=log_line)
-    cache = prepare.open_cache(folder)
-    if cache.size != size:
-        raise ValueError(f"the cache {folder} holds {cache.size}x{cache.size} images but preset "
-                         f"{args.preset} needs {size}x{size}; prepare it with --size {size} or "
-                         "choose the preset that matches")
+    cache = prepare.open_cache(folder, size)
     log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
              f"memory-mapped from {folder}")
     return cache.train, cache.val, cache.classes, cache.bad, cache.aug
