@@ -203,6 +203,11 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def is_image_name(name):
+    """A visible file with an image extension, in any case (photo.JPEG, not .photo.jpg)."""
+    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+
+
 def find_images(root, classes=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
     Hidden files and folders are skipped; extensions match in any case."""
@@ -225,7 +230,7 @@ def find_images(root, classes=None):
         for dirpath, dirnames, filenames in os.walk(folder):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
             for f in sorted(filenames):
-                if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS):
+                if is_image_name(f):
                     paths.append(os.path.join(dirpath, f))
                     labels.append(label)
     if not paths:

@@ -394,9 +394,8 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
     pairs = read_label_list(labels_path)
 
     def images_in(folder):
-        return [f for f in os.listdir(folder) if not f.startswith(".")
-                and f.lower().endswith(data.IMAGE_EXTENSIONS)
-                and os.path.isfile(os.path.join(folder, f))]
+        return [f for f in os.listdir(folder)
+                if data.is_image_name(f) and os.path.isfile(os.path.join(folder, f))]
 
     def by_name_and_stem(names):                # LOC lists ImageId without its extension
         return {**{os.path.splitext(f)[0]: f for f in names}, **{f: f for f in names}}
