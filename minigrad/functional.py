@@ -494,14 +494,15 @@ def cross_entropy(logits, labels):
     labels = labels.data if isinstance(labels, Tensor) else labels
     if logits.ndim != 2:
         raise ValueError(f"cross_entropy needs logits of shape (N, classes), got {logits.shape}")
-    xp = Tensor(logits).xp
-    with backend.device_scope(Tensor(logits).device):
-        labels = xp.asarray(labels)
-        if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
-            raise ValueError(f"cross_entropy needs integer labels of shape ({logits.shape[0]},), "
-                             f"got {labels.dtype} of shape {labels.shape}")
+    if backend.get_array_module(labels) is numpy:
+        labels = numpy.asarray(labels)     # checked here, on the host: no GPU sync per step
+    if labels.shape != logits.shape[:1] or labels.dtype.kind not in "iu":
+        raise ValueError(f"cross_entropy needs integer labels of shape ({logits.shape[0]},), "
+                         f"got {labels.dtype} of shape {labels.shape}")
+    with backend.device_scope(backend.device_of(labels)):
         low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= logits.shape[1]:
         raise ValueError(f"cross_entropy: labels must lie in [0, {logits.shape[1]}), got values "
                          f"from {low} to {high}; is num_classes right?")
-    return CrossEntropy.apply(logits, labels)
+    logits = Tensor(logits) if not isinstance(logits, Tensor) else logits
+    return CrossEntropy.apply(logits, backend.to_device(labels, logits.device))
