@@ -296,8 +296,10 @@ class Run:
             log_line(f"interrupted at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
         else:
+            best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
+                else "no evaluation yet"
             log_line(f"done: {self.step} steps in {format_time(time.perf_counter() - started)}; "
-                     f"best validation top-1 error {self.best:.2%}; checkpoints in {self.dir}")
+                     f"{best}; checkpoints in {self.dir}")
         return self
 
     def log_progress(self, window, steps_per_epoch, eta):
