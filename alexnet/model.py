@@ -63,6 +63,12 @@ PRESETS = {
 # layers, as well as in the fully-connected hidden layers, with the constant 1."
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")
 
+# Caffe's models/bvlc_alexnet: "initializing non-zero biases to 0.1 instead of 1 (found necessary
+# for training, as initialization to 1 gave flat loss)", and std 0.005 for the fc6, fc7 weights.
+CAFFE_BIAS, CAFFE_FC_STD = 0.1, 0.005
+
+INITS = ("kaiming", "paper", "caffe")
+
 # Typical standard deviation of mean-subtracted 0..255 pixel values (ImageNet: about 60-70).
 PIXEL_STD = 64.0
 
@@ -88,19 +94,23 @@ class AlexNet(nn.Module):
 
     num_classes: size of fc8.  devices: (device of tower a, device of tower b), each "cpu" or
     a GPU id, or the same as text such as "0,1"; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
-    init: "paper" (section 5: weights N(0, 0.01^2), biases 1 in conv2, conv4, conv5, fc6, fc7
-    and 0 elsewhere) or "kaiming" (He normal weights, zero biases, fc8 N(0, 0.01^2) so the
-    first logits are near 0; trains reliably from scratch on small data sets, where the paper's
-    recipe often sits at chance for a long time). The input is the paper's: mean-subtracted
-    0..255 pixels. He et al. assume inputs of unit variance, so with init="kaiming" the network
-    first multiplies its input by input_scale = 1 / PIXEL_STD (1 with init="paper").
+    init: one of INITS. "paper" (section 5): weights N(0, 0.01^2), biases 1 in conv2, conv4,
+    conv5, fc6, fc7 and 0 elsewhere. "caffe" (BVLC's replication of AlexNet): the same but biases
+    0.1 instead of 1 and fc6, fc7 weights N(0, 0.005^2). "kaiming" (He et al. 2015): He-normal
+    weights, zero biases, fc8 N(0, 0.01^2) so that the first logits are near 0. The paper's and
+    Caffe's fixed standard deviations shrink the signal layer by layer in a network narrower
+    than the paper's (and the paper's biases of 1 then dominate it), which leaves the loss
+    flat at ln(classes); He's scales each layer by its fan-in and trains at any width. The
+    input is the paper's: mean-subtracted 0..255 pixels. He et al. assume inputs of unit
+    variance, so with init="kaiming" the network first multiplies its input by
+    input_scale = 1 / PIXEL_STD (1 otherwise).
     preset: "paper", "small" or "tiny" (see PRESETS), or a Preset.
     """
 
     def __init__(self, num_classes=1000, devices=None, dtype=numpy.float32, init="paper",
                  preset="paper"):
-        if init not in ("paper", "kaiming"):
-            raise ValueError(f"unknown init {init!r}: use 'paper' or 'kaiming'")
+        if init not in INITS:
+            raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
         if isinstance(preset, str):
             if preset not in PRESETS:
                 raise ValueError(f"unknown preset {preset!r}: use one of {', '.join(PRESETS)}")
@@ -127,25 +137,28 @@ class AlexNet(nn.Module):
         self.lrn = nn.LRN(n=5, k=2.0, alpha=1e-4, beta=0.75)
         self.pool = nn.MaxPool2d(3, stride=2)
         self.dropout = nn.Dropout(0.5)
-        if init == "paper":
-            self._paper_init()
-        else:                        # He-normal from nn; the output layer starts near 0 logits
+        if init == "kaiming":        # He-normal from nn; the output layer starts near 0 logits
             self.fc8.weight.data = (mg_random.generator().standard_normal(self.fc8.weight.shape)
                                     * 0.01).astype(dtype)
-        self.input_scale = 1.0 if init == "paper" else 1.0 / PIXEL_STD
+        else:
+            self._gaussian_init(init)
+        self.input_scale = 1.0 / PIXEL_STD if init == "kaiming" else 1.0
         if isinstance(devices, str):
             devices = devices.split(",")
         self.devices = tuple(backend.parse_device(d) for d in (devices or default_devices()))
         self._place()
 
-    def _paper_init(self):
+    def _gaussian_init(self, init):
+        """The paper's initialization, or Caffe's variant of it (init "caffe")."""
         for name, p in self.named_parameters():
             layer, kind = name.split(".")
+            layer = layer.rstrip("ab")                               # "conv2a" -> "conv2"
             if kind == "weight":
-                p.data = (mg_random.generator().standard_normal(p.shape) * 0.01).astype(p.dtype)
+                std = CAFFE_FC_STD if init == "caffe" and layer in ("fc6", "fc7") else 0.01
+                p.data = (mg_random.generator().standard_normal(p.shape) * std).astype(p.dtype)
             else:
-                one = layer.rstrip("ab") in PAPER_BIAS_ONE          # "conv2a" -> "conv2"
-                p.data = numpy.full(p.shape, 1.0 if one else 0.0, p.dtype)
+                one = CAFFE_BIAS if init == "caffe" else 1.0
+                p.data = numpy.full(p.shape, one if layer in PAPER_BIAS_ONE else 0.0, p.dtype)
 
     def tower_layers(self, tower):
         """The layers of tower "a" or "b" (fc8 belongs to tower a)."""

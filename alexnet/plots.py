@@ -13,7 +13,7 @@ from alexnet.checkpoint import write_atomically
 from minigrad.backend import to_device
 
 _TRAIN, _VAL, _VAL_TOP5 = (31, 119, 180), (255, 127, 14), (44, 160, 44)
-_AXIS, _GRID, _TEXT = (60, 60, 60), (225, 225, 225), (20, 20, 20)
+_AXIS, _GRID, _TEXT, _MARK = (60, 60, 60), (225, 225, 225), (20, 20, 20), (120, 120, 120)
 
 
 def _font(size):
@@ -55,11 +55,12 @@ def _finite_runs(points):
     return runs
 
 
-def _panel(draw, box, title, x_label, series):
+def _panel(draw, box, title, x_label, series, marks=()):
     """One line chart in box = (left, top, right, bottom) pixels.
 
     series: list of (name, colour, points) with points a list of (x, y); names of empty series
     still appear in the legend, so its layout does not jump when the first point arrives.
+    marks: (x, label) pairs drawn as dashed vertical lines with the label at their top.
     """
     font, small = _font(14), _font(12)
     left, top, right, bottom = box
@@ -67,7 +68,8 @@ def _panel(draw, box, title, x_label, series):
     px0, py0, px1, py1 = plot
 
     finite = [p for _, _, points in series for run in _finite_runs(points) for p in run]
-    xs, ys = [x for x, _ in finite], [y for _, y in finite]
+    xs = [x for x, _ in finite] + [x for x, _ in marks]
+    ys = [y for _, y in finite]
     x_lo, x_hi = (min(0.0, min(xs)), max(xs)) if xs else (0.0, 1.0)
     y_lo, y_hi = (min(0.0, min(ys)), max(ys)) if ys else (0.0, 1.0)
     if x_hi - x_lo < 1e-12:
@@ -99,6 +101,11 @@ def _panel(draw, box, title, x_label, series):
         draw.text(((px0 + px1) / 2, (py0 + py1) / 2), "no data yet", fill=_AXIS, font=font,
                   anchor="mm")
 
+    for x, _ in marks:                  # learning-rate reductions, the stop: dashed lines
+        px, _ = to_pixel(x, y_lo)
+        for y in range(int(py0), int(py1), 8):
+            draw.line([(px, y), (px, min(y + 4, py1))], fill=_MARK)
+
     for _, colour, points in series:
         runs = _finite_runs(points)
         markers = sum(len(run) for run in runs) <= 40  # a few points: show each one
@@ -109,6 +116,12 @@ def _panel(draw, box, title, x_label, series):
             if markers or len(pixels) == 1:
                 for px, py in pixels:
                     draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+
+    for x, label in marks:              # labelled at the foot of the line, on its left
+        px, _ = to_pixel(x, y_lo)
+        box = draw.textbbox((px - 3, py1 - 3), label, font=small, anchor="rd")
+        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=(255, 255, 255))
+        draw.text((px - 3, py1 - 3), label, fill=_MARK, font=small, anchor="rd")
 
     # Legend in the top right corner, on a white box over the grid.
     rows = [(name, colour) for name, colour, _ in series]
@@ -126,26 +139,29 @@ def plot_curves(records, path, title="AlexNet training"):
     """Loss and error against epoch, from the records of a metrics.jsonl, as a 900x400 PNG.
 
     records: dicts with "kind" ("train" or "eval"), "epoch" and the measured values ("loss",
-    "top1_error", and for eval also "top5_error"); other kinds and missing or NaN values are
-    skipped. The left panel shows training and validation loss, the right one training top-1
-    and validation top-1 and top-5 error.
+    "top1_error", and for eval also "top5_error"); records of kind "lr" (a learning-rate
+    reduction, with the new "lr") and "stop" are drawn as dashed vertical lines; other kinds and
+    missing or NaN values are skipped. The left panel shows training and validation loss, the
+    right one training top-1 and validation top-1 and top-5 error.
     """
     def points(kind, key):
         return [(float(r["epoch"]), float(r[key])) for r in records
                 if r.get("kind") == kind and r.get(key) is not None and "epoch" in r]
 
+    marks = [(float(r["epoch"]), f"lr {_label(r['lr'])}" if r["kind"] == "lr" else "stop")
+             for r in records if r.get("kind") in ("lr", "stop")]
     image = Image.new("RGB", (900, 400), (255, 255, 255))
     draw = ImageDraw.Draw(image)
     draw.text((450, 8), title, fill=_TEXT, font=_font(16), anchor="ma")
     _panel(draw, (0, 30, 450, 400), "loss", "epoch", [
         ("train", _TRAIN, points("train", "loss")),
         ("val", _VAL, points("eval", "loss")),
-    ])
+    ], marks)
     _panel(draw, (450, 30, 900, 400), "error", "epoch", [
         ("train top-1", _TRAIN, points("train", "top1_error")),
         ("val top-1", _VAL, points("eval", "top1_error")),
         ("val top-5", _VAL_TOP5, points("eval", "top5_error")),
-    ])
+    ], marks)
     _save(image, path)
 
 

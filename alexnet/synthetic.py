@@ -30,6 +30,9 @@ chance (10%); tests/test_synthetic.py checks this. The labels live only in the s
 Everything is drawn with NumPy on coordinate grids, chunk by chunk, with a soft one-pixel edge
 computed from a signed distance to each shape's boundary (positive inside, in pixels).
 """
+import argparse
+import os
+
 import numpy
 
 _CHUNK = 256  # images drawn at once: (256, 3, 72, 72) float32 is 16 MB
@@ -197,18 +200,18 @@ def _render(rng, labels, params, size):
     return numpy.clip(canvas, 0, 255)
 
 
-def make_images(count, size=72, seed=0):
-    """`count` images and their labels, the same for the same (count, size, seed).
+def make_images(count, size=72, seed=0, classes=len(CLASSES)):
+    """`count` images and their labels, the same for the same (count, size, seed, classes).
 
-    Returns images (count, 3, size, size) uint8 and labels (count,) int64; every class occurs
-    count // 10 or count // 10 + 1 times, in random order. `seed` is an int or a
-    numpy.random.SeedSequence.
+    Returns images (count, 3, size, size) uint8 and labels (count,) int64 of the first `classes`
+    classes of CLASSES; every class occurs count // classes or count // classes + 1 times, in
+    random order. `seed` is an int or a numpy.random.SeedSequence.
     """
-    if count < 0 or size < 16:
-        raise ValueError(f"make_images needs count >= 0 and size >= 16, "
-                         f"got count={count}, size={size}")
+    if count < 0 or size < 16 or not 1 <= classes <= len(CLASSES):
+        raise ValueError(f"make_images needs count >= 0, size >= 16 and 1 <= classes <= "
+                         f"{len(CLASSES)}, got count={count}, size={size}, classes={classes}")
     rng = numpy.random.default_rng(seed)
-    labels = rng.permutation(numpy.arange(count) % len(CLASSES)).astype(numpy.int64)
+    labels = rng.permutation(numpy.arange(count) % classes).astype(numpy.int64)
     params = _draw_parameters(rng, labels, size)
     images = numpy.empty((count, 3, size, size), numpy.uint8)
     for start in range(0, count, _CHUNK):
@@ -218,14 +221,51 @@ def make_images(count, size=72, seed=0):
     return images, labels
 
 
-def make_splits(train_count, val_count, size=72, seed=0):
+def make_splits(train_count, val_count, size=72, seed=0, classes=len(CLASSES)):
     """A training set and a held-out validation set drawn from two independent seed streams.
 
     Returns dict(train=(images, labels), val=(images, labels), classes=list of class names).
     """
     train_seed, val_seed = numpy.random.SeedSequence(seed).spawn(2)
     return {
-        "train": make_images(train_count, size, train_seed),
-        "val": make_images(val_count, size, val_seed),
-        "classes": list(CLASSES),
+        "train": make_images(train_count, size, train_seed, classes),
+        "val": make_images(val_count, size, val_seed, classes),
+        "classes": list(CLASSES[:classes]),
     }
+
+
+def write_folder(root, train, val, size=256, seed=0, classes=len(CLASSES), extension=".jpg"):
+    """The data set as image files, the layout `python -m alexnet.train --data root` reads:
+    root/train/<class>/<n>.jpg and root/val/<class>/<n>.jpg, `train` and `val` images in all."""
+    from PIL import Image                 # only here: drawing in memory needs NumPy alone
+
+    splits = make_splits(train, val, size, seed, classes)
+    for split in ("train", "val"):
+        for i, (image, label) in enumerate(zip(*splits[split])):
+            folder = os.path.join(root, split, CLASSES[label])
+            os.makedirs(folder, exist_ok=True)
+            Image.fromarray(image.transpose(1, 2, 0)).save(os.path.join(folder, f"{i}{extension}"))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m alexnet.synthetic",
+                                description="Write the embedded shapes data set as an image "
+                                "folder, to try python -m alexnet.train --data on it.")
+    p.add_argument("--out", required=True, help="the folder to write (train/ and val/ in it)")
+    p.add_argument("--train", type=int, default=3000, help="training images (default 3000)")
+    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
+    p.add_argument("--size", type=int, default=256, help="image side (default 256)")
+    p.add_argument("--classes", type=int, default=len(CLASSES),
+                   help=f"the first N of the {len(CLASSES)} classes (default all)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    try:
+        write_folder(args.out, args.train, args.val, args.size, args.seed, args.classes)
+    except ValueError as error:
+        p.error(str(error))
+    print(f"{args.out}: {args.train} train and {args.val} val images of {args.size}x{args.size}, "
+          f"{args.classes} classes; train on it with python -m alexnet.train --data {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -2,10 +2,26 @@
 
 With no arguments it trains on an embedded data set of drawn shapes (alexnet/synthetic.py), the
 paper preset on a GPU and the small preset on a CPU. With --data DIR it reads DIR/train/<class>/*
-and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.py) and follows
-the paper's recipe (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
-learning rate 0.01 divided by 10 when the validation error stops improving, dropout 0.5, random
-227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel mean subtraction.
+and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.py).
+
+The recipe is the paper's (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
+learning rate 0.01 divided by 10 when the validation error stops improving, three times, then
+stop; dropout 0.5, random 227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel
+mean subtraction. Two choices differ by default, both measured on folders of 50 to 3,000 images
+a class (README, Results):
+
+  --init kaiming   He-normal weights. The paper's N(0, 0.01^2) weights and biases of 1 (--init
+                   paper) leave the loss flat at ln(classes) for hours on a small folder or a
+                   narrow network; Caffe's fix (--init caffe: biases 0.1, fc6 and fc7 weights
+                   N(0, 0.005^2)) stalls the same way on the small preset.
+  small folders    an epoch of a few batches is too little training to judge anything by. The
+                   batch is halved (down to 16) until an epoch has 16 steps; evaluation waits
+                   for at least 10,000 training images (--eval-every); a plateau is judged over
+                   3 times that (--lr-patience); and the run is long enough for the schedule to
+                   finish (--epochs). On ImageNet all four are the paper's: batch 128, an
+                   evaluation every epoch, patience 3 epochs, at most 90 epochs.
+
+A run that has not begun to learn after its first evaluations says so, with what to try.
 
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
 last.npz / best.npz checkpoints, curves.png, conv1.png and (if any image was unreadable)
@@ -23,58 +39,170 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
-from alexnet.model import PRESETS, AlexNet
+from alexnet.model import INITS, PRESETS, AlexNet
 from minigrad import backend, optim
 from minigrad import functional as F
 from minigrad import random as mg_random
 
 # Settings that define a run; on --resume they come from the checkpoint, not the command line.
 RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init",
-                "seed", "synthetic_train", "synthetic_val", "lr_patience")
+                "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
+                "eval_every")
+
+# How the recipe adapts to the size of the training set (the module docstring says why).
+PAPER_BATCH, SMALLEST_BATCH, STEPS_PER_EPOCH = 128, 16, 16
+EVAL_IMAGES = 10_000            # the least training between two evaluations (auto --eval-every)
+PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals without improvement
+PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
+SYNTHETIC_EPOCHS = 8
+
+
+def whole(lowest):
+    """An argparse type: an integer >= lowest, refused in one sentence otherwise."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < lowest:
+            raise argparse.ArgumentTypeError(f"{value} is too small: use {lowest} or more")
+        return value
+    return parse
+
+
+def real(lowest=0.0, inclusive=True, below=math.inf):
+    """An argparse type: a finite number >= lowest (> lowest unless inclusive) and < below."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        low_ok = value >= lowest if inclusive else value > lowest
+        if not (math.isfinite(value) and low_ok and value < below):
+            allowed = f"{'at least' if inclusive else 'above'} {lowest:g}" + \
+                (f" and below {below:g}" if math.isfinite(below) else "")
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number {allowed}")
+        return value
+    return parse
+
+
+def devices_list(text):
+    """--devices: two devices "a,b", each "cpu" or a GPU id."""
+    parts = text.split(",")
+    if len(parts) != 2 or not all(p.strip() == "cpu" or p.strip().isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r} is not two devices: write e.g. '0,1', '0,0' "
+                                         "or 'cpu,cpu' (tower a, tower b)")
+    return text
+
+
+def existing_path(text):
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"{text} does not exist")
+    return text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad option ends in its one sentence, without the usage block."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.train", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
-                   "val/<class>/*, or a cache made from one by python -m alexnet.prepare; "
-                   "default: the embedded shapes data set, drawn on the fly")
+    p = Parser(prog="python -m alexnet.train", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", metavar="DIR", type=existing_path, help="image folder with "
+                   "train/<class>/* and val/<class>/*, or a cache made from one by python -m "
+                   "alexnet.prepare; default: the embedded shapes data set, drawn on the fly")
     p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to on "
                    "first use (default DIR/.alexnet-cache-<size>)")
     p.add_argument("--preset", choices=["auto"] + list(PRESETS), default="auto",
                    help="network size: 'paper' (227x227 input, 61M parameters) or 'small' "
                    "(99x99, same structure, narrower); auto: paper on a GPU, small on a CPU")
-    p.add_argument("--epochs", type=int, help="passes over the training set (default: 90 with "
-                   "--data, as in the paper; 8 on the embedded data set)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per SGD step (default 128)")
-    p.add_argument("--lr", type=float, default=0.01, help="initial learning rate (default 0.01)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 0.0005)")
-    p.add_argument("--lr-patience", type=int, default=3, help="evaluations without improvement "
-                   "of the validation top-1 error before the learning rate is divided by 10")
-    p.add_argument("--init", choices=["auto", "paper", "kaiming"], default="auto",
-                   help="'paper': N(0, 0.01^2) weights, biases 1 in conv2,4,5 fc6,7; 'kaiming': "
-                   "He-normal weights, zero biases; auto: paper with --data, kaiming on the "
-                   "embedded data set (the paper's recipe can sit at chance on small data)")
-    p.add_argument("--seed", type=int, default=0, help="seed for initialization, shuffling, "
-                   "augmentation and dropout (default 0)")
-    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
-                   "(default: two GPUs, one GPU twice, or the CPU)")
+    p.add_argument("--epochs", type=whole(1), help="at most this many passes over the training "
+                   f"set (default {PAPER_EPOCHS} with --data as in the paper, more for a folder of "
+                   f"under {RUN_IMAGES // PAPER_EPOCHS:,} images: enough for {RUN_IMAGES:,} "
+                   f"images; {SYNTHETIC_EPOCHS} on the embedded data set). The schedule usually "
+                   "ends the run sooner")
+    p.add_argument("--batch-size", type=whole(1), help=f"images per SGD step (default "
+                   f"{PAPER_BATCH}, halved down to {SMALLEST_BATCH} until an epoch has "
+                   f"{STEPS_PER_EPOCH} steps)")
+    p.add_argument("--lr", type=real(0.0, inclusive=False), default=0.01,
+                   help="initial learning rate (default 0.01)")
+    p.add_argument("--momentum", type=real(0.0, below=1.0), default=0.9,
+                   help="SGD momentum, 0 <= m < 1 (default 0.9)")
+    p.add_argument("--weight-decay", type=real(0.0), default=5e-4,
+                   help="weight decay (default 0.0005)")
+    p.add_argument("--lr-patience", type=real(0.0, inclusive=False), metavar="EPOCHS",
+                   help="divide the learning rate by 10 when the validation top-1 error has not "
+                   "improved for this many epochs of training (default: 3 epochs, or "
+                   f"{PATIENCE_EVALS * EVAL_IMAGES:,} images' worth on a smaller folder)")
+    p.add_argument("--lr-drops", type=whole(0), default=3, help="divide the learning rate at "
+                   "most this many times; at the next plateau training stops (default 3, as in "
+                   "the paper)")
+    p.add_argument("--init", choices=INITS, default="kaiming",
+                   help="'kaiming' (default): He-normal weights, zero biases, learns on any "
+                   "folder; 'paper': N(0, 0.01^2) weights, biases 1 in conv2,4,5 fc6,7; "
+                   "'caffe': biases 0.1, fc6,7 weights N(0, 0.005^2). Both stall at chance on "
+                   "small folders and on the small preset")
+    p.add_argument("--seed", type=whole(0), default=0, help="seed for initialization, "
+                   "shuffling, augmentation and dropout (default 0)")
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
+                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
     p.add_argument("--run-dir", help="where logs, checkpoints and plots go (default "
                    "runs/<date>-<time>, or the resumed run's directory)")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint (.npz) or a run "
-                   "directory (its last.npz) exactly where it stopped")
-    p.add_argument("--eval-every", type=int, default=1, help="evaluate on the validation set and "
-                   "save checkpoints every N epochs (default 1)")
-    p.add_argument("--log-every", type=int, default=10, help="progress line every N steps")
-    p.add_argument("--workers", type=int, default=1, help="threads preparing batches ahead")
-    p.add_argument("--max-steps", type=int, help="stop (and save last.npz) after this many "
+    p.add_argument("--resume", metavar="CKPT", type=existing_path, help="continue from a "
+                   "checkpoint (.npz) or a run directory (its last.npz) exactly where it stopped")
+    p.add_argument("--eval-every", type=whole(1), metavar="EPOCHS", help="evaluate on the "
+                   "validation set and save checkpoints every N epochs (default 1, or as many as "
+                   f"hold {EVAL_IMAGES:,} training images)")
+    p.add_argument("--log-every", type=whole(1), default=10, help="progress line every N steps")
+    p.add_argument("--workers", type=whole(1), default=1, help="threads preparing batches ahead")
+    p.add_argument("--max-steps", type=whole(1), help="stop (and save last.npz) after this many "
                    "steps in total")
-    p.add_argument("--synthetic-train", type=int, default=12800,
+    p.add_argument("--max-minutes", type=real(0.0, inclusive=False), help="stop (and save "
+                   "last.npz) after this many minutes of training")
+    p.add_argument("--synthetic-train", type=whole(1), default=12800,
                    help="images in the embedded training set (default 12800)")
-    p.add_argument("--synthetic-val", type=int, default=2000,
+    p.add_argument("--synthetic-val", type=whole(1), default=2000,
                    help="images in the embedded validation set (default 2000)")
     return p.parse_args(argv)
+
+
+def fit_recipe(args, train_images):
+    """Fill in the settings left to their defaults for a training set of `train_images`; returns
+    a sentence per setting that differs from the paper's because the set is small."""
+    said = []
+    if args.batch_size is None:
+        batch = PAPER_BATCH
+        while batch > SMALLEST_BATCH and train_images < STEPS_PER_EPOCH * batch:
+            batch //= 2
+        args.batch_size = min(batch, train_images)
+        if args.batch_size != PAPER_BATCH:
+            said.append(f"batch {args.batch_size}, so that an epoch has "
+                        f"{train_images // args.batch_size} steps")
+    elif args.batch_size > train_images:
+        raise ValueError(f"the training set has {train_images} images, fewer than one batch of "
+                         f"{args.batch_size}; lower --batch-size or leave it out")
+    interval = math.ceil(EVAL_IMAGES / train_images)     # epochs between evaluations
+    if args.eval_every is None:
+        args.eval_every = interval
+        if interval > 1:
+            said.append(f"an evaluation every {interval} epochs ({interval * train_images:,} "
+                        "images)")
+    if args.lr_patience is None:
+        args.lr_patience = PATIENCE_EVALS * interval
+        if interval > 1:
+            said.append(f"learning-rate patience {args.lr_patience} epochs")
+    if args.epochs is None:
+        if args.data is None:
+            args.epochs = SYNTHETIC_EPOCHS
+        else:
+            args.epochs = max(PAPER_EPOCHS, math.ceil(RUN_IMAGES / train_images))
+            if args.epochs > PAPER_EPOCHS:
+                said.append(f"at most {args.epochs} epochs ({args.epochs * train_images:,} "
+                            "images)")
+    return said
 
 
 def log_line(message):
@@ -144,6 +272,16 @@ class StopRequest:
         signal.signal(signal.SIGINT, self.previous)
 
 
+def missing_classes(split, classes):
+    """Names of the classes that have no image in `split`."""
+    counts = numpy.bincount(split.labels, minlength=len(classes))
+    return [name for name, count in zip(classes, counts) if count == 0]
+
+
+def chance_error(classes):
+    return 1.0 - 1.0 / classes
+
+
 class Run:
     """The state of one training run and its directory."""
 
@@ -160,10 +298,6 @@ class Run:
             why = "a GPU was found" if backend.gpu_count() else \
                 "no GPU: the paper network would take days on a CPU"
             log_line(f"preset: {args.preset} ({why})")
-        if args.init == "auto":
-            args.init = "paper" if args.data else "kaiming"
-        if args.epochs is None:
-            args.epochs = 90 if args.data else 8
         preset = PRESETS[args.preset]
         self.size = preset.input_size
         self.train, self.val, self.classes, bad, aug = load_data(args, preset.stored_size())
@@ -171,9 +305,10 @@ class Run:
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
                              f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
                              "resume with the data it was trained on")
-        if len(self.train) < args.batch_size:
-            raise ValueError(f"the training set has {len(self.train)} images, fewer than one batch "
-                             f"of {args.batch_size}; lower --batch-size")
+        self.check_classes()
+        said = fit_recipe(args, len(self.train))
+        if said:
+            log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
         self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 
         if args.run_dir:
@@ -191,8 +326,11 @@ class Run:
         minigrad.manual_seed(args.seed)
         self.model = AlexNet(len(self.classes), devices=args.devices, init=args.init, preset=args.preset)
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
-        self.schedule = optim.ReduceLROnPlateau(self.optimizer, patience=args.lr_patience)
+        # Patience in training images, so that a plateau means the same whatever --eval-every.
+        self.schedule = optim.ReduceLROnPlateau(
+            self.optimizer, patience=args.lr_patience * len(self.train), max_reductions=args.lr_drops)
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
+        self.seconds = 0.0                    # training time before this process (resume)
         self.records = []
         if resume:
             self._restore(*resume)
@@ -201,14 +339,29 @@ class Run:
         with open(os.path.join(self.dir, "classes.txt"), "w") as f:
             f.writelines(name + "\n" for name in self.classes)
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
-                 f"{args.init}, towers on {self.model.devices}; run directory {self.dir}")
+                 f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
+                 f"{args.lr:g}; run directory {self.dir}")
+
+    def check_classes(self):
+        """One sentence for each class that some split lacks (prepare already refuses val
+        classes that train lacks)."""
+        for split, missing, consequence in (
+                ("train", missing_classes(self.train, self.classes),
+                 "the network can never predict them; add images or remove the folders"),
+                ("val", missing_classes(self.val, self.classes),
+                 "their accuracy is not measured; add images to val/<class>/")):
+            if missing:
+                names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
+                log_line(f"note: {len(missing)} of {len(self.classes)} classes have no {split} "
+                         f"images ({names}): {consequence}")
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name):
         meta = {"preset": self.args.preset, "classes": self.classes, "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
-                "random_state": mg_random.get_state(), "config": vars(self.args)}
+                "seconds": self.elapsed(), "random_state": mg_random.get_state(),
+                "config": vars(self.args)}
         path = os.path.join(self.dir, name)
         # The training set's mean image goes along: evaluation must subtract it, not the val set's.
         checkpoint.save(path, self.model, self.optimizer, meta,
@@ -219,9 +372,11 @@ class Run:
         self.model.load_state_dict(params)
         self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.args.momentum,
                                         "weight_decay": self.args.weight_decay, **velocities})
-        self.schedule.load_state_dict(meta["schedule"])
+        if "since" in meta["schedule"]:       # checkpoints before the schedule counted images
+            self.schedule.load_state_dict(meta["schedule"])
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         self.best = meta["best_top1_error"]
+        self.seconds = meta.get("seconds", 0.0)
         mg_random.set_state(meta["random_state"])
         metrics = os.path.join(self.dir, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
@@ -235,6 +390,14 @@ class Run:
         self.records.append(fields)
         with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
             f.write(json.dumps(fields) + "\n")
+
+    def elapsed(self):
+        """Seconds of training in this run, over every process that worked on it."""
+        return self.seconds + time.perf_counter() - self.started
+
+    def images_trained(self):
+        steps_per_epoch = data.batch_count(self.train, self.args.batch_size, train=True)
+        return (self.epoch * steps_per_epoch + self.batch) * self.args.batch_size
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_step(self, x, labels):
@@ -256,16 +419,18 @@ class Run:
                      f"{math.log(len(self.classes)):.3f}: the initial weights are too large")
 
     def run(self):
+        """Train until a stop condition; returns the reason, as the final line gives it."""
         args = self.args
         steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         total_steps = steps_per_epoch * args.epochs
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
         window = {"images": 0, "time": 0.0, "data": 0.0, "loss": 0.0, "top1": 0.0, "steps": 0}
-        started, steps_at_start = time.perf_counter(), self.step
+        self.started, steps_at_start = time.perf_counter(), self.step
+        reason = None
         # Overflow shows up as a non-finite loss, which check_loss reports in one sentence.
         with StopRequest() as stop, numpy.errstate(over="ignore", invalid="ignore"):
-            while self.epoch < args.epochs and self.step < total_steps and not stop.requested:
+            while reason is None:
                 batches = data.batches(self.train, self.aug, self.size, args.batch_size, train=True,
                                        seed=args.seed, epoch=self.epoch, start=self.batch,
                                        workers=args.workers, device=self.model.devices[0])
@@ -282,56 +447,118 @@ class Run:
                         window[key] += value
                     tick = now
                     if self.step % args.log_every == 0 or self.batch == steps_per_epoch:
-                        rate = (now - started) / (self.step - steps_at_start)
+                        rate = (now - self.started) / (self.step - steps_at_start)
                         self.log_progress(window, steps_per_epoch, (total_steps - self.step) * rate)
                         window = dict.fromkeys(window, 0)
-                    if stop.requested or self.step >= total_steps:
+                    reason = self.stop_reason(stop, total_steps)
+                    if reason:
                         break
                 if self.batch == steps_per_epoch:
                     self.epoch, self.batch = self.epoch + 1, 0
                     if self.epoch % args.eval_every == 0 or self.epoch == args.epochs:
-                        self.evaluate_and_save()
+                        if self.evaluate_and_save() == "finished" and reason is None:
+                            reason = (f"the schedule finished: the validation error stopped "
+                                      f"improving after {self.schedule.reductions} learning-rate "
+                                      "reductions")
+                    if reason is None and self.epoch >= args.epochs:
+                        reason = f"all {args.epochs} epochs done"
         path = self.save("last.npz")
+        self.record(kind="stop", epoch=round(self.epoch + self.batch / steps_per_epoch, 4),
+                    step=self.step, time=round(self.elapsed(), 2), reason=reason)
         if stop.requested:
             log_line(f"interrupted at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
                 else "no evaluation yet"
-            log_line(f"done: {self.step} steps in {format_time(time.perf_counter() - started)}; "
+            log_line(f"done: {reason}; {self.step} steps in {format_time(self.elapsed())}; "
                      f"{best}; checkpoints in {self.dir}")
-        return self
+        plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
+        return reason
+
+    def stop_reason(self, stop, total_steps):
+        """Why training must stop after this step, or None (the epochs and the schedule are
+        checked at the end of an epoch)."""
+        if stop.requested:
+            return "interrupted (Ctrl-C)"
+        if self.args.max_steps and self.step >= self.args.max_steps:
+            return f"--max-steps {self.args.max_steps} reached"
+        if self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes:
+            return f"--max-minutes {self.args.max_minutes:g} reached"
+        return None
 
     def log_progress(self, window, steps_per_epoch, eta):
         n = window["steps"]
         fields = dict(kind="train", epoch=round(self.epoch + self.batch / steps_per_epoch, 4),
-                      step=self.step, loss=window["loss"] / n, top1_error=window["top1"] / n,
-                      lr=self.optimizer.lr, images_per_s=window["images"] / window["time"],
+                      step=self.step, time=round(self.elapsed(), 2), loss=window["loss"] / n,
+                      top1_error=window["top1"] / n, lr=self.optimizer.lr,
+                      images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
         self.record(**fields)
         log_line(f"epoch {self.epoch + 1}/{self.args.epochs}  step {self.batch}/{steps_per_epoch}  "
                  f"loss {fields['loss']:.4f}  top-1 err {fields['top1_error']:.1%}  "
                  f"{fields['images_per_s']:.0f} img/s  data {fields['data_share']:.0%}  "
-                 f"lr {fields['lr']:g}  ETA {format_time(eta)}")
+                 f"lr {fields['lr']:g}  ETA {'<=' if self.args.data else ''}{format_time(eta)}")
 
     def evaluate_and_save(self):
+        """Evaluate, move the schedule, save checkpoints and plots; returns what the schedule
+        said ("improved", "reduced", "finished" or None)."""
         tick = time.perf_counter()
         loss, top1, top5 = evaluate(self.model, self.val, self.aug, self.size, self.args.batch_size)
-        self.record(kind="eval", epoch=self.epoch, step=self.step, loss=loss, top1_error=top1,
-                    top5_error=top5, lr=self.optimizer.lr)
+        self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
+                    loss=loss, top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
         self.best = min(self.best, top1)
-        if self.schedule.step(top1):
-            log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g}")
         log_line(f"eval epoch {self.epoch}: val loss {loss:.4f}  top-1 error {top1:.2%}  top-5 "
                  f"error {top5:.2%}  ({len(self.val)} images, {time.perf_counter() - tick:.1f}s)"
                  f"{'  best so far' if improved else ''}")
+        said = self.schedule.step(top1, self.images_trained())
+        if said == "reduced":
+            self.record(kind="lr", epoch=self.epoch, step=self.step, lr=self.optimizer.lr,
+                        reduction=self.schedule.reductions)
+            log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g} "
+                     f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
+        self.check_learning()
         self.save("last.npz")
         if improved:
             self.save("best.npz")
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         plots.filter_grid(self.model.conv1a.weight.numpy(), self.model.conv1b.weight.numpy(),
                           os.path.join(self.dir, "conv1.png"))
+        return said
+
+    def check_learning(self):
+        """From the second evaluation on, warn once if the network has not begun to learn: the
+        validation error is still at chance, or the training loss since the last evaluation
+        is within 3% of ln(classes), the loss of a uniform guess."""
+        evals = [r for r in self.records if r["kind"] == "eval"]
+        if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
+            return
+        classes, chance = len(self.classes), chance_error(len(self.classes))
+        # At chance: no better than chance by 3 standard errors of a val set of this size.
+        at_chance = evals[-1]["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
+                                                                        / len(self.val))
+        recent = [r["loss"] for r in self.records
+                  if r["kind"] == "train" and r["step"] > evals[-2]["step"]]
+        flat = bool(recent) and numpy.mean(recent) >= 0.97 * math.log(classes)
+        if not (at_chance or flat):
+            return
+        symptom = (f"validation top-1 error {evals[-1]['top1_error']:.1%} is at chance "
+                   f"({chance:.1%})" if at_chance else
+                   f"training loss {numpy.mean(recent):.3f} is still near ln({classes}) = "
+                   f"{math.log(classes):.3f}, the loss of a uniform guess")
+        lr = self.args.lr
+        causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})",
+                  "labels that do not follow the images (look at a few files of each "
+                  "train/<class> folder)"]
+        if self.args.init != "kaiming":
+            causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
+                          "chance on small folders and narrow networks; try --init kaiming)")
+        message = (f"the network is not learning: after {self.step} steps "
+                   f"({self.images_trained():,} images) the {symptom}. Likely causes: "
+                   f"{'; '.join(causes)}.")
+        self.record(kind="warning", epoch=self.epoch, step=self.step, message=message)
+        log_line(f"warning: {message}")
 
 
 def main(argv=None):

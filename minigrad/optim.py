@@ -60,36 +60,51 @@ class SGD:
 
 
 class ReduceLROnPlateau:
-    """Divide the learning rate by 10 when a watched validation metric stops improving
-    (the paper: "divide the learning rate by 10 when the validation error rate stopped
-    improving"; three times over its 90 epochs).
+    """Divide the learning rate by 10 when a watched validation metric stops improving (the
+    paper: "divide the learning rate by 10 when the validation error rate stopped improving
+    with the current learning rate", "reduced three times prior to termination").
 
-    step(metric) is called after each evaluation. The metric (lower is better, e.g. top-1 error)
-    improves when it falls below best * (1 - threshold); after `patience` evaluations in a row
-    without improvement, lr is multiplied by `factor`, never below min_lr.
+    step(metric, progress) is called after each evaluation, with `progress` the training done so
+    far in any unit that grows (images, steps, epochs); `patience` is in the same unit, so a
+    plateau is judged over an amount of training, not over a number of evaluations. The metric
+    (lower is better, e.g. top-1 error) improves when it falls below best * (1 - threshold).
+    When `patience` has passed since the last improvement (or the last reduction, whichever is
+    later), lr is multiplied by `factor`; after `max_reductions` reductions the next such
+    plateau finishes the schedule instead: training should stop.
     """
 
-    def __init__(self, optimizer, factor=0.1, patience=3, threshold=1e-3, min_lr=0.0):
+    def __init__(self, optimizer, factor=0.1, patience=3, threshold=1e-3, max_reductions=3):
         self.optimizer = optimizer
-        self.factor, self.patience, self.threshold, self.min_lr = factor, patience, threshold, min_lr
+        self.factor, self.patience, self.threshold = factor, patience, threshold
+        self.max_reductions = max_reductions
         self.best = float("inf")
-        self.bad_evals = 0
+        self.since = 0          # progress at the last improvement or reduction
+        self.reductions = 0
+        self.finished = False
 
-    def step(self, metric):
-        """Record one evaluation; returns True when the learning rate was reduced."""
+    def step(self, metric, progress):
+        """Record one evaluation; returns "improved", "reduced", "finished" or None."""
+        if self.finished:
+            return "finished"
         if metric < self.best * (1 - self.threshold):
-            self.best, self.bad_evals = metric, 0
-            return False
-        self.bad_evals += 1
-        if self.bad_evals < self.patience or self.optimizer.lr <= self.min_lr:
-            return False
-        self.optimizer.lr = max(self.optimizer.lr * self.factor, self.min_lr)
-        self.bad_evals = 0
-        return True
+            self.best, self.since = metric, progress
+            return "improved"
+        if progress - self.since < self.patience:
+            return None
+        self.since = progress
+        if self.reductions == self.max_reductions:
+            self.finished = True
+            return "finished"
+        self.optimizer.lr *= self.factor
+        self.reductions += 1
+        return "reduced"
 
     def state_dict(self):
-        return {"best": self.best, "bad_evals": self.bad_evals}
+        return {"best": self.best, "since": self.since, "reductions": self.reductions,
+                "finished": self.finished}
 
     def load_state_dict(self, state):
         self.best = float(state["best"])
-        self.bad_evals = int(state["bad_evals"])
+        self.since = state["since"]
+        self.reductions = int(state["reductions"])
+        self.finished = bool(state["finished"])

@@ -54,6 +54,22 @@ def test_paper_init(paper_net):
     assert state["fc6a.weight"].std() == pytest.approx(0.01, rel=0.01)
 
 
+@pytest.mark.parametrize("init, bias_one, fc_std", [("paper", 1.0, 0.01), ("caffe", 0.1, 0.005)])
+def test_gaussian_inits_of_paper_and_caffe(init, bias_one, fc_std):
+    minigrad.manual_seed(0)
+    net = AlexNet(num_classes=10, preset="small", init=init, devices=("cpu", "cpu"))
+    for name, value in net.state_dict().items():
+        layer, kind = name.split(".")
+        layer = layer.rstrip("ab")
+        if kind == "bias":
+            expected = bias_one if layer in ("conv2", "conv4", "conv5", "fc6", "fc7") else 0.0
+            assert numpy.all(value == numpy.float32(expected)), name
+        else:
+            std = fc_std if layer in ("fc6", "fc7") else 0.01
+            assert value.std() == pytest.approx(std, rel=0.1), name
+    assert net.input_scale == 1.0
+
+
 def test_fc6_reads_pool5a_then_pool5b_in_chw_order():
     minigrad.manual_seed(0)
     net = AlexNet(num_classes=3, preset="tiny", dtype=numpy.float64, devices=("cpu", "cpu")).eval()

@@ -129,15 +129,30 @@ def test_sgd_load_state_dict_rejects_other_shapes():
         b.load_state_dict(a.state_dict())
 
 
-def test_plateau_schedule_divides_by_ten_after_patience():
+def test_plateau_schedule_judges_patience_in_training_done_and_finishes():
     sgd = optim.SGD([nn.Parameter(numpy.ones(1))], lr=0.01)
-    schedule = optim.ReduceLROnPlateau(sgd, patience=2)
-    reduced = [schedule.step(m) for m in (0.9, 0.8, 0.8, 0.81, 0.7, 0.7, 0.7)]
-    assert reduced == [False, False, False, True, False, False, True]
-    assert sgd.lr == pytest.approx(0.0001)
-    other = optim.ReduceLROnPlateau(sgd, patience=2)
+    schedule = optim.ReduceLROnPlateau(sgd, patience=300, max_reductions=2)
+    # (error, images trained so far): evaluations 100 images apart, then 50 apart.
+    evaluations = [(0.9, 100), (0.8, 200), (0.8, 300), (0.81, 400), (0.8, 500),   # reduce at 500
+                   (0.7, 550), (0.7, 600), (0.7, 850),                            # reduce at 850
+                   (0.7, 900), (0.69, 950), (0.7, 1000), (0.7, 1250),             # finish at 1250
+                   (0.1, 1300)]
+    said = [schedule.step(error, seen) for error, seen in evaluations]
+    assert said == ["improved", "improved", None, None, "reduced",
+                    "improved", None, "reduced",
+                    None, "improved", None, "finished", "finished"]
+    assert sgd.lr == pytest.approx(0.0001) and schedule.reductions == 2 and schedule.finished
+    other = optim.ReduceLROnPlateau(sgd, patience=300)
     other.load_state_dict(schedule.state_dict())
-    assert (other.best, other.bad_evals) == (0.7, 0)
+    assert (other.best, other.since, other.reductions, other.finished) == (0.69, 1250, 2, True)
+
+
+def test_plateau_schedule_with_no_reductions_stops_at_the_first_plateau():
+    sgd = optim.SGD([nn.Parameter(numpy.ones(1))], lr=0.01)
+    schedule = optim.ReduceLROnPlateau(sgd, patience=2, max_reductions=0)
+    assert [schedule.step(e, i) for i, e in enumerate((0.5, 0.5, 0.5))] == \
+        ["improved", None, "finished"]
+    assert sgd.lr == 0.01
 
 
 def test_training_a_tiny_model_lowers_the_loss():

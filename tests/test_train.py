@@ -1,6 +1,7 @@
 """Data pipeline, training loop, checkpoints and resume, on the tiny preset (seconds on a CPU)."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -9,10 +10,11 @@ import numpy
 import pytest
 from PIL import Image
 
-from alexnet import checkpoint, data, train
+from alexnet import checkpoint, data, synthetic, train
 
 TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
-        "--log-every", "1"]
+        "--log-every", "1", "--eval-every", "1"]
+E2E_EPOCHS = "34"          # 600 images, batch 32: an evaluation every 17 epochs
 
 
 # ---- data -------------------------------------------------------------------------------------
@@ -139,3 +141,112 @@ def test_ctrl_c_saves_last_checkpoint_and_exits(tmp_path):
     assert "interrupted at step" in output and "--resume" in output
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
+
+
+# ---- options, the recipe for small folders, the schedule's stop, the not-learning warning -----
+
+@pytest.mark.parametrize("option, value, says", [
+    ("--batch-size", "0", "0 is too small: use 1 or more"),
+    ("--log-every", "0", "0 is too small: use 1 or more"),
+    ("--epochs", "-3", "-3 is too small: use 1 or more"),
+    ("--eval-every", "0", "0 is too small: use 1 or more"),
+    ("--lr", "-1", "-1 is not allowed: use a number above 0"),
+    ("--lr", "nan", "nan is not allowed"),
+    ("--momentum", "1", "1 is not allowed: use a number at least 0 and below 1"),
+    ("--weight-decay", "-0.1", "-0.1 is not allowed"),
+    ("--lr-patience", "0", "0 is not allowed"),
+    ("--lr-drops", "-1", "-1 is too small: use 0 or more"),
+    ("--workers", "two", "'two' is not a whole number"),
+    ("--devices", "0", "'0' is not two devices"),
+    ("--data", "/no/such/folder", "/no/such/folder does not exist"),
+])
+def test_every_option_is_checked_before_any_work(option, value, says, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        train.main([option, value])
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert f"argument {option}: {says}" in error and "usage" not in error, error
+
+
+@pytest.mark.parametrize("images, batch, eval_every, patience, epochs", [
+    (1_281_167, 128, 1, 3, 90),        # ImageNet: the paper's recipe
+    (12_800, 128, 1, 3, 90),
+    (1_200, 64, 9, 27, 500),           # 10 classes of 120 images
+    (250, 16, 40, 120, 2400),          # 5 classes of 50
+    (10, 10, 1000, 3000, 60_000),      # fewer images than the smallest batch
+])
+def test_the_recipe_fits_the_size_of_the_training_set(images, batch, eval_every, patience, epochs):
+    args = train.parse_args(["--data", "."])
+    train.fit_recipe(args, images)
+    assert (args.batch_size, args.eval_every, args.lr_patience, args.epochs) == \
+        (batch, eval_every, patience, epochs)
+    given = train.parse_args(["--data", ".", "--batch-size", "8", "--eval-every", "2",
+                              "--lr-patience", "5", "--epochs", "7"])
+    assert train.fit_recipe(given, images) == []                    # what is given stays
+    assert (given.batch_size, given.eval_every, given.lr_patience, given.epochs) == (8, 2, 5, 7)
+
+
+def test_a_batch_larger_than_the_training_set_is_one_sentence(tmp_path, capsys):
+    assert train.main(TINY + ["--run-dir", str(tmp_path / "r"), "--batch-size", "65"]) == 1
+    assert "the training set has 64 images, fewer than one batch of 65" in capsys.readouterr().err
+
+
+def records_of(run_dir):
+    return [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+
+
+def test_the_schedule_reduces_at_most_lr_drops_times_then_stops(tmp_path, capsys):
+    # Patience of one epoch (64 images) on 32 val images: plateaus come fast.
+    run_dir = run_training(tmp_path, "plateau", "--epochs", "60", "--lr-patience", "1",
+                           "--lr-drops", "2", "--lr", "0.001")
+    records = records_of(run_dir)
+    drops = [r for r in records if r["kind"] == "lr"]
+    assert [r["reduction"] for r in drops] == [1, 2]
+    assert [r["lr"] for r in drops] == pytest.approx([1e-4, 1e-5])
+    stop = records[-1]
+    assert stop["kind"] == "stop" and stop["reason"].startswith("the schedule finished")
+    assert stop["epoch"] < 60
+    out = capsys.readouterr().out
+    assert "learning rate now 0.0001 (reduction 1 of 2)" in out
+    assert "done: the schedule finished" in out
+
+
+def test_the_final_line_says_why_the_run_stopped(tmp_path, capsys):
+    run_dir = run_training(tmp_path, "epochs", "--epochs", "2")
+    assert records_of(run_dir)[-1]["reason"] == "all 2 epochs done"
+    run_dir = run_training(tmp_path, "steps", "--epochs", "5", "--max-steps", "3")
+    assert records_of(run_dir)[-1]["reason"] == "--max-steps 3 reached"
+    out = capsys.readouterr().out
+    assert "done: all 2 epochs done;" in out and "done: --max-steps 3 reached;" in out
+
+
+def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
+    run_dir = run_training(tmp_path, "stuck", "--epochs", "4", "--lr", "1e-9")
+    warnings = [r for r in records_of(run_dir) if r["kind"] == "warning"]
+    assert len(warnings) == 1 and warnings[0]["step"] == 8          # at the second evaluation
+    assert "the network is not learning" in warnings[0]["message"]
+    assert "try 3.3e-10 or 3e-09" in warnings[0]["message"]
+    assert capsys.readouterr().out.count("warning: the network is not learning") == 1
+
+
+def test_a_class_without_validation_images_is_named(tmp_path, capsys):
+    synthetic.write_folder(str(tmp_path / "data"), 24, 6, size=40, classes=3, extension=".png")
+    shutil.rmtree(tmp_path / "data" / "val" / "disk")
+    assert train.main(["--data", str(tmp_path / "data"), "--preset", "tiny", "--max-steps", "1",
+                       "--run-dir", str(tmp_path / "run")]) == 0
+    assert "note: 1 of 3 classes have no val images (disk): their accuracy is not measured" \
+        in capsys.readouterr().out
+
+
+def test_the_default_recipe_learns_on_a_folder_of_jpegs(tmp_path, capsys):
+    """End to end, as a person would: JPEG files in class folders, nothing but --data (and a
+    bound on the epochs: two evaluations of 10,200 images, about 75 s on 2 cores). Fails if the
+    default recipe stops learning, or warns that it does not learn."""
+    synthetic.write_folder(str(tmp_path / "shapes"), 600, 90, size=112, seed=1, classes=3)
+    run_dir = str(tmp_path / "run")
+    assert train.main(["--data", str(tmp_path / "shapes"), "--run-dir", run_dir,
+                       "--epochs", E2E_EPOCHS]) == 0
+    records = records_of(run_dir)
+    final = [r for r in records if r["kind"] == "eval"][-1]
+    assert final["top1_error"] <= 0.4, capsys.readouterr().out      # chance: 66.7%
+    assert not [r for r in records if r["kind"] == "warning"]

@@ -29,11 +29,7 @@ def run_dir(tmp_path_factory):
 def image_dir(tmp_path_factory):
     """DIR/val/<class>/*.png: 30 drawn images of another size than the stored one."""
     root = tmp_path_factory.mktemp("images")
-    images, labels = synthetic.make_images(30, size=48, seed=1)
-    for i, (image, label) in enumerate(zip(images, labels)):
-        folder = root / "val" / synthetic.CLASSES[label]
-        folder.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    synthetic.write_folder(str(root), 30, 30, size=48, seed=1, extension=".png")
     return root
 
 
@@ -90,12 +86,7 @@ def test_one_view_agrees_with_the_training_loops_evaluation(run_dir, image_dir, 
 
 
 def test_a_prepared_cache_evaluates_like_its_image_folder(run_dir, image_dir, tmp_path, capsys):
-    for split, seed in (("train", 2), ("val", 1)):        # val: the same images as image_dir
-        images, labels = synthetic.make_images(30, size=48, seed=seed)
-        for i, (image, label) in enumerate(zip(images, labels)):
-            folder = tmp_path / "raw" / split / synthetic.CLASSES[label]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(image.transpose(1, 2, 0)).save(folder / f"{i}.png")
+    synthetic.write_folder(str(tmp_path / "raw"), 30, 30, size=48, seed=1, extension=".png")
     assert prepare.main(["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
                          "--size", str(STORED), "--workers", "1"]) == 0
     ckpt = str(run_dir / "last.npz")
