@@ -529,8 +529,9 @@ class Run:
 
     def check_learning(self):
         """From the second evaluation on, warn once if the network has not begun to learn: the
-        validation error is still at chance, or the training loss since the last evaluation
-        is within 3% of ln(classes), the loss of a uniform guess."""
+        validation error is still at chance, or the training loss over the second half of the
+        interval since the previous evaluation is within 3% of ln(classes), the loss of a
+        uniform guess."""
         evals = [r for r in self.records if r["kind"] == "eval"]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
@@ -538,8 +539,8 @@ class Run:
         # At chance: no better than chance by 3 standard errors of a val set of this size.
         at_chance = evals[-1]["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
                                                                         / len(self.val))
-        recent = [r["loss"] for r in self.records
-                  if r["kind"] == "train" and r["step"] > evals[-2]["step"]]
+        halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
+        recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         flat = bool(recent) and numpy.mean(recent) >= 0.97 * math.log(classes)
         if not (at_chance or flat):
             return
