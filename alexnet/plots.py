@@ -117,11 +117,9 @@ def _panel(draw, box, title, x_label, series, marks=()):
                 for px, py in pixels:
                     draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
 
-    for x, label in marks:              # labelled at the foot of the line, on its left
-        px, _ = to_pixel(x, y_lo)
-        box = draw.textbbox((px - 3, py1 - 3), label, font=small, anchor="rd")
-        draw.rectangle([box[0] - 1, box[1] - 1, box[2] + 1, box[3] + 1], fill=(255, 255, 255))
-        draw.text((px - 3, py1 - 3), label, fill=_MARK, font=small, anchor="rd")
+    for x, label in marks:   # labelled halfway up, left of the line: late in training the
+        px, _ = to_pixel(x, y_lo)          # curves are low there and the legend is above
+        draw.text((px - 3, (py0 + py1) / 2), label, fill=_MARK, font=small, anchor="rm")
 
     # Legend in the top right corner, on a white box over the grid.
     rows = [(name, colour) for name, colour, _ in series]
