@@ -293,6 +293,8 @@ class Run:
             for key in RUN_SETTINGS:
                 if key in saved:
                     setattr(args, key, saved[key])
+            if args.epochs is None:               # the same length unless --epochs says more
+                args.epochs = saved.get("epochs")
         if args.preset == "auto":
             args.preset = "paper" if backend.gpu_count() else "small"
             why = "a GPU was found" if backend.gpu_count() else \
@@ -427,9 +429,9 @@ class Run:
             total_steps = min(total_steps, args.max_steps)
         window = {"images": 0, "time": 0.0, "data": 0.0, "loss": 0.0, "top1": 0.0, "steps": 0}
         self.started, steps_at_start = time.perf_counter(), self.step
-        reason = None
         # Overflow shows up as a non-finite loss, which check_loss reports in one sentence.
         with StopRequest() as stop, numpy.errstate(over="ignore", invalid="ignore"):
+            reason = self.stop_reason(stop)            # e.g. resuming a run that had finished
             while reason is None:
                 batches = data.batches(self.train, self.aug, self.size, args.batch_size, train=True,
                                        seed=args.seed, epoch=self.epoch, start=self.batch,
@@ -450,18 +452,14 @@ class Run:
                         rate = (now - self.started) / (self.step - steps_at_start)
                         self.log_progress(window, steps_per_epoch, (total_steps - self.step) * rate)
                         window = dict.fromkeys(window, 0)
-                    reason = self.stop_reason(stop, total_steps)
+                    reason = self.stop_reason(stop)
                     if reason:
                         break
                 if self.batch == steps_per_epoch:
                     self.epoch, self.batch = self.epoch + 1, 0
                     if self.epoch % args.eval_every == 0 or self.epoch == args.epochs:
-                        if self.evaluate_and_save() == "finished" and reason is None:
-                            reason = (f"the schedule finished: the validation error stopped "
-                                      f"improving after {self.schedule.reductions} learning-rate "
-                                      "reductions")
-                    if reason is None and self.epoch >= args.epochs:
-                        reason = f"all {args.epochs} epochs done"
+                        self.evaluate_and_save()
+                    reason = reason or self.stop_reason(stop)
         path = self.save("last.npz")
         self.record(kind="stop", epoch=round(self.epoch + self.batch / steps_per_epoch, 4),
                     step=self.step, time=round(self.elapsed(), 2), reason=reason)
@@ -476,15 +474,19 @@ class Run:
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         return reason
 
-    def stop_reason(self, stop, total_steps):
-        """Why training must stop after this step, or None (the epochs and the schedule are
-        checked at the end of an epoch)."""
+    def stop_reason(self, stop):
+        """Why training must stop now, or None."""
         if stop.requested:
             return "interrupted (Ctrl-C)"
         if self.args.max_steps and self.step >= self.args.max_steps:
             return f"--max-steps {self.args.max_steps} reached"
         if self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes:
             return f"--max-minutes {self.args.max_minutes:g} reached"
+        if self.schedule.finished:
+            return (f"the schedule finished: the validation error stopped improving after "
+                    f"{self.schedule.reductions} learning-rate reductions")
+        if self.epoch >= self.args.epochs:
+            return f"all {self.args.epochs} epochs done"
         return None
 
     def log_progress(self, window, steps_per_epoch, eta):
@@ -501,8 +503,7 @@ class Run:
                  f"lr {fields['lr']:g}  ETA {'<=' if self.args.data else ''}{format_time(eta)}")
 
     def evaluate_and_save(self):
-        """Evaluate, move the schedule, save checkpoints and plots; returns what the schedule
-        said ("improved", "reduced", "finished" or None)."""
+        """Evaluate, move the schedule, save checkpoints and plots."""
         tick = time.perf_counter()
         loss, top1, top5 = evaluate(self.model, self.val, self.aug, self.size, self.args.batch_size)
         self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
@@ -525,7 +526,6 @@ class Run:
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         plots.filter_grid(self.model.conv1a.weight.numpy(), self.model.conv1b.weight.numpy(),
                           os.path.join(self.dir, "conv1.png"))
-        return said
 
     def check_learning(self):
         """From the second evaluation on, warn once if the network has not begun to learn: the

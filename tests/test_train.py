@@ -250,3 +250,10 @@ def test_the_default_recipe_learns_on_a_folder_of_jpegs(tmp_path, capsys):
     final = [r for r in records if r["kind"] == "eval"][-1]
     assert final["top1_error"] <= 0.4, capsys.readouterr().out      # chance: 66.7%
     assert not [r for r in records if r["kind"] == "warning"]
+
+
+def test_resuming_a_finished_run_trains_no_further(tmp_path, capsys):
+    run_dir = run_training(tmp_path, "finished", "--epochs", "2")
+    assert train.main(["--resume", run_dir]) == 0
+    _, _, meta = checkpoint.load(os.path.join(run_dir, "last.npz"))
+    assert meta["step"] == 8 and "done: all 2 epochs done; 8 steps" in capsys.readouterr().out
