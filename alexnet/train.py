@@ -329,8 +329,9 @@ class Run:
         self.model = AlexNet(len(self.classes), devices=args.devices, init=args.init, preset=args.preset)
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
         # Patience in training images, so that a plateau means the same whatever --eval-every.
-        self.schedule = optim.ReduceLROnPlateau(
-            self.optimizer, patience=args.lr_patience * len(self.train), max_reductions=args.lr_drops)
+        self.schedule = optim.ReduceLROnPlateau(self.optimizer,
+                                                patience=args.lr_patience * len(self.train),
+                                                max_reductions=args.lr_drops)
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
         self.seconds = 0.0                    # training time before this process (resume)
         self.records = []
@@ -528,26 +529,32 @@ class Run:
                           os.path.join(self.dir, "conv1.png"))
 
     def check_learning(self):
-        """From the second evaluation on, warn once if the network has not begun to learn: the
-        validation error is still at chance, or the training loss over the second half of the
-        interval since the previous evaluation is within 3% of ln(classes), the loss of a
-        uniform guess."""
+        """From the second evaluation on, warn once if the network has not begun to learn: its
+        validation predictions are still those of a guess (top-1 error at chance and loss
+        within 3% of ln(classes), the loss of a uniform guess), or so is its training loss over
+        the second half of the interval since the previous evaluation. The validation loss
+        falls before the top-1 error does: on 20 cluttered classes it had fallen by 10% at the
+        second evaluation while the error was still 93.8% (chance: 95%)."""
         evals = [r for r in self.records if r["kind"] == "eval"]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
         classes, chance = len(self.classes), chance_error(len(self.classes))
+        guess = 0.97 * math.log(classes)
+        last = evals[-1]
         # At chance: no better than chance by 3 standard errors of a val set of this size.
-        at_chance = evals[-1]["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
-                                                                        / len(self.val))
+        at_chance = last["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
+                                                                 / len(self.val))
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
-        flat = bool(recent) and numpy.mean(recent) >= 0.97 * math.log(classes)
-        if not (at_chance or flat):
+        if at_chance and last["loss"] >= guess:
+            symptom = (f"validation top-1 error {last['top1_error']:.1%} is at chance "
+                       f"({chance:.1%}) and its loss {last['loss']:.3f} near ln({classes}) = "
+                       f"{math.log(classes):.3f}, the loss of a uniform guess")
+        elif recent and numpy.mean(recent) >= guess:
+            symptom = (f"training loss {numpy.mean(recent):.3f} is still near ln({classes}) = "
+                       f"{math.log(classes):.3f}, the loss of a uniform guess")
+        else:
             return
-        symptom = (f"validation top-1 error {evals[-1]['top1_error']:.1%} is at chance "
-                   f"({chance:.1%})" if at_chance else
-                   f"training loss {numpy.mean(recent):.3f} is still near ln({classes}) = "
-                   f"{math.log(classes):.3f}, the loss of a uniform guess")
         lr = self.args.lr
         causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})",
                   "labels that do not follow the images (look at a few files of each "

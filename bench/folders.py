@@ -76,7 +76,8 @@ def draw(label, width, height, rng, cluttered):
     fg, bg = distinct_colours(rng)
     if cluttered:
         ramp = numpy.linspace(-1, 1, width)[None, :, None] * rng.uniform(-50, 50, 3)
-        pixels = numpy.array(bg, float) + ramp + rng.normal(0, rng.uniform(4, 14), (height, width, 3))
+        noise = rng.normal(0, rng.uniform(4, 14), (height, width, 3))
+        pixels = numpy.array(bg, float) + ramp + noise
         image = Image.fromarray(numpy.clip(pixels, 0, 255).astype(numpy.uint8))
     else:
         image = Image.new("RGB", (width, height), bg)

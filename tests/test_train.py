@@ -5,6 +5,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import types
 
 import numpy
 import pytest
@@ -257,3 +258,28 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, capsys):
     assert train.main(["--resume", run_dir]) == 0
     _, _, meta = checkpoint.load(os.path.join(run_dir, "last.npz"))
     assert meta["step"] == 8 and "done: all 2 epochs done; 8 steps" in capsys.readouterr().out
+
+
+def check_learning_on(evals, train_losses, classes=20, val_images=500):
+    """The warnings check_learning gives for a run's records (steps as in a real run)."""
+    said = []
+    run = types.SimpleNamespace(
+        records=[dict(kind="eval", step=s, loss=l, top1_error=e) for s, l, e in evals] +
+        [dict(kind="train", step=s, loss=l) for s, l in train_losses],
+        classes=[str(i) for i in range(classes)], val=range(val_images), step=evals[-1][0],
+        epoch=10,
+        args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 19_840,
+        record=lambda **fields: said.append(fields))
+    train.Run.check_learning(run)
+    return said
+
+
+def test_early_learning_is_not_taken_for_a_stall():
+    # 20 cluttered classes, default recipe, second evaluation: top-1 still 93.8% (chance 95%),
+    # but the validation loss fell from 2.99 to 2.71 and the training loss from 3.00 to 2.65.
+    late = [(248, 2.933), (250, 2.914), (279, 2.781), (300, 2.706), (310, 2.652)]
+    assert check_learning_on([(155, 2.993, 0.946), (310, 2.710, 0.938)], late) == []
+    stalled = check_learning_on([(155, 2.996, 0.95), (310, 2.995, 0.948)], late)
+    assert len(stalled) == 1 and "at chance (95.0%) and its loss 2.995" in stalled[0]["message"]
+    flat = check_learning_on([(155, 2.99, 0.90), (310, 2.98, 0.88)], [(300, 2.99), (310, 2.98)])
+    assert len(flat) == 1 and "training loss 2.985 is still near ln(20)" in flat[0]["message"]
