@@ -383,8 +383,9 @@ class Run:
         mg_random.set_state(meta["random_state"])
         metrics = os.path.join(self.dir, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
-            with open(metrics) as f:
-                self.records = [r for r in map(json.loads, f) if r["step"] <= self.step]
+            with open(metrics) as f:          # and the stop of the process that wrote it
+                self.records = [r for r in map(json.loads, f)
+                                if r["step"] <= self.step and r["kind"] != "stop"]
             with open(metrics, "w") as f:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")

@@ -40,7 +40,7 @@ def summary(records):
     evals = [r for r in records if r["kind"] == "eval"]
     best = min((r["top1_error"] for r in evals), default=float("nan"))
     to_90 = next((r["time"] / 60 for r in evals if r["top1_error"] <= 0.10), None)
-    stop = next((r for r in records if r["kind"] == "stop"), {})
+    stop = next((r for r in reversed(records) if r["kind"] == "stop"), {})
     warnings = sum(r["kind"] == "warning" for r in records)
     return best, to_90, stop.get("time", float("nan")) / 60, stop.get("reason", "?"), warnings
 

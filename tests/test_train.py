@@ -111,6 +111,8 @@ def test_resume_continues_bit_for_bit(tmp_path):
         numpy.testing.assert_array_equal(a_params[name], b_params[name], err_msg=name)
     for name in a_vel:
         numpy.testing.assert_array_equal(a_vel[name], b_vel[name], err_msg=name)
+    stops = [r["reason"] for r in records_of(first) if r["kind"] == "stop"]
+    assert stops == ["--max-steps 7 reached"]             # the first process's stop is gone
 
 
 def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
