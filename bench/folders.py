@@ -24,6 +24,7 @@ from PIL import Image, ImageDraw
 
 from alexnet import synthetic
 
+
 def _polar(*corners):
     return [(r * math.cos(math.radians(a)), -r * math.sin(math.radians(a))) for a, r in corners]
 
