@@ -7,13 +7,14 @@ and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.
 The recipe is the paper's (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
 learning rate 0.01 divided by 10 when the validation error stops improving, three times, then
 stop; dropout 0.5, random 227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel
-mean subtraction. Two choices differ by default, both measured on folders of 50 to 3,000 images
+mean subtraction. Two choices differ by default, both measured on folders of 50 to 300 images
 a class (README, Results):
 
   --init kaiming   He-normal weights. The paper's N(0, 0.01^2) weights and biases of 1 (--init
-                   paper) leave the loss flat at ln(classes) for hours on a small folder or a
-                   narrow network; Caffe's fix (--init caffe: biases 0.1, fc6 and fc7 weights
-                   N(0, 0.005^2)) stalls the same way on the small preset.
+                   paper) leave the loss flat at ln(classes) on a small folder or a narrow
+                   network (measured: at chance through 5-minute runs on two folders); Caffe's
+                   fix (--init caffe: biases 0.1, fc6 and fc7 weights N(0, 0.005^2)) stalls
+                   the same way on the small preset.
   small folders    an epoch of a few batches is too little training to judge anything by. The
                    batch is halved (down to 16) until an epoch has 16 steps; evaluation waits
                    for at least 10,000 training images (--eval-every); a plateau is judged over
