@@ -60,7 +60,7 @@ def _panel(draw, box, title, x_label, series, marks=()):
 
     series: list of (name, colour, points) with points a list of (x, y); names of empty series
     still appear in the legend, so its layout does not jump when the first point arrives.
-    marks: (x, label) pairs drawn as dashed vertical lines with the label at their top.
+    marks: (x, label) pairs drawn as dashed vertical lines, labelled halfway up on their left.
     """
     font, small = _font(14), _font(12)
     left, top, right, bottom = box

@@ -279,10 +279,6 @@ def missing_classes(split, classes):
     return [name for name, count in zip(classes, counts) if count == 0]
 
 
-def chance_error(classes):
-    return 1.0 - 1.0 / classes
-
-
 class Run:
     """The state of one training run and its directory."""
 
@@ -312,6 +308,7 @@ class Run:
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
+        self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 
         if args.run_dir:
@@ -401,8 +398,11 @@ class Run:
         return self.seconds + time.perf_counter() - self.started
 
     def images_trained(self):
-        steps_per_epoch = data.batch_count(self.train, self.args.batch_size, train=True)
-        return (self.epoch * steps_per_epoch + self.batch) * self.args.batch_size
+        return self.step * self.args.batch_size
+
+    def epochs_done(self):
+        """Epochs trained, with the fraction of the current one."""
+        return round(self.epoch + self.batch / self.steps_per_epoch, 4)
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_step(self, x, labels):
@@ -426,8 +426,7 @@ class Run:
     def run(self):
         """Train until a stop condition; returns the reason, as the final line gives it."""
         args = self.args
-        steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
-        total_steps = steps_per_epoch * args.epochs
+        total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
         window = {"images": 0, "time": 0.0, "data": 0.0, "loss": 0.0, "top1": 0.0, "steps": 0}
@@ -451,21 +450,21 @@ class Run:
                                        ("steps", 1)):
                         window[key] += value
                     tick = now
-                    if self.step % args.log_every == 0 or self.batch == steps_per_epoch:
+                    if self.step % args.log_every == 0 or self.batch == self.steps_per_epoch:
                         rate = (now - self.started) / (self.step - steps_at_start)
-                        self.log_progress(window, steps_per_epoch, (total_steps - self.step) * rate)
+                        self.log_progress(window, (total_steps - self.step) * rate)
                         window = dict.fromkeys(window, 0)
                     reason = self.stop_reason(stop)
                     if reason:
                         break
-                if self.batch == steps_per_epoch:
+                if self.batch == self.steps_per_epoch:
                     self.epoch, self.batch = self.epoch + 1, 0
                     if self.epoch % args.eval_every == 0 or self.epoch == args.epochs:
                         self.evaluate_and_save()
                     reason = reason or self.stop_reason(stop)
         path = self.save("last.npz")
-        self.record(kind="stop", epoch=round(self.epoch + self.batch / steps_per_epoch, 4),
-                    step=self.step, time=round(self.elapsed(), 2), reason=reason)
+        self.record(kind="stop", epoch=self.epochs_done(), step=self.step,
+                    time=round(self.elapsed(), 2), reason=reason)
         if stop.requested:
             log_line(f"interrupted at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
@@ -492,15 +491,16 @@ class Run:
             return f"all {self.args.epochs} epochs done"
         return None
 
-    def log_progress(self, window, steps_per_epoch, eta):
+    def log_progress(self, window, eta):
         n = window["steps"]
-        fields = dict(kind="train", epoch=round(self.epoch + self.batch / steps_per_epoch, 4),
+        fields = dict(kind="train", epoch=self.epochs_done(),
                       step=self.step, time=round(self.elapsed(), 2), loss=window["loss"] / n,
                       top1_error=window["top1"] / n, lr=self.optimizer.lr,
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
         self.record(**fields)
-        log_line(f"epoch {self.epoch + 1}/{self.args.epochs}  step {self.batch}/{steps_per_epoch}  "
+        log_line(f"epoch {self.epoch + 1}/{self.args.epochs}  "
+                 f"step {self.batch}/{self.steps_per_epoch}  "
                  f"loss {fields['loss']:.4f}  top-1 err {fields['top1_error']:.1%}  "
                  f"{fields['images_per_s']:.0f} img/s  data {fields['data_share']:.0%}  "
                  f"lr {fields['lr']:g}  ETA {'<=' if self.args.data else ''}{format_time(eta)}")
@@ -540,7 +540,8 @@ class Run:
         evals = [r for r in self.records if r["kind"] == "eval"]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
-        classes, chance = len(self.classes), chance_error(len(self.classes))
+        classes = len(self.classes)
+        chance = 1.0 - 1.0 / classes                    # the top-1 error of a guess
         guess = 0.97 * math.log(classes)
         last = evals[-1]
         # At chance: no better than chance by 3 standard errors of a val set of this size.
@@ -548,12 +549,13 @@ class Run:
                                                                  / len(self.val))
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
+        recent_loss = numpy.mean(recent) if recent else 0.0
         if at_chance and last["loss"] >= guess:
             symptom = (f"validation top-1 error {last['top1_error']:.1%} is at chance "
                        f"({chance:.1%}) and its loss {last['loss']:.3f} near ln({classes}) = "
                        f"{math.log(classes):.3f}, the loss of a uniform guess")
-        elif recent and numpy.mean(recent) >= guess:
-            symptom = (f"training loss {numpy.mean(recent):.3f} is still near ln({classes}) = "
+        elif recent_loss >= guess:
+            symptom = (f"training loss {recent_loss:.3f} is still near ln({classes}) = "
                        f"{math.log(classes):.3f}, the loss of a uniform guess")
         else:
             return
