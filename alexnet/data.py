@@ -116,6 +116,13 @@ def center_crop(images, mean, size):
     return ten_views(images, mean, size, count=1)[0]
 
 
+def central(images, size):
+    """The central size x size window of uint8 images (N, 3, S, S): what evaluation shows the
+    network, before the mean is subtracted."""
+    m = (images.shape[-1] - size) // 2
+    return images[:, :, m:m + size, m:m + size]
+
+
 def ten_views(images, mean, size, count=10):
     """The paper's test-time views (section 4.1) of uint8 images (B, 3, S, S): the central crop,
     the four corner crops, then the same five mirrored, each minus the same crop of the mean

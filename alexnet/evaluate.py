@@ -94,9 +94,13 @@ def scores(probs, labels, num_classes):
     images = numpy.bincount(labels, minlength=num_classes)
     hits1 = numpy.bincount(labels, weights=top1, minlength=num_classes).astype(int)
     hits5 = numpy.bincount(labels, weights=top5, minlength=num_classes).astype(int)
-    confusion = numpy.bincount(labels * num_classes + order[:, 0],
-                               minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    return images, hits1, hits5, confusion
+    return images, hits1, hits5, confusion(labels, order[:, 0], num_classes)
+
+
+def confusion(labels, predicted, num_classes):
+    """Counts (num_classes, num_classes): row true class, column predicted class."""
+    return numpy.bincount(labels * num_classes + predicted,
+                          minlength=num_classes ** 2).reshape(num_classes, num_classes)
 
 
 def most_confused(confusion, count=10):

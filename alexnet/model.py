@@ -179,8 +179,10 @@ class AlexNet(nn.Module):
     def forward(self, x, trace=None):
         """x (N, 3, S, S) array or Tensor -> logits (N, num_classes) on tower a's device.
 
-        trace: an optional dict that receives every intermediate Tensor by name (for tests
-        and for looking inside).
+        trace: an optional dict that receives every layer's output by name, in order: conv1a
+        (after ReLU), pool1a (after LRN and pooling), ... conv5a, pool5a, fc6a, fc7a (after
+        ReLU and dropout) and their tower b twins, and fc8 (for tests and for looking inside:
+        alexnet/show.py).
         """
         x = x if isinstance(x, minigrad.Tensor) else minigrad.Tensor(x)
         expected = (3, self.preset.input_size, self.preset.input_size)
@@ -197,14 +199,17 @@ class AlexNet(nn.Module):
             x = x * self.input_scale
         a, b = x.to(da), x.to(db)
         for i in (1, 2):                      # conv -> relu -> LRN -> pool, each tower alone
-            a = self.pool(self.lrn(F.relu(getattr(self, f"conv{i}a")(a))))
-            b = self.pool(self.lrn(F.relu(getattr(self, f"conv{i}b")(b))))
+            a, b = F.relu(getattr(self, f"conv{i}a")(a)), F.relu(getattr(self, f"conv{i}b")(b))
+            record(f"conv{i}a", a), record(f"conv{i}b", b)
+            a, b = self.pool(self.lrn(a)), self.pool(self.lrn(b))
             record(f"pool{i}a", a), record(f"pool{i}b", b)
         a, b = F.relu(self.conv3a(join(a, b, da))), F.relu(self.conv3b(join(a, b, db)))
         record("conv3a", a), record("conv3b", b)
         a, b = F.relu(self.conv4a(a)), F.relu(self.conv4b(b))
         record("conv4a", a), record("conv4b", b)
-        a, b = self.pool(F.relu(self.conv5a(a))), self.pool(F.relu(self.conv5b(b)))
+        a, b = F.relu(self.conv5a(a)), F.relu(self.conv5b(b))
+        record("conv5a", a), record("conv5b", b)
+        a, b = self.pool(a), self.pool(b)
         record("pool5a", a), record("pool5b", b)
         a, b = F.flatten(a), F.flatten(b)     # (N, C*H*W) in C, H, W order
         for i in (6, 7):

@@ -203,3 +203,269 @@ def filter_grid(weights_a, weights_b, path, columns=16, scale=4):
     top = border + a.shape[0] + tower_gap
     canvas[top:top + b.shape[0], border:border + b.shape[1]] = b
     _save(Image.fromarray(canvas), path)
+
+
+# ---- looking inside: Figure 4, the confusion matrix, feature maps -----------------------------
+
+_RED, _BAR_BACK = (214, 39, 40), (235, 235, 235)      # red: the true class, a wrong neighbour
+
+
+def _fit(draw, text, font, width):
+    """text, cut with an ellipsis to at most `width` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def _photo(image, side):
+    """uint8 (3, h, w) as a Pillow image scaled to side x side: nearest neighbour when enlarged
+    by a whole factor (the pixels stay visible), smooth otherwise."""
+    picture = Image.fromarray(numpy.ascontiguousarray(to_device(image, "cpu").transpose(1, 2, 0)))
+    h = picture.height
+    smooth = side < h or side % h
+    return picture.resize((side, side), Image.BILINEAR if smooth else Image.NEAREST)
+
+
+def _percent(p):
+    return "<1%" if 0 < p < 0.005 else f"{p:.0%}"
+
+
+def _bars(draw, x, y, width, rows, font):
+    """Horizontal probability bars, one row of 17 pixels per (name, probability, marked): the
+    name on the left, the bar in the middle, the percentage on the right; a marked row (the
+    true class) in red."""
+    name_w, pct_w = int(width * 0.5), 40
+    bar_w = width - name_w - pct_w - 8
+    for i, (name, p, marked) in enumerate(rows):
+        top, colour = y + 17 * i, _RED if marked else _TRAIN
+        draw.text((x, top + 8), _fit(draw, name, font, name_w - 4), fill=_RED if marked
+                  else _TEXT, font=font, anchor="lm")
+        bx = x + name_w
+        draw.rectangle([bx, top + 3, bx + bar_w, top + 13], fill=_BAR_BACK)
+        if p > 0:
+            draw.rectangle([bx, top + 3, bx + max(1, round(bar_w * p)), top + 13], fill=colour)
+        draw.text((x + width, top + 8), _percent(p), fill=_TEXT, font=font, anchor="rm")
+
+
+def prediction_grid(images, probs, labels, classes, path, columns=4, top=5):
+    """Figure 4 (left) of the paper: each image with the `top` classes the network finds most
+    probable as bars. The true class is written under the image and its bar is red; when it is
+    not among the `top`, the line below the bars gives its rank and probability.
+
+    images: uint8 (N, 3, h, w), what the network saw; probs (N, classes); labels (N,).
+    """
+    probs = numpy.asarray(probs, numpy.float64)
+    count, top = len(images), min(top, len(classes))
+    side, width, pad = 140, 240, 14
+    height = side + 22 + 17 * top + 20
+    columns = max(1, min(columns, count))
+    rows = -(-count // columns)
+    image = Image.new("RGB", (columns * (width + pad) + pad, rows * (height + pad) + pad + 28),
+                      (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    font, small = _font(14), _font(12)
+    draw.text((image.width / 2, 8), f"top-{top} predictions (true class in red)", fill=_TEXT,
+              font=_font(16), anchor="ma")
+    for n in range(count):
+        r, c = divmod(n, columns)
+        x, y = pad + c * (width + pad), 28 + pad + r * (height + pad)
+        image.paste(_photo(images[n], side), (x + (width - side) // 2, y))
+        truth = int(labels[n])
+        draw.text((x + width / 2, y + side + 4), _fit(draw, classes[truth], font, width),
+                  fill=_RED, font=font, anchor="ma")
+        order = numpy.argsort(-probs[n], kind="stable")
+        _bars(draw, x, y + side + 22, width,
+              [(classes[k], probs[n, k], k == truth) for k in order[:top]], small)
+        rank = int(numpy.flatnonzero(order == truth)[0]) + 1
+        if rank > top:
+            draw.text((x, y + side + 24 + 17 * top), f"true class: rank {rank}, "
+                      f"{_percent(probs[n, truth])}", fill=_RED, font=small, anchor="la")
+    _save(image, path)
+
+
+def neighbour_grid(queries, query_labels, neighbours, neighbour_labels, distances, classes,
+                   path, title="nearest training images by fc7 features"):
+    """Figure 4 (right) of the paper: each query image in the first column, then the training
+    images nearest to it in feature space, nearest first, each with its class and distance.
+    A neighbour of the query's class has a green frame, one of another class a red one.
+
+    queries: uint8 (Q, 3, h, w); neighbours: uint8 (Q, K, 3, h, w); distances (Q, K).
+    """
+    Q, K = len(queries), neighbours.shape[1]
+    side, gap, split, label_h = 112, 8, 28, 34
+    width = side + split + K * (side + gap) + 2 * gap
+    image = Image.new("RGB", (width, 52 + Q * (side + label_h + gap) + gap), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    small = _font(12)
+    draw.text((width / 2, 8), title, fill=_TEXT, font=_font(16), anchor="ma")
+    draw.text((gap + side / 2, 34), "query", fill=_TEXT, font=small, anchor="ma")
+    first = gap + side + split
+    draw.text((first + (K * (side + gap) - gap) / 2, 34), "nearest first", fill=_TEXT,
+              font=small, anchor="ma")
+    for q in range(Q):
+        y = 52 + q * (side + label_h + gap)
+        image.paste(_photo(queries[q], side), (gap, y))
+        draw.text((gap + side / 2, y + side + 3), _fit(draw, classes[int(query_labels[q])],
+                                                       small, side), fill=_TEXT, font=small,
+                  anchor="ma")
+        for k in range(K):
+            x = first + k * (side + gap)
+            same = int(neighbour_labels[q, k]) == int(query_labels[q])
+            draw.rectangle([x - 3, y - 3, x + side + 2, y + side + 2],
+                           fill=_VAL_TOP5 if same else _RED)
+            image.paste(_photo(neighbours[q, k], side), (x, y))
+            draw.text((x + side / 2, y + side + 3), _fit(draw, classes[int(neighbour_labels[q, k])],
+                                                         small, side), fill=_TEXT, font=small,
+                      anchor="ma")
+            draw.text((x + side / 2, y + side + 18), f"distance {distances[q, k]:.3g}",
+                      fill=_MARK, font=small, anchor="ma")
+        line_x = gap + side + split / 2
+        draw.line([(line_x, y), (line_x, y + side)], fill=_GRID, width=2)
+    _save(image, path)
+
+
+def _vertical_text(text, font, colour):
+    """text turned 90 degrees counter-clockwise, on a transparent image, to paste."""
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    box = probe.textbbox((0, 0), text, font=font)
+    label = Image.new("RGBA", (box[2] + 2, box[3] + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(label).text((0, 0), text, fill=colour, font=font)
+    return label.rotate(90, expand=True)
+
+
+def _blend(values, colour):
+    """values in [0, 1] (any shape) -> uint8 RGB (..., 3) from white (0) to `colour` (1)."""
+    white, colour = numpy.array([255.0] * 3), numpy.array(colour, numpy.float64)
+    return numpy.rint(white + values[..., None] * (colour - white)).astype(numpy.uint8)
+
+
+def confusion_matrix(counts, classes, path, max_named=50):
+    """The confusion matrix as a picture: row t, column p is the share of the images of true
+    class t that the network put in class p (each row sums to 100%; a class without images is
+    a grey row). Class names label the axes when there are at most `max_named` classes, the
+    shares are written in the cells when there are at most 12.
+
+    counts: integer (classes, classes), rows true, columns predicted.
+    """
+    counts = numpy.asarray(counts)
+    C = len(counts)
+    totals = counts.sum(axis=1, keepdims=True)
+    share = counts / numpy.maximum(totals, 1)
+    cell = max(1, min(40, 720 // C))
+    named = C <= max_named
+    font, small = _font(14), _font(12)
+    probe = ImageDraw.Draw(Image.new("L", (1, 1)))
+    names = [f"{name}" for name in classes] if named else []
+    label_w = int(max((probe.textlength(n, font=small) for n in names), default=0)) + 10 \
+        if named else 0
+    left, top = 30 + label_w, 54 + label_w
+    side = C * cell
+    image = Image.new("RGB", (left + side + 90, top + side + 20), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    errors = 1 - numpy.trace(counts) / max(1, counts.sum())
+    draw.text((image.width / 2, 8), f"confusion matrix: {int(counts.sum()):,} images, top-1 "
+              f"error {errors:.2%}", fill=_TEXT, font=_font(16), anchor="ma")
+    pixels = _blend(share, _TRAIN)                                  # (C, C, 3)
+    pixels[totals[:, 0] == 0] = _GRID
+    image.paste(Image.fromarray(pixels.repeat(cell, 0).repeat(cell, 1)), (left, top))
+    draw.rectangle([left - 1, top - 1, left + side, top + side], outline=_AXIS)
+    draw.text((left + side / 2, 30), "predicted class", fill=_TEXT, font=font, anchor="ma")
+    title = _vertical_text("true class", font, _TEXT)
+    image.paste(title, (4, top + (side - title.height) // 2), title)
+    for i, name in enumerate(names):
+        centre = i * cell + cell / 2
+        draw.text((left - 5, top + centre), name, fill=_TEXT, font=small, anchor="rm")
+        label = _vertical_text(name, small, _TEXT)
+        image.paste(label, (int(left + centre - label.width / 2), top - 5 - label.height), label)
+    if C <= 12:
+        for t in range(C):
+            for p in range(C):
+                if counts[t, p]:
+                    draw.text((left + p * cell + cell / 2, top + t * cell + cell / 2),
+                              _percent(share[t, p]), font=small, anchor="mm",
+                              fill=(255, 255, 255) if share[t, p] > 0.5 else _TEXT)
+    # The colour scale: 0% to 100% of a row.
+    bx = left + side + 24
+    scale = _blend(numpy.linspace(1, 0, side)[:, None].repeat(16, 1), _TRAIN)
+    image.paste(Image.fromarray(scale), (bx, top))
+    draw.rectangle([bx - 1, top - 1, bx + 16, top + side], outline=_AXIS)
+    for value in (0.0, 0.5, 1.0):
+        draw.text((bx + 20, top + (1 - value) * (side - 1)), f"{value:.0%}", fill=_TEXT,
+                  font=small, anchor="lm")
+    _save(image, path)
+
+
+def _maps(values, lo, hi, width):
+    """Feature maps (C, H, W), or a vector (D,) cut into rows of 64, as one greyscale grid
+    that fits `width` pixels: each map scaled from lo (black) to hi (white)."""
+    values = to_device(values, "cpu").astype(numpy.float64)
+    if values.ndim == 1:              # a fully connected layer: its units in rows of 64
+        D = len(values)
+        values = numpy.concatenate([values, numpy.full(-D % 64, lo)]).reshape(1, -1, 64) \
+            if D > 64 else values.reshape(1, 1, D)
+        scale = max(1, min(6, width // values.shape[2]))
+        gap, columns = 0, 1
+    else:
+        C, H, W = values.shape
+        gap = 1
+        columns = min(C, math.ceil(math.sqrt(2 * C)))
+        while columns > 1 and columns * (W + gap) > width:
+            columns = max(1, width // (W + gap))
+        scale = max(1, min(8, (width // columns - gap) // W))
+    C, H, W = values.shape
+    grey = numpy.clip((values - lo) / max(hi - lo, 1e-12), 0, 1) * 255
+    grey = grey.repeat(scale, axis=1).repeat(scale, axis=2)
+    th, tw = H * scale, W * scale
+    rows = -(-C // columns)
+    block = numpy.full((rows * (th + gap) - gap, columns * (tw + gap) - gap), 255, numpy.uint8)
+    for i, tile in enumerate(grey):
+        r, c = divmod(i, columns)
+        block[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = \
+            numpy.rint(tile)
+    return Image.fromarray(block)
+
+
+def activation_grid(image, layers, top, path, title="activations"):
+    """Every layer's output for one image, tower a on the left and tower b on the right.
+
+    image: uint8 (3, h, w), the input as the network saw it. layers: list of (name, maps of
+    tower a, maps of tower b), each (C, H, W) feature maps or (D,) units; both towers of a
+    layer share one scale, from 0 (black) to the layer's largest value (white). top: list of
+    (class name, probability), drawn as bars at the end (fc8 after the softmax).
+    """
+    panel, pad, label_h = 420, 16, 20
+    font, small = _font(14), _font(12)
+    blocks = []
+    for name, a, b in layers:
+        a, b = to_device(a, "cpu"), to_device(b, "cpu")
+        lo = min(0.0, float(a.min()), float(b.min()))
+        hi = max(float(a.max()), float(b.max()))
+        blocks.append((name, a.shape, _maps(a, lo, hi, panel), _maps(b, lo, hi, panel), hi))
+    side = max(128, image.shape[-1])
+    width = 2 * panel + 3 * pad
+    height = 36 + side + label_h + pad + sum(label_h + max(pa.height, pb.height) + pad
+                                             for _, _, pa, pb, _ in blocks) + 24 + 17 * len(top)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((width / 2, 8), title, fill=_TEXT, font=_font(16), anchor="ma")
+    y = 36
+    canvas.paste(_photo(image, side), (pad, y))
+    draw.text((pad + side + pad, y), f"input {image.shape[-1]}x{image.shape[-1]}, as the "
+              "network sees it (before the mean is subtracted)", fill=_TEXT, font=small)
+    draw.text((pad + side + pad, y + 20), "each layer: its output after ReLU (and LRN and "
+              "pooling for pool1, pool2, pool5),", fill=_MARK, font=small)
+    draw.text((pad + side + pad, y + 36), "black 0, white the layer's largest value in either "
+              "tower", fill=_MARK, font=small)
+    y += side + label_h
+    for name, shape, pa, pb, hi in blocks:
+        dims = "x".join(str(d) for d in shape)
+        for x, tower, picture in ((pad, "a", pa), (2 * pad + panel, "b", pb)):
+            draw.text((x, y), f"{name}{tower}  {dims}", fill=_TEXT, font=font)
+            canvas.paste(picture, (x, y + label_h))
+        draw.text((width - pad, y), f"max {hi:.3g}", fill=_MARK, font=small, anchor="ra")
+        y += label_h + max(pa.height, pb.height) + pad
+    draw.text((pad, y), "fc8 + softmax: the most probable classes", fill=_TEXT, font=font)
+    _bars(draw, pad, y + 22, panel, [(n, p, False) for n, p in top], small)
+    _save(canvas, path)

@@ -321,6 +321,30 @@ def open_split(cache, split):
     return data.Split(images, labels)
 
 
+def row_files(cache, split):
+    """The file (path below DIR/<split>) of every row of a split's images, as prepare_split
+    left them: the files in listing order, the skipped ones dropped, and the rows of skipped
+    files among the first `images` filled with the last good files."""
+    listing = [line.split("\t")[0] for line in read_text(
+        os.path.join(cache, f"{split}_files.txt")).splitlines()]
+    skipped = {}                     # file name -> the skipped paths (as given) of that name
+    for path, _ in read_manifest(cache)["splits"][split]["bad"]:
+        skipped.setdefault(os.path.basename(path), []).append(path)
+
+    def is_skipped(name):            # a skipped path is <the DIR given to prepare>/<split>/name
+        return any(path.endswith(os.sep + name)
+                   for path in skipped.get(os.path.basename(name), ()))
+
+    bad = [is_skipped(name) for name in listing]
+    count = bad.count(False)
+    rows = listing[:count]
+    holes = [i for i in range(count) if bad[i]]
+    tails = [i for i in range(count, len(listing)) if not bad[i]]
+    for hole, tail in zip(holes, tails):
+        rows[hole] = listing[tail]
+    return rows
+
+
 def open_cache(cache, size=None):
     """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA;
     `size`: the side the caller needs, refused in one sentence when the cache holds another."""

@@ -25,8 +25,8 @@ a class (README, Results):
 A run that has not begun to learn after its first evaluations says so, with what to try.
 
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
-last.npz / best.npz checkpoints, curves.png, conv1.png and (if any image was unreadable)
-bad_files.txt.
+last.npz / best.npz checkpoints, curves.png, conv1.png, predictions.png, confusion.png and (if
+any image was unreadable) bad_files.txt.
 """
 import argparse
 import json
@@ -40,6 +40,7 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
+from alexnet.evaluate import confusion, softmax
 from alexnet.model import INITS, PRESETS, AlexNet
 from minigrad import backend, optim
 from minigrad import functional as F
@@ -56,6 +57,7 @@ EVAL_IMAGES = 10_000            # the least training between two evaluations (au
 PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals without improvement
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
+SHOWN = 8                       # validation images in predictions.png
 
 
 def whole(lowest):
@@ -239,7 +241,8 @@ def top_k_errors(logits, labels, ks=(1, 5)):
 
 
 def evaluate(model, split, aug, size, batch_size):
-    """Loss, top-1 and top-5 error of the central crops of `split` (dropout off)."""
+    """Loss, top-1 and top-5 error, and the logits (N, classes), of the central crops of
+    `split` (dropout off)."""
     model.eval()
     total_loss, logits_all = 0.0, []
     with minigrad.no_grad():
@@ -249,8 +252,9 @@ def evaluate(model, split, aug, size, batch_size):
             total_loss += F.cross_entropy(logits, labels).item() * len(labels)
             logits_all.append(logits.numpy())
     model.train()
-    top1, top5 = top_k_errors(numpy.concatenate(logits_all), split.labels)
-    return total_loss / len(split), top1, top5
+    logits = numpy.concatenate(logits_all)
+    top1, top5 = top_k_errors(logits, split.labels)
+    return total_loss / len(split), top1, top5, logits
 
 
 class StopRequest:
@@ -508,7 +512,8 @@ class Run:
     def evaluate_and_save(self):
         """Evaluate, move the schedule, save checkpoints and plots."""
         tick = time.perf_counter()
-        loss, top1, top5 = evaluate(self.model, self.val, self.aug, self.size, self.args.batch_size)
+        loss, top1, top5, logits = evaluate(self.model, self.val, self.aug, self.size,
+                                            self.args.batch_size)
         self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
                     loss=loss, top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
@@ -529,6 +534,19 @@ class Run:
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         plots.filter_grid(self.model.conv1a.weight.numpy(), self.model.conv1b.weight.numpy(),
                           os.path.join(self.dir, "conv1.png"))
+        self.draw_predictions(logits)
+
+    def draw_predictions(self, logits):
+        """predictions.png: the same SHOWN validation images at every evaluation, with their
+        top-5 classes; confusion.png: the confusion matrix of the whole validation set."""
+        rows = numpy.random.default_rng(self.args.seed).choice(
+            len(self.val), min(SHOWN, len(self.val)), replace=False)
+        probs = softmax(minigrad.Tensor(logits[rows]))
+        plots.prediction_grid(data.central(self.val.images[rows], self.size), probs,
+                              self.val.labels[rows], self.classes,
+                              os.path.join(self.dir, "predictions.png"))
+        counts = confusion(self.val.labels, logits.argmax(axis=1), len(self.classes))
+        plots.confusion_matrix(counts, self.classes, os.path.join(self.dir, "confusion.png"))
 
     def check_learning(self):
         """From the second evaluation on, warn once if the network has not begun to learn: its

@@ -8,8 +8,11 @@ from minigrad import backend
 from minigrad import functional as F
 
 PAPER_SHAPES = {  # PAPER.md's table, per tower, one image
-    "pool1a": (48, 27, 27), "pool1b": (48, 27, 27), "pool2a": (128, 13, 13), "pool2b": (128, 13, 13),
+    "conv1a": (48, 55, 55), "conv1b": (48, 55, 55),
+    "pool1a": (48, 27, 27), "pool1b": (48, 27, 27), "conv2a": (128, 27, 27), "conv2b": (128, 27, 27),
+    "pool2a": (128, 13, 13), "pool2b": (128, 13, 13),
     "conv3a": (192, 13, 13), "conv3b": (192, 13, 13), "conv4a": (192, 13, 13), "conv4b": (192, 13, 13),
+    "conv5a": (128, 13, 13), "conv5b": (128, 13, 13),
     "pool5a": (128, 6, 6), "pool5b": (128, 6, 6), "fc6a": (2048,), "fc6b": (2048,),
     "fc7a": (2048,), "fc7b": (2048,), "fc8": (1000,)}
 

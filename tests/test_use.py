@@ -77,7 +77,7 @@ def test_one_view_agrees_with_the_training_loops_evaluation(run_dir, image_dir, 
     output = capsys.readouterr().out
     model, meta = checkpoint.load_model(ckpt)
     split, _, _ = data.load_folder(str(image_dir / "val"), STORED, meta["classes"])
-    _, top1, top5 = train.evaluate(model, split, checkpoint.load_augmentation(ckpt), SIZE, 16)
+    _, top1, top5, _ = train.evaluate(model, split, checkpoint.load_augmentation(ckpt), SIZE, 16)
     assert len(split) == 30 and counts(output, "top-1") == (round(top1 * 30), 30)
     assert counts(output, "top-5") == (round(top5 * 30), 30)
     rows = list(csv.DictReader(open(tmp_path / "per_class.csv")))

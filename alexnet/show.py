@@ -1,0 +1,347 @@
+"""Look inside a trained network: `python -m alexnet.show --checkpoint CKPT [--data DIR] --out DIR`.
+
+Writes four pictures, the first two as in Figure 4 of the paper (section 6.1):
+
+  predictions.png   validation images, each with the five classes the network finds most
+                    probable as bars; the true class is written under the image, its bar red
+  neighbours.png    validation images in the first column, and in each row the training images
+                    whose fc7 features (the 2 x 2048 units of the last hidden layer, both towers)
+                    are nearest in Euclidean distance. The paper: "If two images produce feature
+                    activation vectors with a small Euclidean separation, we can say that the
+                    higher levels of the neural network consider them to be similar."
+                    neighbours.json lists every neighbour's file (or row) and distance.
+  confusion.png     which class the network gives the images of each class (rows: true class,
+                    normalised; columns: predicted), and confusion.csv with the counts
+  activations.png   the output of every layer of both towers for one image (--image, else the
+                    first image of predictions.png)
+
+Images are classified as in evaluation: the central crop, minus the training set's mean image.
+--data is an image folder with train/<class>/* and val/<class>/* (decoded into the same cache
+as training uses), or a prepared cache; by default the data the checkpoint was trained on. The
+training set is streamed in batches for the neighbours, keeping only the best K of each query,
+so that ImageNet's 1.2 million images need no more memory than a batch.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy
+
+import minigrad
+from alexnet import checkpoint, data, plots, prepare, synthetic
+from alexnet.evaluate import check_classes, confusion, softmax
+from alexnet.train import Parser, format_time, whole
+from minigrad import backend
+
+PICTURES = ("predictions", "neighbours", "confusion", "activations")
+FEATURES = ("fc7a", "fc7b")          # the last hidden layer: the paper's 4096-dimensional vector
+ACTIVATIONS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5", "fc6",
+               "fc7")                # the layers of both towers in model.forward's trace
+
+
+def parse_args(argv=None):
+    p = Parser(prog="python -m alexnet.show", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+    p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
+                   "val/<class>/*, or a cache made by python -m alexnet.prepare (default: the "
+                   "data the checkpoint was trained on)")
+    p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to "
+                   "(default DIR/.alexnet-cache-<size>, as in training)")
+    p.add_argument("--out", metavar="DIR", help="where the pictures go (default: the "
+                   "checkpoint's folder)")
+    p.add_argument("--only", nargs="+", choices=PICTURES, default=PICTURES, metavar="PICTURE",
+                   help=f"draw only these ({', '.join(PICTURES)}; default all)")
+    p.add_argument("--predictions", type=whole(1), default=8, metavar="N",
+                   help="validation images in predictions.png (default 8, as in the paper)")
+    p.add_argument("--queries", type=whole(1), default=5, metavar="N",
+                   help="query images in neighbours.png (default 5, as in the paper)")
+    p.add_argument("--neighbours", type=whole(1), default=6, metavar="K",
+                   help="training images shown for each query (default 6, as in the paper)")
+    p.add_argument("--pick", choices=("random", "errors", "correct"), default="random",
+                   help="which validation images to show: any, only misclassified ones, or "
+                   "only correctly classified ones (default random)")
+    p.add_argument("--indices", type=rows_list, metavar="I,J,...", help="show these validation images (rows "
+                   "of the val split, as neighbours.json names them) instead of picking")
+    p.add_argument("--seed", type=whole(0), default=0, help="seed of the random pick (default 0)")
+    p.add_argument("--image", metavar="PATH", help="the image for activations.png (default: the "
+                   "first of predictions.png)")
+    p.add_argument("--batch-size", type=whole(1), default=128, help="images per forward pass "
+                   "(default 128)")
+    p.add_argument("--workers", type=whole(1), default=4, help="threads preparing batches")
+    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
+                   "(default: two GPUs, one GPU twice, or the CPU)")
+    return p.parse_args(argv)
+
+
+def rows_list(text):
+    """--indices: rows such as 3,17,42."""
+    try:
+        return [int(i) for i in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of numbers such as 3,17,42") \
+            from None
+
+
+# ---- the network on many images -----------------------------------------------------------
+
+class Progress:
+    """A line every 10 seconds: images done, images/s, ETA."""
+
+    def __init__(self, what, total, log):
+        self.what, self.total, self.log = what, total, log
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, done):
+        now = time.perf_counter()
+        if now - self.last >= 10 or done == self.total:
+            rate = done / max(now - self.started, 1e-9)
+            self.log(f"  {self.what}: {done:,}/{self.total:,} images, {rate:.0f} img/s, "
+                     f"ETA {format_time((self.total - done) / max(rate, 1e-9))}")
+            self.last = now
+
+
+def forward(model, x):
+    """Logits (B, classes) on the CPU, and the trace of every layer, of float32 crops x."""
+    trace = {}
+    with minigrad.no_grad():
+        logits = model(x, trace=trace)
+    return logits.numpy(), trace
+
+
+def features(model, trace):
+    """The fc7 vectors (B, 4096) of a trace, both towers joined on tower a's device."""
+    a, b = (trace[name].data for name in FEATURES)
+    with backend.device_scope(model.devices[0]):
+        return backend.get_array_module(a).concatenate(
+            [a, backend.to_device(b, model.devices[0])], axis=1)
+
+
+def stream(model, split, aug, size, batch_size, workers, what, log):
+    """Yield (first row, logits, trace) for the central crops of split, batch after batch."""
+    model.eval()
+    progress = Progress(what, len(split), log)
+    start = 0
+    for x, _ in data.batches(split, aug, size, batch_size, train=False, workers=workers,
+                             device=model.devices[0]):
+        logits, trace = forward(model, x)
+        yield start, logits, trace
+        start += len(logits)
+        progress(start)
+
+
+def nearest(queries, batches, k):
+    """The k rows nearest to each query, nearest first: (distances (Q, k), rows (Q, k)).
+
+    queries: (Q, D) on any device; batches: (first row, (B, D) features) pairs on the same
+    device. Only the best k per query are kept between batches (ties go to the lower row), so
+    memory does not grow with the number of rows. The squared distances are
+    |q|^2 - 2 q.t + |t|^2, in float64 so that the cancellation stays far below the gaps."""
+    best_d = numpy.empty((len(queries), 0))
+    best_i = numpy.empty((len(queries), 0), numpy.int64)
+    with backend.device_scope(backend.device_of(queries)):    # compute where the features are
+        q = queries.astype(numpy.float64)
+        q2 = (q * q).sum(axis=1)[:, None]                                   # (Q, 1)
+        for start, t in batches:
+            t = t.astype(numpy.float64)
+            d2 = q2 - 2 * q @ t.T + (t * t).sum(axis=1)[None, :]             # (Q, B)
+            d = numpy.sqrt(numpy.maximum(backend.to_device(d2, "cpu"), 0))
+            rows = numpy.broadcast_to(start + numpy.arange(len(t)), d.shape)
+            best_d = numpy.concatenate([best_d, d], axis=1)
+            best_i = numpy.concatenate([best_i, rows], axis=1)
+            order = numpy.lexsort((best_i, best_d), axis=1)[:, :k]         # by distance, then row
+            best_d = numpy.take_along_axis(best_d, order, axis=1)
+            best_i = numpy.take_along_axis(best_i, order, axis=1)
+    return best_d, best_i
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+class Source:
+    """The train and val splits (labels in the checkpoint's class order) and how to name a
+    row: its file below DIR/<split>/ for an image folder or cache, 'train[12]' otherwise."""
+
+    def __init__(self, args, meta, stored_size, log):
+        config, classes = meta["config"], meta["classes"]
+        folder = args.data or config.get("data")
+        if folder is None:
+            log(f"data: the embedded shapes data set of the run ({config['synthetic_train']} "
+                f"train / {config['synthetic_val']} val images, seed {config['seed']})")
+            splits = synthetic.make_splits(config["synthetic_train"], config["synthetic_val"],
+                                           stored_size, config["seed"])
+            self.train, self.val = data.Split(*splits["train"]), data.Split(*splits["val"])
+            found, self.cache = splits["classes"], None
+        else:
+            if not os.path.exists(folder):
+                raise FileNotFoundError(f"data folder {folder} does not exist; pass --data with "
+                                        "the folder or cache the checkpoint was trained on")
+            cache = config.get("cache") if args.data is None else args.cache
+            self.cache = prepare.cache_for(folder, stored_size, cache, log=log)
+            opened = prepare.open_cache(self.cache, stored_size)
+            self.train, self.val, found = opened.train, opened.val, opened.classes
+            log(f"data: {len(self.train):,} train / {len(self.val):,} val images from {self.cache}")
+        check_classes(folder or "the embedded data set", classes, args.checkpoint, found)
+        to_checkpoint = numpy.array([classes.index(name) for name in found])
+        for split in (self.train, self.val):
+            split.labels = to_checkpoint[split.labels]
+        self._files = {}
+
+    def name(self, split, row):
+        if self.cache is None:
+            return f"{split}[{row}]"
+        if split not in self._files:
+            self._files[split] = prepare.row_files(self.cache, split)
+        return self._files[split][row]
+
+
+def pick(args, count, predicted, labels):
+    """Rows of the val split to show: --indices, or `count` drawn with --seed among all rows,
+    the misclassified or the correctly classified ones (--pick)."""
+    N = len(labels)
+    if args.indices is not None:
+        bad = [i for i in args.indices if not 0 <= i < N]
+        if bad:
+            raise ValueError(f"--indices {bad[0]} is not a row of the validation set, which has "
+                             f"{N} images (rows 0 to {N - 1})")
+        return numpy.array(args.indices)
+    rows = {"random": numpy.arange(N), "errors": numpy.flatnonzero(predicted != labels),
+            "correct": numpy.flatnonzero(predicted == labels)}[args.pick]
+    if len(rows) == 0:
+        which = "misclassified" if args.pick == "errors" else "classified correctly"
+        raise ValueError(f"no validation image is {which}; use --pick random")
+    rng = numpy.random.default_rng(args.seed)
+    return rng.choice(rows, min(count, len(rows)), replace=False)
+
+
+def crops(model, images, aug, size):
+    """The network's input for uint8 images (N, 3, S, S): central crops minus the mean's."""
+    device = model.devices[0]
+    return data.center_crop(backend.to_device(numpy.asarray(images), device),
+                            backend.to_device(aug.mean, device), size)
+
+
+# ---- the pictures ---------------------------------------------------------------------------
+
+def run(args, log=print):
+    model, meta = checkpoint.load_model(args.checkpoint, args.devices)
+    aug = checkpoint.load_augmentation(args.checkpoint)
+    classes = meta["classes"]
+    out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
+    os.makedirs(out, exist_ok=True)
+    wanted = set(args.only)
+    written = []
+    if wanted == {"activations"} and args.image:        # one image: no data set needed
+        return draw_activations(model, aug, classes, args.image, out)
+    S, size = model.preset.stored_size(), model.preset.input_size
+    source = Source(args, meta, S, log)
+    val = source.val
+    predicted = numpy.empty(len(val), numpy.int64)
+    for start, logits, _ in stream(model, val, aug, size, args.batch_size, args.workers,
+                                   "classifying the validation set", log):
+        predicted[start:start + len(logits)] = logits.argmax(axis=1)
+    rows = pick(args, max(args.predictions, args.queries), predicted, val.labels)
+    logits, trace = forward(model, crops(model, val.images[rows], aug, size))
+    shown = data.central(val.images[rows], size)                   # what the network saw
+
+    if "confusion" in wanted:
+        counts = confusion(val.labels, predicted, len(classes))
+        written += [os.path.join(out, "confusion.png"), os.path.join(out, "confusion.csv")]
+        plots.confusion_matrix(counts, classes, written[-2])
+        write_confusion_csv(written[-1], counts, classes)
+    if "predictions" in wanted:
+        n = min(args.predictions, len(rows))
+        written.append(os.path.join(out, "predictions.png"))
+        plots.prediction_grid(shown[:n], softmax(minigrad.Tensor(logits[:n])),
+                              val.labels[rows[:n]], classes, written[-1])
+    if "neighbours" in wanted:
+        q = min(args.queries, len(rows))
+        written += draw_neighbours(args, model, aug, source, rows[:q], shown[:q],
+                                   features(model, trace)[:q], classes, out, log)
+    if "activations" in wanted:
+        written += draw_activations(model, aug, classes, args.image, out,
+                                    val.images[rows[:1]], source.name("val", int(rows[0])))
+    return written
+
+
+def draw_neighbours(args, model, aug, source, rows, shown, query, classes, out, log):
+    """neighbours.png and neighbours.json for the val images `rows` (their crops `shown`, their
+    fc7 features `query`): one pass over the training set."""
+    size = model.preset.input_size
+    k = min(args.neighbours, len(source.train))
+    found = ((start, features(model, trace)) for start, _, trace in stream(
+        model, source.train, aug, size, args.batch_size, args.workers,
+        f"fc7 features of the training set, {k} nearest to each of {len(rows)} queries", log))
+    distances, neighbours = nearest(query, found, k)
+    images = data.central(source.train.images[neighbours.ravel()], size)  # (Q*k, 3, size, size)
+    paths = [os.path.join(out, "neighbours.png"), os.path.join(out, "neighbours.json")]
+    plots.neighbour_grid(shown, source.val.labels[rows], images.reshape(len(rows), k, 3, size, size),
+                         source.train.labels[neighbours], distances, classes, paths[0])
+    write_neighbours_json(paths[1], source, rows, neighbours, distances, classes, query.shape[1])
+    return paths
+
+
+def draw_activations(model, aug, classes, image_path, out, image=None, name=None):
+    """activations.png of the image file `image_path`, or else of `image` (1, 3, S, S) uint8
+    called `name`."""
+    S, size = model.preset.stored_size(), model.preset.input_size
+    if image_path:
+        try:
+            image, name = data.load_image(image_path, S)[None], image_path    # (1, 3, S, S)
+        except Exception as error:   # any undecodable file
+            raise ValueError(f"--image {image_path} cannot be read ({type(error).__name__}: "
+                             f"{error}); pass a JPEG, PNG or other image file") from None
+    else:
+        name = f"validation image {name}"
+    logits, trace = forward(model, crops(model, image, aug, size))
+    p = softmax(minigrad.Tensor(logits))[0]
+    top = [(classes[k], p[k]) for k in numpy.argsort(-p, kind="stable")[:5]]
+    layers = [(layer, trace[f"{layer}a"].numpy()[0], trace[f"{layer}b"].numpy()[0])
+              for layer in ACTIVATIONS]
+    path = os.path.join(out, "activations.png")
+    plots.activation_grid(data.central(image, size)[0], layers, top, path,
+                          title=f"activations of {name}")
+    return [path]
+
+
+def write_confusion_csv(path, counts, classes):
+    """Counts: one row per true class, one column per predicted class."""
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["true \\ predicted"] + list(classes))
+        for name, row in zip(classes, counts):
+            writer.writerow([name] + [int(v) for v in row])
+
+
+def write_neighbours_json(path, source, queries, neighbours, distances, classes, dimensions):
+    folders = {split: os.path.join(prepare.read_manifest(source.cache)["source"], split)
+               if source.cache else None for split in ("train", "val")}
+    result = {"features": "fc7 (both towers)", "dimensions": int(dimensions),
+              "distance": "euclidean", "train_folder": folders["train"],
+              "val_folder": folders["val"], "queries": []}
+    for q, row in enumerate(queries):
+        result["queries"].append({
+            "val_row": int(row), "file": source.name("val", int(row)),
+            "class": classes[int(source.val.labels[row])],
+            "neighbours": [{"train_row": int(i), "file": source.name("train", int(i)),
+                            "class": classes[int(source.train.labels[i])], "distance": float(d)}
+                           for i, d in zip(neighbours[q], distances[q])]})
+    checkpoint.write_atomically(path, lambda f: f.write(json.dumps(result, indent=1).encode()))
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        for path in run(args):
+            print(f"wrote {path}")
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""python -m alexnet.show (Figure 4, confusion matrix, activations) on a tiny checkpoint."""
+import csv
+import json
+
+import numpy
+import pytest
+from PIL import Image
+
+import minigrad
+from alexnet import checkpoint, data, plots, prepare, show, synthetic, train
+from alexnet.evaluate import scores
+from alexnet.model import PRESETS
+
+SIZE = PRESETS["tiny"].input_size                      # 35
+STORED = PRESETS["tiny"].stored_size()                 # 39
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny run on the embedded data set: 96 training images, 40 validation images."""
+    path = tmp_path_factory.mktemp("run")
+    assert train.main(["--preset", "tiny", "--synthetic-train", "96", "--synthetic-val", "40",
+                       "--batch-size", "16", "--epochs", "2", "--run-dir", str(path)]) == 0
+    return path
+
+
+@pytest.fixture(scope="module")
+def shown(run_dir, tmp_path_factory):
+    """Every picture of alexnet.show, with 7 neighbours streamed in batches of 16 (96 is not a
+    multiple of 7, and the best 7 must survive from batch to batch)."""
+    out = tmp_path_factory.mktemp("show")
+    assert show.main(["--checkpoint", str(run_dir / "last.npz"), "--out", str(out),
+                      "--neighbours", "7", "--queries", "3", "--batch-size", "16",
+                      "--seed", "4"]) == 0
+    return out
+
+
+def png_size(path):
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()
+        return image.size
+
+
+def the_run(run_dir):
+    """(model, augmentation, train Split, val Split, classes) of the tiny run."""
+    model, meta = checkpoint.load_model(str(run_dir / "last.npz"))
+    splits = synthetic.make_splits(96, 40, STORED, seed=0)
+    return (model, checkpoint.load_augmentation(str(run_dir / "last.npz")),
+            data.Split(*splits["train"]), data.Split(*splits["val"]), meta["classes"])
+
+
+def fc7(model, images, aug):
+    """fc7 features (N, 2 * fc_width) of uint8 images, one forward pass, in float64."""
+    trace = {}
+    with minigrad.no_grad():
+        model(data.center_crop(images, aug.mean, SIZE), trace=trace)
+    return numpy.concatenate([trace["fc7a"].numpy(), trace["fc7b"].numpy()], axis=1).astype(float)
+
+
+# ---- neighbours -------------------------------------------------------------------------------
+
+def test_neighbours_are_the_brute_force_nearest_training_images(run_dir, shown):
+    model, aug, train_split, val, classes = the_run(run_dir)
+    result = json.load(open(shown / "neighbours.json"))
+    assert result["dimensions"] == 2 * PRESETS["tiny"].fc_width
+    assert len(result["queries"]) == 3
+    train_features = fc7(model, train_split.images, aug)
+    for query in result["queries"]:
+        row = query["val_row"]
+        assert query["file"] == f"val[{row}]" and query["class"] == classes[val.labels[row]]
+        q = fc7(model, val.images[row:row + 1], aug)
+        distances = numpy.sqrt(((train_features - q) ** 2).sum(axis=1))     # every image
+        order = numpy.argsort(distances, kind="stable")[:7]
+        assert [n["train_row"] for n in query["neighbours"]] == order.tolist()
+        # float32 features from batches of other sizes differ in the last bits (BLAS blocking)
+        numpy.testing.assert_allclose([n["distance"] for n in query["neighbours"]],
+                                      distances[order], rtol=1e-5)
+        assert [n["class"] for n in query["neighbours"]] == \
+            [classes[k] for k in train_split.labels[order]]
+    # Figure 4 right: 3 rows of a 112-pixel query and 7 neighbours.
+    assert png_size(shown / "neighbours.png") == (112 + 28 + 7 * 120 + 16, 52 + 3 * 154 + 8)
+
+
+@pytest.mark.parametrize("batch", [1, 3, 50, 200])
+def test_streamed_nearest_equals_sorting_all_distances(batch):
+    rng = numpy.random.default_rng(batch)
+    queries = rng.standard_normal((4, 6))
+    rows = rng.standard_normal((120, 6))
+    rows[17] = rows[90] = queries[2]                 # a tie at distance 0: the lower row first
+    batches = ((s, rows[s:s + batch]) for s in range(0, len(rows), batch))
+    distances, nearest = show.nearest(queries.astype(numpy.float32), batches, k=5)
+    for q in range(4):
+        exact = numpy.sqrt(((rows - queries[q].astype(numpy.float32)) ** 2).sum(axis=1))
+        order = numpy.argsort(exact, kind="stable")[:5]
+        assert nearest[q].tolist() == order.tolist()
+        numpy.testing.assert_allclose(distances[q], exact[order], rtol=1e-9, atol=1e-6)
+    assert nearest[2, :2].tolist() == [17, 90]
+
+
+# ---- confusion, predictions, activations ------------------------------------------------------
+
+def test_confusion_counts_every_validation_image_once(run_dir, shown):
+    model, aug, _, val, classes = the_run(run_dir)
+    _, _, _, logits = train.evaluate(model, val, aug, SIZE, 16)
+    expected = scores(logits, val.labels, len(classes))[3]
+    table = list(csv.reader(open(shown / "confusion.csv")))
+    assert table[0] == ["true \\ predicted"] + classes
+    assert [row[0] for row in table[1:]] == classes
+    counts = numpy.array([[int(v) for v in row[1:]] for row in table[1:]])
+    numpy.testing.assert_array_equal(counts, expected)
+    assert counts.sum() == 40
+
+
+def test_confusion_picture_colours_each_cell_by_its_share_of_the_row(tmp_path):
+    counts = numpy.array([[3, 1, 0], [0, 0, 0], [2, 0, 2]])
+    path = tmp_path / "confusion.png"
+    plots.confusion_matrix(counts, ["cat", "dog", "eel"], str(path))
+    pixels = numpy.asarray(Image.open(path))
+    width, height = png_size(path)
+    cell = 40                                                          # the largest cell
+    left, top = width - 90 - 3 * cell, height - 20 - 3 * cell      # the matrix's corner
+
+    def colour(t, p):                     # a corner of cell (t, p), away from the printed share
+        return pixels[top + t * cell + 3, left + p * cell + 3].tolist()
+
+    assert colour(0, 0) == plots._blend(numpy.array(0.75), plots._TRAIN).tolist()
+    assert colour(0, 1) == plots._blend(numpy.array(0.25), plots._TRAIN).tolist()
+    assert colour(2, 2) == plots._blend(numpy.array(0.5), plots._TRAIN).tolist()
+    assert colour(0, 2) == [255, 255, 255]                            # never predicted
+    assert colour(1, 1) == list(plots._GRID)                           # no images of "dog"
+
+
+def test_predictions_show_the_same_images_at_every_evaluation(run_dir, shown):
+    width, height = png_size(shown / "predictions.png")
+    assert (width, height) == (4 * 254 + 14, 2 * (267 + 14) + 14 + 28)    # 8 images, 4 a row
+    assert png_size(run_dir / "predictions.png") == (width, height)       # written by training
+    assert png_size(run_dir / "confusion.png") == png_size(shown / "confusion.png")
+
+
+def test_pick_errors_shows_only_misclassified_images(run_dir, tmp_path):
+    assert show.main(["--checkpoint", str(run_dir), "--out", str(tmp_path), "--pick", "errors",
+                      "--only", "neighbours", "--queries", "4", "--neighbours", "2"]) == 0
+    model, aug, _, val, _ = the_run(run_dir)
+    _, _, _, logits = train.evaluate(model, val, aug, SIZE, 16)
+    rows = [q["val_row"] for q in json.load(open(tmp_path / "neighbours.json"))["queries"]]
+    assert len(set(rows)) == 4
+    assert all(logits[r].argmax() != val.labels[r] for r in rows)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["neighbours.json", "neighbours.png"]
+
+
+def test_activations_of_one_image_need_no_data(run_dir, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray(synthetic.make_images(1, size=80, seed=3)[0][0].transpose(1, 2, 0)).save(image)
+    assert show.main(["--checkpoint", str(run_dir), "--image", str(image), "--only",
+                      "activations", "--out", str(tmp_path / "out")]) == 0
+    assert "data:" not in capsys.readouterr().out
+    width, _ = png_size(tmp_path / "out" / "activations.png")
+    assert width == 2 * 420 + 3 * 16
+
+
+def test_every_layer_of_both_towers_is_traced_for_activations(run_dir):
+    model, aug, _, val, _ = the_run(run_dir)
+    trace = {}
+    model(data.center_crop(val.images[:1], aug.mean, SIZE), trace=trace)
+    assert list(trace) == [f"{name}{t}" for name in show.ACTIVATIONS for t in "ab"] + ["fc8"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--indices", "3,x"], "is not a list of numbers"),
+    (["--indices", "2,40"], "--indices 40 is not a row of the validation set, which has 40"),
+    (["--data", "/no/such/folder"], "/no/such/folder does not exist"),
+])
+def test_bad_choices_are_one_sentence(run_dir, tmp_path, capsys, argv, message):
+    try:
+        status = show.main(["--checkpoint", str(run_dir), "--out", str(tmp_path)] + argv)
+    except SystemExit as exit:                         # argparse
+        status = exit.code
+    assert status in (1, 2)
+    error = capsys.readouterr().err
+    assert message in error and error.strip().count("\n") <= 1
+
+
+# ---- a cache: rows named by their files -------------------------------------------------------
+
+def test_cache_rows_are_named_by_their_files_even_after_skipped_files(tmp_path):
+    synthetic.write_folder(str(tmp_path / "raw"), 24, 6, size=48, seed=5, extension=".png")
+    disk = tmp_path / "raw" / "train" / synthetic.CLASSES[0]
+    broken = sorted(disk.iterdir())[0]
+    broken.write_bytes(b"not an image")              # a hole early in the split
+    assert prepare.main(["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
+                         "--size", str(STORED), "--workers", "1"]) == 0
+    files = prepare.row_files(str(tmp_path / "cache"), "train")
+    images = prepare.open_cache(str(tmp_path / "cache")).train.images
+    assert len(files) == len(images) == 23 and broken.name not in {f.split("/")[-1] for f in files}
+    for row, name in enumerate(files):
+        numpy.testing.assert_array_equal(
+            images[row], data.load_image(tmp_path / "raw" / "train" / name, STORED))
