@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy
 
 import minigrad
-from minigrad import backend, nn
+from minigrad import backend, nn, parallel
 from minigrad import functional as F
 from minigrad import random as mg_random
 
@@ -190,35 +190,45 @@ class AlexNet(nn.Module):
             raise ValueError(f"AlexNet expects images of shape (N, {', '.join(map(str, expected))}), "
                              f"got {x.shape}; crop or resize the input to the preset's size")
         da, db = self.devices
-        record = trace.__setitem__ if trace is not None else (lambda name, value: None)
+        trace = trace if trace is not None else {}
 
         def join(a, b, device):               # the towers meet: both halves onto one device
             return F.concat([a, b], axis=1, device=device)
 
+        def towers(stage, a, b):              # a stage of both towers, side by side on a CPU
+            outputs = parallel.side_by_side(lambda: stage("a", a), lambda: stage("b", b),
+                                            devices=self.devices)
+            for name in outputs[0]:           # the trace in layer order, tower a then b
+                trace[f"{name}a"], trace[f"{name}b"] = outputs[0][name], outputs[1][name]
+            return [list(out.values())[-1] for out in outputs]
+
         if self.input_scale != 1.0:
             x = x * self.input_scale
-        a, b = x.to(da), x.to(db)
-        for i in (1, 2):                      # conv -> relu -> LRN -> pool, each tower alone
-            a, b = F.relu(getattr(self, f"conv{i}a")(a)), F.relu(getattr(self, f"conv{i}b")(b))
-            record(f"conv{i}a", a), record(f"conv{i}b", b)
-            a, b = self.pool(self.lrn(a)), self.pool(self.lrn(b))
-            record(f"pool{i}a", a), record(f"pool{i}b", b)
-        a, b = F.relu(self.conv3a(join(a, b, da))), F.relu(self.conv3b(join(a, b, db)))
-        record("conv3a", a), record("conv3b", b)
-        a, b = F.relu(self.conv4a(a)), F.relu(self.conv4b(b))
-        record("conv4a", a), record("conv4b", b)
-        a, b = F.relu(self.conv5a(a)), F.relu(self.conv5b(b))
-        record("conv5a", a), record("conv5b", b)
-        a, b = self.pool(a), self.pool(b)
-        record("pool5a", a), record("pool5b", b)
+        a, b = towers(self._lower, x.to(da), x.to(db))
+        a, b = towers(self._upper, join(a, b, da), join(a, b, db))
         a, b = F.flatten(a), F.flatten(b)     # (N, C*H*W) in C, H, W order
-        for i in (6, 7):
+        for i in (6, 7):                      # in order: dropout draws from one generator
             a, b = (self.dropout(F.relu(getattr(self, f"fc{i}a")(join(a, b, da)))),
                     self.dropout(F.relu(getattr(self, f"fc{i}b")(join(a, b, db)))))
-            record(f"fc{i}a", a), record(f"fc{i}b", b)
-        logits = self.fc8(join(a, b, da))
-        record("fc8", logits)
+            trace[f"fc{i}a"], trace[f"fc{i}b"] = a, b
+        logits = trace["fc8"] = self.fc8(join(a, b, da))
         return logits
+
+    def _lower(self, tower, x):
+        """conv1 and conv2 of one tower, each -> ReLU -> LRN -> max pool: outputs by layer."""
+        out = {}
+        for i in (1, 2):
+            x = out[f"conv{i}"] = F.relu(getattr(self, f"conv{i}{tower}")(x))
+            x = out[f"pool{i}"] = self.pool(self.lrn(x))
+        return out
+
+    def _upper(self, tower, x):
+        """conv3 (x: both towers' pool2), conv4, conv5 -> max pool of one tower."""
+        out = {}
+        for i in (3, 4, 5):
+            x = out[f"conv{i}"] = F.relu(getattr(self, f"conv{i}{tower}")(x))
+        out["pool5"] = self.pool(x)
+        return out
 
 
 def parameter_count(model):
