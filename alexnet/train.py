@@ -593,6 +593,7 @@ class Run:
 
 def main(argv=None):
     args = parse_args(argv)
+    backend.reuse_freed_memory()        # the same large arrays every step: keep them (CPU)
     try:
         Run(args).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access

