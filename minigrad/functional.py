@@ -339,24 +339,35 @@ class Conv2d(Function):
         O, _, kh, kw = W.shape
         (sy, sx), (ph, pw) = stride, padding
         xp = backend.get_array_module(x)
-        col = _kernels(x).im2col(x, kh, kw, sy, sx, ph, pw)        # (C*kh*kw, N*OH*OW)
-        y = W.reshape(O, -1) @ col                                 # (O, N*OH*OW)
+        OH = reference.conv_output_size(H, kh, sy, ph)
+        # On the CPU the columns go in (oy, ox, n) order, the batch innermost: NumPy copies
+        # long runs instead of short ones (reference.im2col_images_last). The GEMM is the same.
+        self.images_last = xp is numpy
+        if self.images_last:
+            col = reference.im2col_images_last(x, kh, kw, sy, sx, ph, pw)  # (C*kh*kw, OH*OW*N)
+        else:
+            col = _kernels(x).im2col(x, kh, kw, sy, sx, ph, pw)         # (C*kh*kw, N*OH*OW)
+        y = W.reshape(O, -1) @ col                                 # (O, columns)
         if b is not None:
             y += b[:, None]
         self.col, self.W, self.x_shape = col, W, x.shape
         self.geometry = kh, kw, sy, sx, ph, pw
-        OH = reference.conv_output_size(H, kh, sy, ph)
-        y = y.reshape(O, N, OH, -1).transpose(1, 0, 2, 3)          # (N, O, OH, OW) view
+        if self.images_last:
+            y = y.reshape(O, OH, -1, N).transpose(3, 0, 1, 2)      # (N, O, OH, OW) view
+        else:
+            y = y.reshape(O, N, OH, -1).transpose(1, 0, 2, 3)
         return xp.ascontiguousarray(y)                             # for the next layer; small next to col
 
     def backward(self, gy):
         O = gy.shape[1]
-        gy = gy.transpose(1, 0, 2, 3).reshape(O, -1)               # (O, N*OH*OW)
+        order = (1, 2, 3, 0) if self.images_last else (1, 0, 2, 3)  # col's column order
+        gy = gy.transpose(order).reshape(O, -1)                    # (O, columns)
         gW = gy @ self.col.T                                       # (O, C*kh*kw)
         gx = None
         if self.needs_grad[0]:                                     # not for a network's input
-            gcol = self.W.reshape(O, -1).T @ gy                    # (C*kh*kw, N*OH*OW)
-            gx = _kernels(gy).col2im(gcol, self.x_shape, *self.geometry)
+            gcol = self.W.reshape(O, -1).T @ gy                    # (C*kh*kw, columns)
+            col2im = reference.col2im_images_last if self.images_last else _kernels(gy).col2im
+            gx = col2im(gcol, self.x_shape, *self.geometry)
         return gx, gW.reshape(self.W.shape), gy.sum(axis=1)
 
 

@@ -137,6 +137,20 @@ def test_col2im_is_the_adjoint_of_im2col(shape, geometry, rng):
                                   numpy.sum(x * reference.col2im(col, shape, *geometry)), rtol=1e-10)
 
 
+@pytest.mark.parametrize("shape, geometry", CONV_CASES)
+def test_images_last_columns_are_im2cols_in_another_order(shape, geometry, rng):
+    """The CPU's layout (reference.im2col_images_last): the same columns, (oy, ox, n) for
+    (n, oy, ox); and its col2im is col2im of the same columns."""
+    x = rng.standard_normal(shape)
+    col = reference.im2col(x, *geometry)                                # (K, N*OH*OW)
+    N, K = shape[0], col.shape[0]
+    reorder = lambda c: c.reshape(K, N, -1).transpose(0, 2, 1).reshape(K, -1)  # noqa: E731
+    numpy.testing.assert_array_equal(reference.im2col_images_last(x, *geometry), reorder(col))
+    g = rng.standard_normal(col.shape)
+    numpy.testing.assert_allclose(reference.col2im_images_last(reorder(g), shape, *geometry),
+                                  reference.col2im(g, shape, *geometry), rtol=1e-12, atol=1e-12)
+
+
 # ---- max pooling --------------------------------------------------------------------------------
 
 POOL_CASES = [  # x shape (N, C, H, W), window (kh, kw, sy, sx), values
