@@ -337,6 +337,7 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     device = checked_device(parser, args, "repeat")
+    backend.reuse_freed_memory()             # as alexnet.train does; PyTorch benefits too
     try:
         layers = select_layers(args.layers)
     except ValueError as error:

@@ -124,6 +124,10 @@ def render_header(meta, found):
             f"- NumPy {some.get('numpy', '?')}, BLAS {some.get('blas', '?')}; "
             f"Python {meta['python']}",
             f"- {torch}; {variables}",
+            f"- minigrad: {some.get('branches', 1)} tower(s) side by side on the CPU "
+            "(minigrad.parallel); freed memory "
+            f"{'reused' if some.get('reuse_freed_memory') else 'given back'} "
+            "(minigrad.backend.reuse_freed_memory), in the training-step runs, for both",
             "- speed vs torch = minigrad's speed / PyTorch's: above 1, minigrad is faster"]
 
 
