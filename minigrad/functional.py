@@ -4,7 +4,8 @@ Each op is a `Function` subclass (its forward saves on `self` only what its back
 a lower-case function that is the public way to call it. The code runs unchanged on NumPy and
 CuPy: `xp` is the array module of the inputs. The three layers with hand-written CUDA kernels
 (conv2d's im2col/col2im, max_pool2d, lrn) call `_kernels(x)`: minigrad.reference (NumPy) on the
-CPU, minigrad.cuda (the .cu kernels) on a GPU, with the same functions and signatures.
+CPU, minigrad.cuda (the .cu kernels) on a GPU, with the same functions and signatures (on the
+CPU, conv2d orders its columns differently: see Conv2d).
 """
 import builtins
 
@@ -332,6 +333,8 @@ class Conv2d(Function):
     one matrix product W (O, C*kh*kw) @ col (C*kh*kw, N*OH*OW): one large GEMM runs much faster
     than N small ones. Backward, with gy as a matrix (O, N*OH*OW): gW = gy @ col^T,
     gcol = W^T @ gy, and col2im adds every column entry back onto the pixel it came from.
+    The order of the columns is free as long as gy's follows it: (n, oy, ox) on a GPU,
+    (oy, ox, n) on the CPU, where it makes NumPy's copies faster.
     """
 
     def forward(self, x, W, b=None, *, stride, padding):

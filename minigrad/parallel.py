@@ -3,23 +3,29 @@
 The paper trained its two towers on two GPUs at once (section 3.2): between the layers where
 they meet, neither waits for the other. On a CPU they can run at once too, each tower on its
 own core(s): NumPy and BLAS release Python's global interpreter lock inside their loops, so two
-Python threads doing array work really run in parallel. This file is the one place that decides
-how: forward passes call `side_by_side`, and `Tensor.backward()` runs the ops whose gradients are
-ready through `Workers`.
+Python threads doing array work really run in parallel. `side_by_side(*calls)` is the one place
+that does it; AlexNet.forward runs its two convolutional stages of each tower through it.
 
-Threads: `branches()` of them (2, the towers, on a machine with 2 or more cores; set_branches()
-changes it, 1 runs everything one after the other). BLAS gets cores // branches threads in each
-branch while branches run side by side, and every core otherwise, so that the cores are neither
-idle nor oversubscribed (threadpoolctl sets the count; without it BLAS keeps its own).
+Threads: `branches()` calls at once (2, the towers, on a machine with 2 or more cores;
+set_branches(1) runs them in turn), BLAS with cores // branches threads in each meanwhile and
+with every core otherwise, so that the cores are neither idle nor oversubscribed (threadpoolctl
+sets the count; without it BLAS keeps its own).
 
-Only NumPy arrays go side by side; CuPy work stays in one thread (one CUDA stream per tower is
+Only the forward pass goes side by side. Measured on 2 cores, each tower's convolutions with
+one BLAS thread, side by side against in turn with two (small preset, batch 128; paper preset,
+batch 16): forward 110 against 143 ms and 250 against 291 ms, but backward 150 against 108 ms
+and 500 against 378 ms. The backward pass is two GEMMs per convolution and little else, and
+OpenBLAS runs one GEMM on two threads faster than two GEMMs on one thread each; the forward
+pass's im2col copies are where one core per tower pays. So Tensor.backward() walks the graph in
+turn, every op with all BLAS threads.
+
+The results do not depend on whether the branches overlap: within one_at_a_time() they take
+turns with the same BLAS threads each (BLAS's sums, and so their last bits, depend on its
+thread count), and tests/test_parallel.py checks that training steps agree bit for bit. Code
+run side by side must not draw random numbers from a shared generator (dropout), whose order
+would then depend on timing: AlexNet runs its fully connected layers (with dropout) in order.
+Only NumPy work goes side by side; CuPy work stays in one thread (one CUDA stream per tower is
 the GPU's version of the same idea).
-
-The results do not depend on the number of branches: every op computes the same thing in any
-thread, and the backward pass sums the gradients that meet at one tensor in a fixed order.
-Code run side by side must not draw random numbers from a shared generator (dropout), whose
-order would then depend on timing: AlexNet runs its convolutional stages side by side and its
-fully connected ones (with dropout) in order.
 """
 import concurrent.futures
 import contextlib
@@ -75,7 +81,7 @@ def concurrent_on(devices):
 
 @contextlib.contextmanager
 def blas_threads_per_branch(count):
-    """BLAS threads shared out among `count` branches (a no-op for 1)."""
+    """BLAS threads shared out among `count` branches, within the block."""
     global _controller
     if count <= 1 or threadpoolctl is None:
         yield
@@ -98,9 +104,9 @@ def _as_caller(call):
     (numpy.errstate holds for the thread that set it only)."""
     settings = numpy.geterr()
 
-    def run(*args):
+    def run():
         with numpy.errstate(**settings):
-            return call(*args)
+            return call()
     return run
 
 
@@ -108,55 +114,11 @@ def side_by_side(*calls, devices=("cpu",)):
     """[call() for call in calls], the calls running at once (each a branch) when `devices`
     allow it: the first in this thread, the others on worker threads."""
     count = min(len(calls), concurrent_on(devices))
+    if count <= 1:
+        return [call() for call in calls]
     with blas_threads_per_branch(count):
-        if count <= 1 or _serial:
+        if _serial:
             return [call() for call in calls]
         others = [_executor().submit(_as_caller(call)) for call in calls[1:]]
         first = calls[0]()
         return [first] + [future.result() for future in others]
-
-
-class Workers:
-    """Runs submitted calls on up to `count` threads (at once in this thread for count 1 or
-    within one_at_a_time()), with BLAS threads shared out among `count`.
-
-        workers.submit(key, fn, *args)     start fn(*args)
-        workers.finished()                 [(key, result)] of calls that have ended and were
-                                           not collected yet, waiting for one if none has
-        workers.busy                       whether some call has not been collected
-    """
-
-    def __init__(self, count):
-        self.count = count                     # BLAS threads are shared out among `count`
-        self.threads = 1 if _serial else count
-        self.running = {}                      # future -> key
-        self.done = []                         # (key, result) not collected yet
-
-    def __enter__(self):
-        self._limit = blas_threads_per_branch(self.count)
-        self._limit.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        for future in self.running:            # an error: let the others end before leaving
-            future.cancel()
-        concurrent.futures.wait(self.running)
-        self._limit.__exit__(*exc)
-
-    @property
-    def busy(self):
-        return bool(self.running or self.done)
-
-    def submit(self, key, fn, *args):
-        if self.threads <= 1:
-            self.done.append((key, fn(*args)))
-        else:
-            self.running[_executor().submit(_as_caller(fn), *args)] = key
-
-    def finished(self):
-        if not self.done and self.running:
-            ended, _ = concurrent.futures.wait(self.running,
-                                               return_when=concurrent.futures.FIRST_COMPLETED)
-            self.done = [(self.running.pop(future), future.result()) for future in ended]
-        done, self.done = self.done, []
-        return done

@@ -3,16 +3,14 @@
 A Tensor wraps one NumPy or CuPy array. Every op is a `Function` subclass with `forward` and
 `backward` side by side (minigrad/functional.py); `Function.apply` runs forward on the raw arrays
 and, when a gradient will be needed, links the output Tensor to the Function, which keeps its
-inputs and whatever it saved for backward. `Tensor.backward()` walks that graph from the output
-back, calling each Function's backward once the gradients of its output have all arrived and
-adding up the gradients of its inputs; on the CPU, branches that do not depend on each other
-(AlexNet's two towers) run side by side (minigrad/parallel.py).
+inputs and whatever it saved for backward. `Tensor.backward()` walks that graph once in reverse
+topological order, calling each Function's backward and adding the gradients of its inputs.
 """
 import contextlib
 
 import numpy
 
-from minigrad import backend, parallel
+from minigrad import backend
 
 DEFAULT_DTYPE = numpy.float32
 _grad_enabled = True
@@ -117,61 +115,29 @@ class Tensor:
                                    f"{self.shape}; pass gy of the same shape, or reduce first")
             with backend.device_scope(self.device):
                 gy = self.xp.ones_like(self.data)
-        order = _topological_order(self)               # every tensor after its inputs
-        position = {id(t): i for i, t in enumerate(order)}
-        # t's gradient is the sum of what each op that read t sends back. It is summed once all
-        # have sent, in one fixed order (later ops first, as a walk of `order` backwards meets
-        # them), so that the bits do not depend on which op happened to finish first.
-        waiting = dict.fromkeys(position, 0)           # ops that read t and have not sent yet
-        for t in order:
-            for parent in (t._ctx.parents if t._ctx is not None else ()):
-                if _needs_grad(parent):
-                    waiting[id(parent)] += 1
-        received = {id(self): [((0, 0), gy)]}
-
-        def gradient(t):
-            parts = [g for _, g in sorted(received.pop(id(t), ()), key=lambda part: part[0])
-                     if g is not None]
-            total = parts[0] if parts else None
-            with backend.device_scope(t.device):  # on t's device: tower b adds on GPU 1
-                for g in parts[1:]:
-                    total = total + g
-            return total
-
-        def run(ctx, g, device):                   # the only part that runs on worker threads
-            with backend.device_scope(device):
-                grads = ctx.backward(g)
-            return grads if isinstance(grads, tuple) else (grads,)
-
-        def deliver(t, ctx, grads):               # the gradients of ctx's inputs, sent back
-            for i, (parent, pg) in enumerate(zip(ctx.parents, grads)):
-                if not _needs_grad(parent):
+        grads = {id(self): gy}
+        for t in reversed(_topological_order(self)):
+            g = grads.pop(id(t), None)
+            if g is None:                                              # no gradient flowed here
+                continue
+            if t._ctx is None:                                         # a leaf: keep its gradient
+                with backend.device_scope(t.device):
+                    t.grad = g if t.grad is None else t.grad + g
+                continue
+            ctx, t._ctx = t._ctx, None
+            with backend.device_scope(t.device):
+                parent_grads = ctx.backward(g)
+            if not isinstance(parent_grads, tuple):
+                parent_grads = (parent_grads,)
+            for parent, pg in zip(ctx.parents, parent_grads):
+                if pg is None or not _needs_grad(parent):
                     continue
-                assert pg is None or pg.shape == parent.shape, (type(ctx).__name__, pg.shape,
-                                                                parent.shape)
-                received.setdefault(id(parent), []).append(((-position[id(t)], i), pg))
-                waiting[id(parent)] -= 1
-                if waiting[id(parent)] == 0:
-                    ready.append(parent)
-
-        ready = [self]
-        devices = {t.device for t in order}
-        with parallel.Workers(parallel.concurrent_on(devices)) as workers:
-            while ready or workers.busy:
-                while ready:
-                    t = ready.pop()
-                    g, ctx = gradient(t), t._ctx
-                    t._ctx = None                      # the graph is freed as it is walked
-                    if ctx is None:                    # a leaf: keep its gradient
-                        if g is not None:
-                            with backend.device_scope(t.device):
-                                t.grad = g if t.grad is None else t.grad + g
-                    elif g is None:                    # no gradient flowed here: none flows on
-                        deliver(t, ctx, (None,) * len(ctx.parents))
-                    else:
-                        workers.submit((t, ctx), run, ctx, g, t.device)
-                for (t, ctx), grads in workers.finished():
-                    deliver(t, ctx, grads)
+                assert pg.shape == parent.shape, (type(ctx).__name__, pg.shape, parent.shape)
+                if id(parent) not in grads:
+                    grads[id(parent)] = pg
+                else:                           # on the parent's device: tower b adds on GPU 1
+                    with backend.device_scope(parent.device):
+                        grads[id(parent)] = grads[id(parent)] + pg
 
     # ---- operators: each calls the op of the same name in minigrad.functional ----------------
     def __add__(self, other): return F.add(self, other)
