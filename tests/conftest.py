@@ -19,3 +19,18 @@ def device(request):
 @pytest.fixture
 def rng():
     return numpy.random.default_rng(12345)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """run(train_images, val_images, epochs): the folder of a run of the tiny preset on the
+    embedded data set, batch 16 (seconds on a CPU)."""
+    from alexnet import train
+
+    def run(train_images, val_images, epochs):
+        path = tmp_path_factory.mktemp("run")
+        assert train.main(["--preset", "tiny", "--synthetic-train", str(train_images),
+                           "--synthetic-val", str(val_images), "--batch-size", "16",
+                           "--epochs", str(epochs), "--run-dir", str(path)]) == 0
+        return path
+    return run

@@ -16,12 +16,9 @@ STORED = PRESETS["tiny"].stored_size()                 # 39
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny run on the embedded data set: 96 training images, 40 validation images."""
-    path = tmp_path_factory.mktemp("run")
-    assert train.main(["--preset", "tiny", "--synthetic-train", "96", "--synthetic-val", "40",
-                       "--batch-size", "16", "--epochs", "2", "--run-dir", str(path)]) == 0
-    return path
+def run_dir(tiny_run):
+    """96 training images, 40 validation images, two epochs."""
+    return tiny_run(96, 40, epochs=2)
 
 
 @pytest.fixture(scope="module")

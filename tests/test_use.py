@@ -17,12 +17,9 @@ STORED = PRESETS["tiny"].stored_size()            # 39
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    """A tiny run: 64 drawn training images, one epoch (a few seconds on a CPU)."""
-    path = tmp_path_factory.mktemp("run")
-    assert train.main(["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32",
-                       "--batch-size", "16", "--epochs", "1", "--run-dir", str(path)]) == 0
-    return path
+def run_dir(tiny_run):
+    """64 drawn training images, 32 validation images, one epoch."""
+    return tiny_run(64, 32, epochs=1)
 
 
 @pytest.fixture(scope="module")
