@@ -229,7 +229,9 @@ def _photo(image, side):
 
 
 def _percent(p):
-    return "<1%" if 0 < p < 0.005 else f"{p:.0%}"
+    """p as a whole percentage, "<1%" for a share above 0 that would print as 0%."""
+    text = f"{p:.0%}"
+    return "<1%" if p > 0 and text == "0%" else text
 
 
 def _bars(draw, x, y, width, rows, font):

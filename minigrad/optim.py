@@ -42,9 +42,10 @@ class SGD:
     def _update(self, w, g, v, scratch=None):
         """The update of w, g, v (arrays of one shape), in place, term by term in the formula's
         order; `scratch`, an array of their size, holds the products (a temporary if None)."""
+        xp = backend.get_array_module(w)
         v *= self.momentum
-        v -= numpy.multiply(w, self.weight_decay * self.lr, out=scratch)
-        v -= numpy.multiply(g, self.lr, out=scratch)
+        v -= xp.multiply(w, self.weight_decay * self.lr, out=scratch)
+        v -= xp.multiply(g, self.lr, out=scratch)
         w += v
 
     def _update_in_slices(self, w, g, v):
