@@ -44,7 +44,7 @@ ACTIVATIONS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "p
 
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.show", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
