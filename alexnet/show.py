@@ -33,7 +33,7 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.train import Parser, format_time, whole
+from alexnet.train import Parser, devices_list, format_time, whole
 from minigrad import backend
 
 PICTURES = ("predictions", "neighbours", "confusion", "activations")
@@ -73,8 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=whole(1), default=128, help="images per forward pass "
                    "(default 128)")
     p.add_argument("--workers", type=whole(1), default=4, help="threads preparing batches")
-    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
-                   "(default: two GPUs, one GPU twice, or the CPU)")
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
+                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
     return p.parse_args(argv)
 
 
