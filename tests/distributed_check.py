@@ -1,5 +1,6 @@
 """Run by tests/test_distributed.py under `mpiexec -n K`: K ranks at batch B/K each against one
-process at batch B, on every rank. Prints "rank R ok" when all checks pass."""
+process at batch B, on every rank. Rank 0 prints "K of K ranks ok" when every rank passed every
+check."""
 import sys
 
 import numpy
@@ -52,5 +53,7 @@ for (name, p), q in zip(whole.named_parameters(), shared.parameters()):
     mine = q.data.copy()
     group.broadcast([minigrad.Tensor(q.data)])           # rank 0's copy into q.data's buffer
     assert numpy.array_equal(mine, q.data), f"{name}: the replicas differ"
-print(f"rank {group.rank} ok", flush=True)
+passed = group.allreduce_sum(1)                        # every rank got here
+if group.rank == 0:
+    print(f"{passed} of {group.size} ranks ok", flush=True)
 sys.exit(0)
