@@ -311,6 +311,7 @@ class Cache:
     classes: list
     aug: data.Augmentation       # what the training set says about colour
     bad: list                    # (path, reason) of the skipped files
+    folder: str = None           # where the cache is (None: data drawn in memory)
 
 
 def open_split(cache, split):
@@ -361,7 +362,7 @@ def open_cache(cache, size=None):
                                 pca["eigenvalues"], pca["eigenvectors"])
     bad = [tuple(pair) for split in SPLITS for pair in manifest["splits"][split]["bad"]]
     return Cache(open_split(cache, "train"), open_split(cache, "val"), manifest["classes"], aug,
-                 bad)
+                 bad, cache)
 
 
 def cache_for(data_dir, size, cache=None, workers=None, log=print):

@@ -31,9 +31,9 @@ import time
 import numpy
 
 import minigrad
-from alexnet import checkpoint, data, plots, prepare, synthetic
+from alexnet import checkpoint, data, plots, prepare
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.train import Parser, devices_list, format_time, whole
+from alexnet.train import Parser, devices_list, format_time, load_data, whole
 from minigrad import backend
 
 PICTURES = ("predictions", "neighbours", "confusion", "activations")
@@ -165,27 +165,19 @@ class Source:
     """The train and val splits (labels in the checkpoint's class order) and how to name a
     row: its file below DIR/<split>/ for an image folder or cache, 'train[12]' otherwise."""
 
-    def __init__(self, args, meta, stored_size, log):
-        config, classes = meta["config"], meta["classes"]
-        folder = args.data or config.get("data")
-        if folder is None:
-            log(f"data: the embedded shapes data set of the run ({config['synthetic_train']} "
-                f"train / {config['synthetic_val']} val images, seed {config['seed']})")
-            splits = synthetic.make_splits(config["synthetic_train"], config["synthetic_val"],
-                                           stored_size, config["seed"])
-            self.train, self.val = data.Split(*splits["train"]), data.Split(*splits["val"])
-            found, self.cache = splits["classes"], None
-        else:
-            if not os.path.exists(folder):
-                raise FileNotFoundError(f"data folder {folder} does not exist; pass --data with "
-                                        "the folder or cache the checkpoint was trained on")
-            cache = config.get("cache") if args.data is None else args.cache
-            self.cache = prepare.cache_for(folder, stored_size, cache, log=log)
-            opened = prepare.open_cache(self.cache, stored_size)
-            self.train, self.val, found = opened.train, opened.val, opened.classes
-            log(f"data: {len(self.train):,} train / {len(self.val):,} val images from {self.cache}")
-        check_classes(folder or "the embedded data set", classes, args.checkpoint, found)
-        to_checkpoint = numpy.array([classes.index(name) for name in found])
+    def __init__(self, args, meta, stored_size):
+        settings = dict(meta["config"])                 # the run's own data, unless --data
+        if args.data is not None:
+            settings.update(data=args.data, cache=args.cache)
+        if settings["data"] is not None and not os.path.exists(settings["data"]):
+            raise FileNotFoundError(f"data folder {settings['data']} does not exist; pass --data "
+                                    "with the folder or cache the checkpoint was trained on")
+        loaded = load_data(argparse.Namespace(**settings), stored_size)
+        self.train, self.val, self.cache = loaded.train, loaded.val, loaded.folder
+        classes = meta["classes"]
+        check_classes(settings["data"] or "the embedded data set", classes, args.checkpoint,
+                      loaded.classes)
+        to_checkpoint = numpy.array([classes.index(name) for name in loaded.classes])
         for split in (self.train, self.val):
             split.labels = to_checkpoint[split.labels]
         self._files = {}
@@ -237,7 +229,7 @@ def run(args, log=print):
     if wanted == {"activations"} and args.image:        # one image: no data set needed
         return draw_activations(model, aug, classes, args.image, out)
     S, size = model.preset.stored_size(), model.preset.input_size
-    source = Source(args, meta, S, log)
+    source = Source(args, meta, S)
     val = source.val
     predicted = numpy.empty(len(val), numpy.int64)
     for start, logits, _ in stream(model, val, aug, size, args.batch_size, args.workers,

@@ -213,18 +213,19 @@ def log_line(message):
 
 
 def load_data(args, size):
-    """(train Split, val Split, class names, bad files, the training set's data.Augmentation
-    when a prepared cache has it stored, else None)."""
+    """The data of the settings `args` (data, cache, synthetic_train, synthetic_val, seed) as a
+    prepare.Cache: the embedded data set drawn in memory when args.data is None (no augmentation
+    statistics, no folder), else the cache of args.data, prepared first if need be."""
     if args.data is None:
         log_line(f"data: embedded shapes data set, {args.synthetic_train} train / "
                  f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
-        return data.Split(*splits["train"]), data.Split(*splits["val"]), splits["classes"], [], None
-    folder = prepare.cache_for(args.data, size, args.cache, log=log_line)
-    cache = prepare.open_cache(folder, size)
+        return prepare.Cache(data.Split(*splits["train"]), data.Split(*splits["val"]),
+                             splits["classes"], aug=None, bad=[])
+    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log_line), size)
     log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
-             f"memory-mapped from {folder}")
-    return cache.train, cache.val, cache.classes, cache.bad, cache.aug
+             f"memory-mapped from {cache.folder}")
+    return cache
 
 
 def format_time(seconds):
@@ -303,7 +304,9 @@ class Run:
             log_line(f"preset: {args.preset} ({why})")
         preset = PRESETS[args.preset]
         self.size = preset.input_size
-        self.train, self.val, self.classes, bad, aug = load_data(args, preset.stored_size())
+        loaded = load_data(args, preset.stored_size())
+        self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
+        bad, aug = loaded.bad, loaded.aug
         if resume and resume[2]["classes"] != self.classes:
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
                              f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
