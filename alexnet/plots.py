@@ -169,15 +169,21 @@ def _tiles(weights, columns, scale, gap):
     if weights.ndim != 4 or weights.shape[1] != 3 or len(weights) == 0:
         raise ValueError(f"filter_grid needs conv1 weights of shape (out, 3, kh, kw) with out > 0, "
                          f"got {weights.shape}")
-    count, _, kh, kw = weights.shape
     lo = weights.min(axis=(1, 2, 3), keepdims=True)
     hi = weights.max(axis=(1, 2, 3), keepdims=True)
     tiles = (weights - lo) / numpy.maximum(hi - lo, 1e-12) * 255  # a flat filter comes out black
     tiles = tiles.transpose(0, 2, 3, 1)  # (out, kh, kw, 3)
-    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # (out, kh*scale, kw*scale, 3)
+    return _grid(tiles, columns, scale, gap)
+
+
+def _grid(tiles, columns, scale, gap):
+    """Tiles (count, h, w) or (count, h, w, 3) of 0..255 values, each enlarged `scale` times,
+    `columns` to a row, `gap` white pixels apart: one uint8 block."""
+    tiles = tiles.repeat(scale, axis=1).repeat(scale, axis=2)  # (count, h*scale, w*scale, ...)
+    count, th, tw = tiles.shape[:3]
     rows = -(-count // columns)
-    th, tw = kh * scale, kw * scale
-    block = numpy.full((rows * (th + gap) - gap, columns * (tw + gap) - gap, 3), 255, numpy.uint8)
+    block = numpy.full((rows * (th + gap) - gap, columns * (tw + gap) - gap) + tiles.shape[3:],
+                       255, numpy.uint8)
     for i, tile in enumerate(tiles):
         r, c = divmod(i, columns)
         block[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = \
@@ -359,9 +365,8 @@ def confusion_matrix(counts, classes, path, max_named=50):
     named = C <= max_named
     font, small = _font(14), _font(12)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    names = [f"{name}" for name in classes] if named else []
-    label_w = int(max((probe.textlength(n, font=small) for n in names), default=0)) + 10 \
-        if named else 0
+    names = list(classes) if named else []
+    label_w = int(max(probe.textlength(n, font=small) for n in names)) + 10 if named else 0
     left, top = 30 + label_w, 54 + label_w
     side = C * cell
     image = Image.new("RGB", (left + side + 90, top + side + 20), (255, 255, 255))
@@ -416,17 +421,8 @@ def _maps(values, lo, hi, width):
         while columns > 1 and columns * (W + gap) > width:
             columns = max(1, width // (W + gap))
         scale = max(1, min(8, (width // columns - gap) // W))
-    C, H, W = values.shape
     grey = numpy.clip((values - lo) / max(hi - lo, 1e-12), 0, 1) * 255
-    grey = grey.repeat(scale, axis=1).repeat(scale, axis=2)
-    th, tw = H * scale, W * scale
-    rows = -(-C // columns)
-    block = numpy.full((rows * (th + gap) - gap, columns * (tw + gap) - gap), 255, numpy.uint8)
-    for i, tile in enumerate(grey):
-        r, c = divmod(i, columns)
-        block[r * (th + gap):r * (th + gap) + th, c * (tw + gap):c * (tw + gap) + tw] = \
-            numpy.rint(tile)
-    return Image.fromarray(block)
+    return Image.fromarray(_grid(grey, columns, scale, gap))
 
 
 def activation_grid(image, layers, top, path, title="activations"):
