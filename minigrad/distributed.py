@@ -13,12 +13,14 @@ gradient is the mean of the gradients of K equal shares of B/K images (one per r
 across ranks, every replica then takes exactly the step one process would take on the whole
 batch, and the replicas stay identical.
 
-MPI (mpi4py) starts the processes and carries the arrays (Allreduce, the sum over all ranks in
-place); the gradients go in one flat buffer per dtype (a "bucket"), so there is one collective
-call per step, not one per parameter. This is how ChainerMN and Horovod do it; PyTorch's DDP
-does the same in several buckets overlapped with the backward pass. Without MPI installed,
-init() gives a group of one process whose calls do nothing. GPU arrays travel through host
-memory here; NCCL's all-reduce between GPUs (cupy.cuda.nccl) is yet to come.
+MPI (mpi4py) starts the processes and carries what lives in host memory: Allreduce, the sum
+over all ranks, in place. Gradients on a GPU are summed by NCCL (cupy.cuda.nccl) from GPU to GPU
+without a copy to the host; NCCL's communicators are made once, from a unique id that rank 0
+creates and MPI broadcasts. Either way the gradients go in one flat buffer per device and dtype
+(a "bucket"), so there is one collective call per step and device, not one per parameter. This
+is how ChainerMN and Horovod do it; PyTorch's DDP does the same in several buckets overlapped
+with the backward pass. Without MPI installed, init() gives a group of one process whose calls
+do nothing.
 """
 import os
 
@@ -29,7 +31,7 @@ from minigrad import backend
 
 class Alone:
     """A group of one process: rank 0 of 1. Its calls change nothing."""
-    rank, size, local_rank = 0, 1, 0
+    rank, size, local_rank, local_size = 0, 1, 0, 1
 
     def broadcast(self, params, root=0):
         pass
@@ -40,7 +42,13 @@ class Alone:
     def allreduce_sum(self, value):
         return value
 
+    def allgather(self, value):
+        return [value]
+
     def barrier(self):
+        pass
+
+    def abort(self, code=1):
         pass
 
 
@@ -50,8 +58,10 @@ class Group(Alone):
     def __init__(self, comm):
         self.comm = comm
         self.rank, self.size = comm.Get_rank(), comm.Get_size()
-        # The rank among the processes of this machine: which GPU(s) to use.
-        self.local_rank = comm.Split_type(_mpi().COMM_TYPE_SHARED).Get_rank()
+        # The processes of this machine: which GPU(s) a rank takes, how many cores it has.
+        node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
+        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+        self._nccl = None       # {place of a bucket: NCCL communicator}, or False: no NCCL
 
     def broadcast(self, params, root=0):
         """Overwrite every parameter with rank `root`'s values."""
@@ -62,27 +72,76 @@ class Group(Alone):
 
     def average_gradients(self, params):
         """p.grad = the mean of p.grad over all ranks, for every parameter that has one. The
-        gradients are packed into one buffer per dtype, summed across ranks by one Allreduce
-        and divided by the number of ranks."""
-        with_grad = [p for p in params if p.grad is not None]
-        for dtype in sorted({p.grad.dtype for p in with_grad}, key=str):
-            group = [p for p in with_grad if p.grad.dtype == dtype]
-            bucket = numpy.concatenate([backend.to_device(p.grad, "cpu").ravel()
-                                        for p in group])                # (total size,)
-            self.comm.Allreduce(_mpi().IN_PLACE, bucket, op=_mpi().SUM)
-            bucket /= self.size
-            start = 0
-            for p in group:
-                part = bucket[start:start + p.grad.size].reshape(p.grad.shape)
-                p.grad = backend.to_device(part, p.device)
-                start += p.grad.size
+        gradients are packed into one buffer per device and dtype, summed across ranks (MPI
+        for host memory, NCCL on a GPU) and divided by the number of ranks."""
+        buckets = {}                     # (device, dtype) -> parameters, in order of appearance
+        for p in params:
+            if p.grad is not None:
+                buckets.setdefault((p.device, p.grad.dtype), []).append(p)
+        for place, ((device, _), group) in enumerate(buckets.items()):
+            with backend.device_scope(device):
+                xp = backend.module_for(device)
+                bucket = xp.concatenate([p.grad.ravel() for p in group])    # (total size,)
+                if device == "cpu":
+                    self.comm.Allreduce(_mpi().IN_PLACE, bucket, op=_mpi().SUM)
+                else:
+                    self._allreduce_on_gpu(bucket, place, device)
+                bucket /= self.size
+                start = 0
+                for p in group:
+                    p.grad = bucket[start:start + p.grad.size].reshape(p.grad.shape)
+                    start += p.grad.size
+
+    def _allreduce_on_gpu(self, bucket, place, device):
+        """Sum a CuPy array over all ranks in place: NCCL's all-reduce on the current stream,
+        or through host memory and MPI where CuPy has no NCCL. `place`: which of this rank's
+        buckets it is, the same on every rank (rank 1's towers may sit on GPUs 2 and 3 where
+        rank 0's sit on 0 and 1), so that one communicator joins the same bucket of every rank."""
+        if self._nccl is None:          # first call: every rank must take the same road
+            self._nccl = {} if self.comm.allreduce(_nccl_loads(), op=_mpi().MIN) else False
+            if self._nccl is False and self.rank == 0:
+                print("note: CuPy has no NCCL here (pip install nvidia-nccl-cu12 or -cu13); GPU "
+                      "gradients are averaged through host memory", flush=True)
+        if self._nccl is False:
+            host = backend.to_device(bucket, "cpu")
+            self.comm.Allreduce(_mpi().IN_PLACE, host, op=_mpi().SUM)
+            bucket[...] = backend.to_device(host, device)
+            return
+        import cupy
+        from cupy.cuda import nccl
+        if place not in self._nccl:
+            uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
+            self._nccl[place] = nccl.NcclCommunicator(self.size, uid, self.rank)
+        dtype = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32,
+                 numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64}[bucket.dtype]
+        self._nccl[place].allReduce(bucket.data.ptr, bucket.data.ptr, bucket.size, dtype,
+                                    nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr)
 
     def allreduce_sum(self, value):
-        """The sum of a number over all ranks (losses, counts of correct predictions)."""
+        """The sum over all ranks of a number or a NumPy array (losses, counts, flags)."""
         return self.comm.allreduce(value, op=_mpi().SUM)
+
+    def allgather(self, value):
+        """[every rank's value], in rank order, on every rank (any picklable value)."""
+        return self.comm.allgather(value)
 
     def barrier(self):
         self.comm.Barrier()
+
+    def abort(self, code=1):
+        """End every rank's process at once: what a rank does when it cannot go on, so that
+        the others do not wait forever for it in their next collective call."""
+        self.comm.Abort(code)
+
+
+def _nccl_loads():
+    """Whether CuPy's NCCL binding and library load in this process."""
+    try:
+        from cupy.cuda import nccl
+        nccl.get_version()
+        return True
+    except Exception:           # ImportError, or the library missing at run time
+        return False
 
 
 def _mpi():
