@@ -12,7 +12,9 @@ on 0..255 pixel values it moves colours by hundreds of levels. We scale by sqrt(
 standard deviation along p_i (about 5 levels for ImageNet), as the common reimplementations do.
 
 Evaluation batches are the central crop, mean subtracted. Every batch is a pure function of
-(seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen. A batch
+(seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen, and
+the ranks of a data-parallel run, each making its part of every batch, together see exactly
+the batches of one process. A batch
 is made on the device the network reads it on: the uint8 images go there, and the crops, mirrors
 and colour shifts are computed there from random draws made on the CPU.
 """
@@ -89,18 +91,24 @@ def crop(images, mean, tops, lefts, size, flips):
     return out - mean[index]                                                   # (B, 3, size, size)
 
 
-def train_batch(split, indices, aug, size, rng, device="cpu"):
+def train_batch(split, indices, aug, size, rng, device="cpu", rows=slice(None)):
     """One augmented training batch: random crops, mirrors and PCA colour shifts, made on
     `device` from the uint8 images (a quarter of the float32 bytes cross the bus). The random
-    draws come from `rng` on the CPU, so both devices make the same batch."""
+    draws come from `rng` on the CPU, so both devices make the same batch.
+
+    `rows`: the part of the batch `indices` to make here (a rank's share in data-parallel
+    training). The draws are made for the whole batch, so that each image is cropped, mirrored
+    and shifted the same however the batch is shared out."""
     S = split.images.shape[-1]
     B = len(indices)
     tops, lefts = rng.integers(0, S - size + 1, B), rng.integers(0, S - size + 1, B)
-    images = backend.to_device(split.images[indices], device)                 # (B, 3, S, S) uint8
-    mean = backend.to_device(aug.mean, device)                               # (3, S, S)
-    x = crop(images, mean, tops, lefts, size, rng.random(B) < 0.5)
+    flips = rng.random(B) < 0.5
     alphas = rng.normal(0.0, 0.1, (B, 3)).astype(numpy.float32)
-    shift = (alphas * numpy.sqrt(aug.eigenvalues)) @ aug.eigenvectors.T      # (B, 3) RGB
+    indices, tops, lefts, flips, alphas = (a[rows] for a in (indices, tops, lefts, flips, alphas))
+    images = backend.to_device(split.images[indices], device)            # (b, 3, S, S) uint8
+    mean = backend.to_device(aug.mean, device)                          # (3, S, S)
+    x = crop(images, mean, tops, lefts, size, flips)
+    shift = (alphas * numpy.sqrt(aug.eigenvalues)) @ aug.eigenvectors.T      # (b, 3) RGB
     x += backend.to_device(shift, device)[:, :, None, None]
     return x, split.labels[indices]
 
@@ -142,24 +150,30 @@ def batch_count(split, batch_size, train):
 
 
 def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, workers=1, prefetch=4,
-            device="cpu"):
+            device="cpu", share=(0, 1)):
     """Yield (x float32 (B, 3, size, size) on `device`, labels (B,)) from batch `start` of
     `epoch` on.
 
     Training shuffles with a generator seeded by (seed, epoch) and augments each batch with
-    one seeded by (seed, epoch, batch index). `workers` threads prepare up to `prefetch`
-    batches ahead of the consumer (NumPy releases the GIL in the copies that dominate here).
+    one seeded by (seed, epoch, batch index). share=(rank, ranks): yield only the rank-th of
+    `ranks` equal parts of every training batch (data-parallel training; batch_size must be a
+    multiple of ranks); each image is augmented as it would be in the whole batch. `workers`
+    threads prepare up to `prefetch` batches ahead of the consumer (NumPy releases the GIL in
+    the copies that dominate here).
     """
     order = numpy.random.default_rng([seed, epoch]).permutation(len(split)) if train \
         else numpy.arange(len(split))
     aug = replace(aug, mean=backend.to_device(aug.mean, device))   # one copy for every batch
+    rank, ranks = share
+    part = batch_size // ranks
+    rows = slice(rank * part, (rank + 1) * part)
 
     def make(i):
         indices = order[i * batch_size:(i + 1) * batch_size]
         with backend.device_scope(device):     # a thread starts on GPU 0 whatever `device` is
             if train:
                 return train_batch(split, indices, aug, size,
-                                   numpy.random.default_rng([seed, epoch, i]), device)
+                                   numpy.random.default_rng([seed, epoch, i]), device, rows)
             return center_batch(split, indices, aug, size, device)
 
     todo = range(start, batch_count(split, batch_size, train))
