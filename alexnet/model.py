@@ -104,11 +104,12 @@ class AlexNet(nn.Module):
     input is the paper's: mean-subtracted 0..255 pixels. He et al. assume inputs of unit
     variance, so with init="kaiming" the network first multiplies its input by
     input_scale = 1 / PIXEL_STD (1 otherwise).
-    preset: "paper", "small" or "tiny" (see PRESETS), or a Preset.
+    preset: "paper", "small" or "tiny" (see PRESETS), or a Preset.  dropout: the probability
+    of dropping a unit of fc6 and fc7 in training (the paper's 0.5).
     """
 
     def __init__(self, num_classes=1000, devices=None, dtype=numpy.float32, init="paper",
-                 preset="paper"):
+                 preset="paper", dropout=0.5):
         if init not in INITS:
             raise ValueError(f"unknown init {init!r}: use one of {', '.join(INITS)}")
         if isinstance(preset, str):
@@ -136,7 +137,7 @@ class AlexNet(nn.Module):
         self.fc8 = nn.Linear(2 * fc, num_classes, dtype=dtype)
         self.lrn = nn.LRN(n=5, k=2.0, alpha=1e-4, beta=0.75)
         self.pool = nn.MaxPool2d(3, stride=2)
-        self.dropout = nn.Dropout(0.5)
+        self.dropout = nn.Dropout(dropout)
         if init == "kaiming":        # He-normal from nn; the output layer starts near 0 logits
             self.fc8.weight.data = (mg_random.generator().standard_normal(self.fc8.weight.shape)
                                     * 0.01).astype(dtype)

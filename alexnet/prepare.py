@@ -365,14 +365,19 @@ def open_cache(cache, size=None):
                  bad, cache)
 
 
-def cache_for(data_dir, size, cache=None, workers=None, log=print):
+def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=True):
     """The cache to train from: data_dir itself when it is one, else `cache` (default
-    default_cache(data_dir, size)), prepared first unless a finished one is there."""
+    default_cache(data_dir, size)), prepared first unless a finished one is there (or refused
+    in one sentence when not may_prepare: a process that must find it ready)."""
     if is_cache(data_dir):
         return data_dir
     cache = cache or default_cache(data_dir, size)
     if is_cache(cache) and is_complete(read_manifest(cache)):
         log(f"data: using the cache {cache} (delete it to decode {data_dir} again)")
+    elif not may_prepare:
+        raise ValueError(f"the cache {cache} is not ready on this machine; keep {data_dir} on a "
+                         "file system that every machine shares, or run python -m "
+                         f"alexnet.prepare --data {data_dir} --out {cache} on each machine first")
     else:
         prepare(data_dir, cache, size, workers, log=log)
     return cache

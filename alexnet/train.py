@@ -24,6 +24,12 @@ a class (README, Results):
 
 A run that has not begun to learn after its first evaluations says so, with what to try.
 
+Data parallel: `mpiexec -n K python -m alexnet.train ...` trains K replicas, one per process
+(rank), as one run (minigrad/distributed.py). --batch-size stays the images of one SGD step over
+all ranks, so the recipe and its learning rate do not change with K: each rank makes its B/K
+part of every batch, the gradients are averaged across ranks before every update, and the
+replicas stay identical. Rank 0 alone prints and writes the run directory.
+
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
 last.npz / best.npz checkpoints, curves.png, conv1.png, predictions.png, confusion.png and (if
 any image was unreadable) bad_files.txt.
@@ -35,6 +41,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 
 import numpy
 
@@ -42,13 +49,13 @@ import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.evaluate import confusion, softmax
 from alexnet.model import INITS, PRESETS, AlexNet
-from minigrad import backend, optim
+from minigrad import backend, distributed, optim, parallel
 from minigrad import functional as F
 from minigrad import random as mg_random
 
 # Settings that define a run; on --resume they come from the checkpoint, not the command line.
 RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init",
-                "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
+                "dropout", "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
                 "eval_every")
 
 # How the recipe adapts to the size of the training set (the module docstring says why).
@@ -58,6 +65,7 @@ PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals with
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
 SHOWN = 8                       # validation images in predictions.png
+INTERRUPTED = "interrupted (Ctrl-C)"
 
 
 def whole(lowest):
@@ -148,10 +156,15 @@ def parse_args(argv=None):
                    "folder; 'paper': N(0, 0.01^2) weights, biases 1 in conv2,4,5 fc6,7; "
                    "'caffe': biases 0.1, fc6,7 weights N(0, 0.005^2). Both stall at chance on "
                    "small folders and on the small preset")
+    p.add_argument("--dropout", type=real(0.0, below=1.0), default=0.5, metavar="P",
+                   help="probability of dropping a unit of fc6 and fc7 in training, 0 <= P < 1 "
+                   "(default 0.5, as in the paper)")
     p.add_argument("--seed", type=whole(0), default=0, help="seed for initialization, "
                    "shuffling, augmentation and dropout (default 0)")
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
-                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
+                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU). Under "
+                   "mpiexec, those of each machine's first process; the next ones take the next "
+                   "GPUs along (see replica_devices)")
     p.add_argument("--run-dir", help="where logs, checkpoints and plots go (default "
                    "runs/<date>-<time>, or the resumed run's directory)")
     p.add_argument("--resume", metavar="CKPT", type=existing_path, help="continue from a "
@@ -208,24 +221,50 @@ def fit_recipe(args, train_images):
     return said
 
 
+_speaking = True                # False on every rank of a data-parallel run but rank 0
+
+
 def log_line(message):
-    print(message, flush=True)
+    if _speaking:
+        print(message, flush=True)
 
 
-def load_data(args, size):
+def load_data(args, size, may_prepare=True):
     """The data of the settings `args` (data, cache, synthetic_train, synthetic_val, seed) as a
     prepare.Cache: the embedded data set drawn in memory when args.data is None (no augmentation
-    statistics, no folder), else the cache of args.data, prepared first if need be."""
+    statistics, no folder), else the cache of args.data, prepared first if need be (and if
+    may_prepare; else refused when it is not ready)."""
     if args.data is None:
         log_line(f"data: embedded shapes data set, {args.synthetic_train} train / "
                  f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
         return prepare.Cache(data.Split(*splits["train"]), data.Split(*splits["val"]),
                              splits["classes"], aug=None, bad=[])
-    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log_line), size)
+    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log_line,
+                                                 may_prepare=may_prepare), size)
     log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
              f"memory-mapped from {cache.folder}")
     return cache
+
+
+def replica_devices(devices, local_rank, local_size):
+    """The devices of the towers of the local_rank-th of local_size processes on one machine.
+    `devices` ("a,b", see --devices) are the first process's; each next one takes the next GPUs
+    along: with "0,1" process l has GPUs 2l and 2l+1 (an 8-GPU machine: 4 replicas of 2 towers),
+    with "0,0" GPU l for both towers (8 replicas). Default: "0,1" when the machine has two GPUs
+    for each process, "0,0" when it has one, else the CPU."""
+    gpus = backend.gpu_count()
+    if devices is None:
+        devices = "0,1" if gpus >= 2 * local_size else "0,0" if gpus >= local_size else "cpu,cpu"
+    parts = [part.strip() for part in devices.split(",")]
+    used = len({part for part in parts if part != "cpu"})       # GPUs of one replica
+    placed = tuple(part if part == "cpu" else int(part) + local_rank * used for part in parts)
+    if used and max(d for d in placed if d != "cpu") >= gpus:
+        raise ValueError(f"process {local_rank + 1} of {local_size} on this machine would put "
+                         f"its towers on GPUs {placed[0]},{placed[1]} but the machine has {gpus}: "
+                         f"start at most {gpus // used} processes a machine, or pass --devices "
+                         "0,0 (both towers of a replica on one GPU)")
+    return placed
 
 
 def format_time(seconds):
@@ -272,7 +311,7 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step (Ctrl-C again to abort without saving)", flush=True)
+        log_line("\nstopping after this step (Ctrl-C again to abort without saving)")
 
     def __exit__(self, *exc):
         signal.signal(signal.SIGINT, self.previous)
@@ -285,10 +324,13 @@ def missing_classes(split, classes):
 
 
 class Run:
-    """The state of one training run and its directory."""
+    """The state of one training run and its directory; `group`: the processes training it
+    together (minigrad.distributed), a group of one by default."""
 
-    def __init__(self, args):
+    def __init__(self, args, group=None):
         self.args = args
+        self.group = group = group or distributed.Alone()
+        self.writes = group.rank == 0             # the one process that writes the run directory
         resume = checkpoint.load(args.resume) if args.resume else None
         if resume:
             saved = resume[2]["config"]
@@ -304,7 +346,10 @@ class Run:
             log_line(f"preset: {args.preset} ({why})")
         preset = PRESETS[args.preset]
         self.size = preset.input_size
-        loaded = load_data(args, preset.stored_size())
+        # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
+        loaded = load_data(args, preset.stored_size()) if group.rank == 0 else None
+        group.barrier()
+        loaded = loaded or load_data(args, preset.stored_size(), may_prepare=False)
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
         bad, aug = loaded.bad, loaded.aug
         if resume and resume[2]["classes"] != self.classes:
@@ -315,6 +360,11 @@ class Run:
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
+        if args.batch_size % group.size or len(self.val) < group.size:
+            raise ValueError(f"a batch of {args.batch_size} images and {len(self.val)} validation "
+                             f"images must each be shared out among {group.size} processes: "
+                             f"start a number of processes that divides {args.batch_size}, or "
+                             "pass a --batch-size that is a multiple of it")
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 
@@ -325,13 +375,20 @@ class Run:
                 os.path.dirname(os.path.abspath(args.resume))
         else:
             self.dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        os.makedirs(self.dir, exist_ok=True)
-        if bad:
+        if self.writes:
+            os.makedirs(self.dir, exist_ok=True)
+        if bad and self.writes:
             with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
                 f.writelines(f"{path}\t{reason}\n" for path, reason in bad)
 
         minigrad.manual_seed(args.seed)
-        self.model = AlexNet(len(self.classes), devices=args.devices, init=args.init, preset=args.preset)
+        devices = args.devices if group.size == 1 else \
+            replica_devices(args.devices, group.local_rank, group.local_size)
+        self.model = AlexNet(len(self.classes), devices=devices, init=args.init,
+                             preset=args.preset, dropout=args.dropout)
+        group.broadcast(self.model.parameters())       # every replica starts from rank 0's
+        if group.size > 1:                # each rank its own dropout masks, for its own images
+            minigrad.manual_seed([args.seed, group.rank])
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
         # Patience in training images, so that a plateau means the same whatever --eval-every.
         self.schedule = optim.ReduceLROnPlateau(self.optimizer,
@@ -342,13 +399,18 @@ class Run:
         self.records = []
         if resume:
             self._restore(*resume)
-        with open(os.path.join(self.dir, "config.json"), "w") as f:
-            json.dump(vars(args), f, indent=2)
-        with open(os.path.join(self.dir, "classes.txt"), "w") as f:
-            f.writelines(name + "\n" for name in self.classes)
+        if self.writes:
+            with open(os.path.join(self.dir, "config.json"), "w") as f:
+                json.dump(vars(args), f, indent=2)
+            with open(os.path.join(self.dir, "classes.txt"), "w") as f:
+                f.writelines(name + "\n" for name in self.classes)
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
                  f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
                  f"{args.lr:g}; run directory {self.dir}")
+        if group.size > 1:
+            log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
+                     f" {args.batch_size // group.size} images of every batch each, gradients "
+                     "averaged every step")
 
     def check_classes(self):
         """One sentence for each class that some split lacks (prepare already refuses val
@@ -365,12 +427,16 @@ class Run:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save(self, name):
+        """Write a checkpoint (rank 0; every rank calls this, for its random state)."""
+        states = self.group.allgather(mg_random.get_state())     # each rank's dropout draws
+        path = os.path.join(self.dir, name)
+        if not self.writes:
+            return path
         meta = {"preset": self.args.preset, "classes": self.classes, "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
-                "seconds": self.elapsed(), "random_state": mg_random.get_state(),
-                "config": vars(self.args)}
-        path = os.path.join(self.dir, name)
+                "seconds": self.elapsed(), "random_state": states[0], "ranks": self.group.size,
+                "random_states": states, "config": vars(self.args)}
         # The training set's mean image goes along: evaluation must subtract it, not the val set's.
         checkpoint.save(path, self.model, self.optimizer, meta,
                         extra_arrays=checkpoint.augmentation_arrays(self.aug))
@@ -385,20 +451,30 @@ class Run:
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
-        mg_random.set_state(meta["random_state"])
+        ranks, K = meta.get("ranks", 1), self.group.size
+        if ranks == K:
+            mg_random.set_state(meta.get("random_states", [meta["random_state"]])[self.group.rank])
+        else:
+            mg_random.manual_seed([self.args.seed, self.group.rank, self.step])
+            B = self.args.batch_size
+            log_line(f"note: this run was trained by {ranks} processes and goes on with {K}: "
+                     f"the batch stays {B} images a step ({B // K} per process, was "
+                     f"{B // ranks}), and dropout masks come from a new random stream")
         metrics = os.path.join(self.dir, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
             with open(metrics) as f:          # and the stop of the process that wrote it
                 self.records = [r for r in map(json.loads, f)
                                 if r["step"] <= self.step and r["kind"] != "stop"]
-            with open(metrics, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            if self.writes:
+                with open(metrics, "w") as f:
+                    f.writelines(json.dumps(r) + "\n" for r in self.records)
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
     def record(self, **fields):
         self.records.append(fields)
-        with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
-            f.write(json.dumps(fields) + "\n")
+        if self.writes:
+            with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
+                f.write(json.dumps(fields) + "\n")
 
     def elapsed(self):
         """Seconds of training in this run, over every process that worked on it."""
@@ -413,12 +489,24 @@ class Run:
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_step(self, x, labels):
+        """One SGD step on this process's batch (its part of the batch, in data parallel);
+        returns its loss, its top-1 error and the seconds spent averaging gradients."""
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad()
         loss.backward()
+        tick = time.perf_counter()
+        self.group.average_gradients(self.model.parameters())
+        averaging = time.perf_counter() - tick
         self.optimizer.step()
-        return loss.item(), top_k_errors(logits.numpy(), labels, ks=(1,))[0]
+        return loss.item(), top_k_errors(logits.numpy(), labels, ks=(1,))[0], averaging
+
+    def mean_over_ranks(self, *values):
+        """The means of numbers over all processes: each has an equal part of the batch, so the
+        mean of their losses is the loss of the whole batch."""
+        if self.group.size == 1:
+            return values
+        return tuple(self.group.allreduce_sum(numpy.array(values)) / self.group.size)
 
     def check_loss(self, loss):
         if not math.isfinite(loss):
@@ -436,7 +524,8 @@ class Run:
         total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
-        window = {"images": 0, "time": 0.0, "data": 0.0, "loss": 0.0, "top1": 0.0, "steps": 0}
+        window = {"images": 0, "time": 0.0, "data": 0.0, "averaging": 0.0, "loss": 0.0,
+                  "top1": 0.0, "steps": 0}
         self.started, steps_at_start = time.perf_counter(), self.step
         # Overflow shows up as a non-finite loss, which check_loss reports in one sentence.
         with StopRequest() as stop, numpy.errstate(over="ignore", invalid="ignore"):
@@ -444,17 +533,19 @@ class Run:
             while reason is None:
                 batches = data.batches(self.train, self.aug, self.size, args.batch_size, train=True,
                                        seed=args.seed, epoch=self.epoch, start=self.batch,
-                                       workers=args.workers, device=self.model.devices[0])
+                                       workers=args.workers, device=self.model.devices[0],
+                                       share=(self.group.rank, self.group.size))
                 tick = time.perf_counter()
                 for x, labels in batches:
                     loaded = time.perf_counter()
-                    loss, top1 = self.train_step(x, labels)
+                    loss, top1, averaging = self.train_step(x, labels)
+                    loss, top1 = self.mean_over_ranks(loss, top1)
                     self.step, self.batch = self.step + 1, self.batch + 1
                     self.check_loss(loss)
                     now = time.perf_counter()
-                    for key, value in (("images", len(labels)), ("time", now - tick),
-                                       ("data", loaded - tick), ("loss", loss), ("top1", top1),
-                                       ("steps", 1)):
+                    for key, value in (("images", args.batch_size), ("time", now - tick),
+                                       ("data", loaded - tick), ("averaging", averaging),
+                                       ("loss", loss), ("top1", top1), ("steps", 1)):
                         window[key] += value
                     tick = now
                     if self.step % args.log_every == 0 or self.batch == self.steps_per_epoch:
@@ -472,7 +563,7 @@ class Run:
         path = self.save("last.npz")
         self.record(kind="stop", epoch=self.epochs_done(), step=self.step,
                     time=round(self.elapsed(), 2), reason=reason)
-        if stop.requested:
+        if reason == INTERRUPTED:
             log_line(f"interrupted at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
         else:
@@ -480,17 +571,23 @@ class Run:
                 else "no evaluation yet"
             log_line(f"done: {reason}; {self.step} steps in {format_time(self.elapsed())}; "
                      f"{best}; checkpoints in {self.dir}")
-        plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
+        if self.writes:
+            plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         return reason
 
     def stop_reason(self, stop):
-        """Why training must stop now, or None."""
-        if stop.requested:
-            return "interrupted (Ctrl-C)"
+        """Why training must stop now, or None; the same on every process. Ctrl-C and the
+        clock reach each process at its own moment, so the first (in rank order) that sees
+        one of them speaks for all."""
+        seen = INTERRUPTED if stop.requested else \
+            f"--max-minutes {self.args.max_minutes:g} reached" \
+            if self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes else None
+        if self.group.size > 1:
+            seen = next(filter(None, self.group.allgather(seen)), None)
+        if seen:
+            return seen
         if self.args.max_steps and self.step >= self.args.max_steps:
             return f"--max-steps {self.args.max_steps} reached"
-        if self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes:
-            return f"--max-minutes {self.args.max_minutes:g} reached"
         if self.schedule.finished:
             return (f"the schedule finished: the validation error stopped improving after "
                     f"{self.schedule.reductions} learning-rate reductions")
@@ -505,18 +602,22 @@ class Run:
                       top1_error=window["top1"] / n, lr=self.optimizer.lr,
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
+        averaging = ""
+        if self.group.size > 1:       # images/s of all processes; rank 0's share averaging
+            fields["averaging_share"] = window["averaging"] / window["time"]
+            averaging = f"  averaging {fields['averaging_share']:.0%}"
         self.record(**fields)
         log_line(f"epoch {self.epoch + 1}/{self.args.epochs}  "
                  f"step {self.batch}/{self.steps_per_epoch}  "
                  f"loss {fields['loss']:.4f}  top-1 err {fields['top1_error']:.1%}  "
-                 f"{fields['images_per_s']:.0f} img/s  data {fields['data_share']:.0%}  "
-                 f"lr {fields['lr']:g}  ETA {'<=' if self.args.data else ''}{format_time(eta)}")
+                 f"{fields['images_per_s']:.0f} img/s  data {fields['data_share']:.0%}"
+                 f"{averaging}  lr {fields['lr']:g}  "
+                 f"ETA {'<=' if self.args.data else ''}{format_time(eta)}")
 
     def evaluate_and_save(self):
         """Evaluate, move the schedule, save checkpoints and plots."""
         tick = time.perf_counter()
-        loss, top1, top5, logits = evaluate(self.model, self.val, self.aug, self.size,
-                                            self.args.batch_size)
+        loss, top1, top5, logits = self.evaluate()
         self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
                     loss=loss, top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
@@ -534,10 +635,25 @@ class Run:
         self.save("last.npz")
         if improved:
             self.save("best.npz")
+        if not self.writes:
+            return
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
         plots.filter_grid(self.model.conv1a.weight.numpy(), self.model.conv1b.weight.numpy(),
                           os.path.join(self.dir, "conv1.png"))
         self.draw_predictions(logits)
+
+    def evaluate(self):
+        """evaluate() of the validation set, each process classifying its share of it."""
+        K, rank = self.group.size, self.group.rank
+        if K == 1:
+            return evaluate(self.model, self.val, self.aug, self.size, self.args.batch_size)
+        start, end = (len(self.val) * r // K for r in (rank, rank + 1))
+        share = data.Split(self.val.images[start:end], self.val.labels[start:end])
+        loss, _, _, logits = evaluate(self.model, share, self.aug, self.size,
+                                      self.args.batch_size // K)
+        loss = self.group.allreduce_sum(loss * len(share)) / len(self.val)
+        logits = numpy.concatenate(self.group.allgather(logits))          # in rank order
+        return (loss, *top_k_errors(logits, self.val.labels), logits)
 
     def draw_predictions(self, logits):
         """predictions.png: the same SHOWN validation images at every evaluation, with their
@@ -595,18 +711,40 @@ class Run:
 
 
 def main(argv=None):
+    global _speaking
     args = parse_args(argv)
+    group = distributed.init()          # a group of one unless started by mpiexec
+    _speaking = group.rank == 0
+    if group.size > 1 and parallel.CORES == os.cpu_count():     # not bound to cores by mpiexec
+        parallel.use_cores(parallel.CORES // group.local_size)     # share the machine's
     backend.reuse_freed_memory()        # the same large arrays every step: keep them (CPU)
     try:
-        Run(args).run()
+        Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+        return fail(group, f"error: {error}", 1)
     except KeyboardInterrupt:    # before training started, or a second Ctrl-C during it
-        print("\ninterrupted: checkpoints already written stay, and a data cache being prepared "
-              "keeps what it has decoded; the same command goes on from there", file=sys.stderr)
-        return 130
+        return fail(group, "\ninterrupted: checkpoints already written stay, and a data cache "
+                    "being prepared keeps what it has decoded; the same command goes on from "
+                    "there", 130)
+    except Exception as error:
+        if group.size == 1:
+            raise
+        traceback.print_exc()
+        return fail(group, f"error: {type(error).__name__}: {error} (traceback above)", 1)
     return 0
+
+
+def fail(group, message, code):
+    """Say `message` and return `code`. Among several processes, end them all (MPI_Abort), so
+    that none waits forever for this one; checkpoints are written whole or not at all, so the
+    last one stays intact. Rank 0 speaks at once and the others a moment later: an error that
+    every rank meets at the same step (a NaN loss) is said once, before rank 0 ends them all."""
+    if group.size > 1 and group.rank > 0:
+        time.sleep(2)
+        message = f"rank {group.rank}: {message.lstrip()}"
+    print(message, file=sys.stderr, flush=True)
+    group.abort(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -92,6 +92,19 @@ def blas_threads_per_branch(count):
         yield
 
 
+def use_cores(count):
+    """Work on `count` of the machine's cores: the share of one process when several train on
+    it (the ranks of a data-parallel run, minigrad.distributed). Branches go side by side only
+    with a core each, and BLAS keeps to `count` threads from now on: two processes with two
+    BLAS threads each on two cores would take turns on them at every GEMM."""
+    global CORES, _branches, _controller
+    CORES = max(1, int(count))
+    _branches = min(_branches, CORES)
+    if threadpoolctl is not None:
+        _controller = _controller or threadpoolctl.ThreadpoolController()
+        _controller.limit(limits=CORES, user_api="blas")
+
+
 def _executor():
     global _pool
     if _pool is None or _pool._max_workers < _branches:
