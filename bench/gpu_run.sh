@@ -6,23 +6,24 @@
 #                    (report/*.json: the raw results)
 #   train.log        two epochs of the paper network on the embedded data set (curves.png and
 #                    metrics.jsonl beside it; the 0.5 GB checkpoints stay in a temporary folder)
+#   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
 #   summary.txt      one line per step
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
 # A failing step does not stop the others; the exit status is 1 when any failed.
 #
-#   bash bench/gpu_run.sh OUTDIR [tests] [report] [train]     (no step named: all three)
+#   bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]     (no step named: all four)
 #
 # Where one command may run only so long, run the steps as separate calls with the same OUTDIR.
 set -u
 
 if [ $# -lt 1 ]; then
-    echo "usage: bash bench/gpu_run.sh OUTDIR [tests] [report] [train]" >&2
+    echo "usage: bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]" >&2
     exit 2
 fi
 mkdir -p "$1" || exit 2
 OUT=$(cd "$1" && pwd)
 shift
-STEPS=" ${*:-tests report train} "
+STEPS=" ${*:-tests report nccl train} "
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.." || exit 2
 PY=${PYTHON:-python3}
@@ -92,6 +93,9 @@ EOF
 case $STEPS in *" tests "*) step tests pytest.log "$PY" -m pytest -q -rs ;; esac
 case $STEPS in *" report "*)
     step report report.log "$PY" bench/report.py --device 0 --out "$OUT/report.md" ;; esac
+case $STEPS in *" nccl "*)
+    # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).
+    step nccl nccl.log "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 ;; esac
 case $STEPS in *" train "*)
     # The whole GPU training path end to end: the paper network on the embedded data set.
     RUN=$(mktemp -d)

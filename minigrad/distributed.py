@@ -61,7 +61,8 @@ class Group(Alone):
         # The processes of this machine: which GPU(s) a rank takes, how many cores it has.
         node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        self._nccl = None       # {place of a bucket: NCCL communicator}, or False: no NCCL
+        self.nccl = None        # whether GPU buckets go through NCCL: decided at the first
+        self._communicators = {}        # place of a bucket -> its NCCL communicator
 
     def broadcast(self, params, root=0):
         """Overwrite every parameter with rank `root`'s values."""
@@ -97,25 +98,26 @@ class Group(Alone):
         or through host memory and MPI where CuPy has no NCCL. `place`: which of this rank's
         buckets it is, the same on every rank (rank 1's towers may sit on GPUs 2 and 3 where
         rank 0's sit on 0 and 1), so that one communicator joins the same bucket of every rank."""
-        if self._nccl is None:          # first call: every rank must take the same road
-            self._nccl = {} if self.comm.allreduce(_nccl_loads(), op=_mpi().MIN) else False
-            if self._nccl is False and self.rank == 0:
+        if self.nccl is None:           # first call: every rank must take the same road
+            self.nccl = bool(self.comm.allreduce(_nccl_loads(), op=_mpi().MIN))
+            if not self.nccl and self.rank == 0:
                 print("note: CuPy has no NCCL here (pip install nvidia-nccl-cu12 or -cu13); GPU "
                       "gradients are averaged through host memory", flush=True)
-        if self._nccl is False:
+        if not self.nccl:
             host = backend.to_device(bucket, "cpu")
             self.comm.Allreduce(_mpi().IN_PLACE, host, op=_mpi().SUM)
             bucket[...] = backend.to_device(host, device)
             return
         import cupy
         from cupy.cuda import nccl
-        if place not in self._nccl:
+        if place not in self._communicators:
             uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
-            self._nccl[place] = nccl.NcclCommunicator(self.size, uid, self.rank)
+            self._communicators[place] = nccl.NcclCommunicator(self.size, uid, self.rank)
         dtype = {numpy.dtype(numpy.float32): nccl.NCCL_FLOAT32,
                  numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64}[bucket.dtype]
-        self._nccl[place].allReduce(bucket.data.ptr, bucket.data.ptr, bucket.size, dtype,
-                                    nccl.NCCL_SUM, cupy.cuda.get_current_stream().ptr)
+        self._communicators[place].allReduce(bucket.data.ptr, bucket.data.ptr, bucket.size,
+                                             dtype, nccl.NCCL_SUM,
+                                             cupy.cuda.get_current_stream().ptr)
 
     def allreduce_sum(self, value):
         """The sum over all ranks of a number or a NumPy array (losses, counts, flags)."""

@@ -1,12 +1,25 @@
-"""minigrad.distributed: K ranks at batch B/K train exactly like one process at batch B."""
+"""minigrad.distributed and alexnet.train under mpiexec: K ranks at batch B/K train exactly like
+one process at batch B; only rank 0 writes; resume and faults."""
+import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy
 import pytest
 
-from minigrad import distributed
+import minigrad
+from alexnet import AlexNet, checkpoint, data, train
+from minigrad import backend, distributed
+
+ROOT = Path(__file__).parent.parent
+# The tiny network on 512 embedded images: random crops, mirrors and PCA colour shifts on,
+# dropout off (so that one process and two see the same function), batch 32, 16 steps an epoch.
+TINY = ["--preset", "tiny", "--synthetic-train", "512", "--synthetic-val", "64", "--batch-size",
+        "32", "--dropout", "0", "--lr", "0.05", "--eval-every", "1", "--log-every", "4"]
 
 
 def mpiexec():
@@ -21,13 +34,174 @@ def mpiexec():
     pytest.skip("no mpiexec: pip install -e '.[distributed]' (mpi4py and mpich)")
 
 
+def launch(ranks, args, cwd, script=("-m", "alexnet.train"), timeout=300):
+    """Run alexnet.train (or a script) in `ranks` processes (1: a plain python, no mpiexec)."""
+    command = [sys.executable, *script, *args]
+    if ranks > 1:
+        command = [mpiexec(), "-n", str(ranks)] + command
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                          env=env)
+
+
+def weights(path):
+    params, _, meta = checkpoint.load(path)
+    return params, meta
+
+
+def initial_weights():
+    """The tiny network's weights before training (seed 0), as train.Run makes them."""
+    minigrad.manual_seed(0)
+    return dict(AlexNet(10, devices=("cpu", "cpu"), init="kaiming",
+                        preset="tiny").state_dict())
+
+
 def test_two_ranks_average_to_the_gradient_of_the_whole_batch():
     done = subprocess.run([mpiexec(), "-n", "2", sys.executable,
                            str(Path(__file__).with_name("distributed_check.py"))],
-                          capture_output=True, text=True, timeout=600,
-                          cwd=Path(__file__).parent.parent)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "2 of 2 ranks ok", done.stdout
+
+
+def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path):
+    """20 steps (an evaluation at 16): two ranks of 16 images end with the weights of one
+    process at batch 32, to float32 rounding of the updates; rank 1 prints and writes nothing."""
+    mpiexec()
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one = launch(1, TINY + ["--max-steps", "20", "--run-dir", "run"], tmp_path / "one")
+    two = launch(2, TINY + ["--max-steps", "20", "--run-dir", "run"], tmp_path / "two")
+    assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
+    start = initial_weights()
+    (a, _), (b, meta) = (weights(tmp_path / name / "run" / "last.npz") for name in ("one", "two"))
+    for name in start:
+        update_a, update_b = a[name] - start[name], b[name] - start[name]
+        scale = numpy.abs(update_a).max()
+        assert scale > 1e-4, f"{name} did not move: the comparison would prove nothing"
+        assert numpy.abs(update_b - update_a).max() < 1e-3 * scale, name
+    assert meta["ranks"] == 2 and len(meta["random_states"]) == 2
+    # One voice: each line of the run once, in the order one process gives them.
+    assert two.stdout.count("done: --max-steps 20 reached") == 1
+    assert two.stdout.count("eval epoch 1:") == 1
+    assert "data parallel: 2 processes (2 on this machine), 16 images of every batch" in two.stdout
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["run"]    # no runs/ of rank 1
+    records = [json.loads(line) for line in open(tmp_path / "two" / "run" / "metrics.jsonl")]
+    evals = [[json.loads(line) for line in open(tmp_path / name / "run" / "metrics.jsonl")
+              if '"eval"' in line] for name in ("one", "two")]
+    assert [r["top1_error"] for r in evals[0]] == [r["top1_error"] for r in evals[1]]
+    assert abs(evals[0][0]["loss"] - evals[1][0]["loss"]) < 1e-5
+    progress = [r for r in records if r["kind"] == "train"]
+    assert len(progress) == 5 and all(0 <= r["averaging_share"] < 1 for r in progress)
+
+
+def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
+    """Two ranks stopped at step 20 and resumed to 40 equal two ranks run to 40 bit for bit; a
+    resume by one process says what changes and goes on."""
+    mpiexec()
+    whole = launch(2, TINY + ["--max-steps", "40", "--run-dir", "whole"], tmp_path)
+    half = launch(2, TINY + ["--max-steps", "20", "--run-dir", "half"], tmp_path)
+    assert whole.returncode == 0 and half.returncode == 0, whole.stderr + half.stderr
+    resumed = launch(2, ["--resume", "half", "--max-steps", "40"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    (a, meta_a), (b, meta_b) = weights(tmp_path / "whole" / "last.npz"), \
+        weights(tmp_path / "half" / "last.npz")
+    assert meta_a["step"] == meta_b["step"] == 40
+    for name in a:
+        assert numpy.array_equal(a[name], b[name]), name
+    other = launch(1, ["--resume", "half", "--max-steps", "44"], tmp_path)
+    assert other.returncode == 0, other.stderr
+    assert ("note: this run was trained by 2 processes and goes on with 1: the batch stays 32 "
+            "images a step (32 per process, was 16)") in other.stdout
+    assert weights(tmp_path / "half" / "last.npz")[1]["ranks"] == 1
+
+
+def test_a_failure_on_one_rank_stops_every_rank_and_keeps_the_checkpoint(tmp_path):
+    """Rank 1 alone raises at step 20: both processes end within seconds, the message names
+    the rank and the error once, and last.npz of the evaluation at step 16 is whole."""
+    mpiexec()
+    tick = time.perf_counter()
+    done = launch(2, TINY + ["--run-dir", "run"], tmp_path,
+                  script=(str(Path(__file__).with_name("distributed_fault.py")),), timeout=120)
+    assert done.returncode != 0
+    assert time.perf_counter() - tick < 60
+    assert done.stderr.count("rank 1: error: RuntimeError: injected failure") == 1, done.stderr
+    assert weights(tmp_path / "run" / "last.npz")[1]["step"] == 16
+
+
+def test_a_nan_loss_stops_every_rank_with_one_message(tmp_path):
+    mpiexec()
+    done = launch(2, TINY + ["--lr", "1e6", "--run-dir", "run"], tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("error: the loss became nan") == 1, done.stderr
+
+
+def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
+    """SIGINT to mpiexec (which passes it to every rank): the run stops at one step on every
+    rank, saves last.npz and says how to resume, once."""
+    mpiexec()
+    process = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "alexnet.train",
+                                *TINY, "--epochs", "200", "--run-dir", "run"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    for line in process.stdout:                   # wait for training to be under way
+        if line.startswith("epoch 2/"):
+            break
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert out.count("interrupted at step") == 1, out
+    step = int(out.split("interrupted at step ")[1].split(";")[0])
+    assert weights(tmp_path / "run" / "last.npz")[1]["step"] == step
+
+
+@pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU: NCCL needs one")
+def test_one_rank_averages_gpu_gradients_through_nccl():
+    """The NCCL road on one GPU (a group of one: one GPU cannot hold two NCCL ranks)."""
+    pytest.importorskip("mpi4py", reason="pip install -e '.[distributed]' for the MPI tests")
+    done = subprocess.run([sys.executable, "bench/allreduce.py", "--preset", "small", "--devices",
+                           "0,0", "--repeat", "2"], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "NCCL:" in done.stdout and "averages checked" in done.stdout, done.stdout
+
+
+def test_the_shares_of_a_batch_make_the_whole_batch():
+    """Each rank's part of every training batch, put together, is the batch of one process,
+    crops, mirrors and colour shifts included, bit for bit."""
+    rng = numpy.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (40, 3, 20, 20), dtype=numpy.uint8),
+                       rng.integers(0, 5, 40))
+    aug = data.Augmentation.of(split.images)
+    whole = list(data.batches(split, aug, 16, 12, train=True, seed=3, epoch=2, start=1))
+    for ranks in (2, 3, 4):
+        parts = [list(data.batches(split, aug, 16, 12, train=True, seed=3, epoch=2, start=1,
+                                   share=(rank, ranks))) for rank in range(ranks)]
+        for i, (x, labels) in enumerate(whole):
+            assert numpy.array_equal(numpy.concatenate([p[i][0] for p in parts]), x)
+            assert numpy.array_equal(numpy.concatenate([p[i][1] for p in parts]), labels)
+
+
+@pytest.mark.parametrize("devices, local_rank, local_size, gpus, expected", [
+    ("0,1", 3, 4, 8, (6, 7)),            # an 8-GPU machine: 4 replicas of two towers
+    ("0,0", 5, 8, 8, (5, 5)),            # 8 replicas, both towers on one GPU
+    (None, 1, 4, 8, (2, 3)),
+    (None, 7, 8, 8, (7, 7)),
+    (None, 1, 2, 0, ("cpu", "cpu")),
+    ("cpu,cpu", 1, 2, 8, ("cpu", "cpu")),
+    ("2,3", 1, 2, 8, (4, 5)),
+])
+def test_each_process_takes_its_own_gpus(monkeypatch, devices, local_rank, local_size, gpus,
+                                         expected):
+    monkeypatch.setattr(backend, "gpu_count", lambda: gpus)
+    assert train.replica_devices(devices, local_rank, local_size) == expected
+
+
+def test_too_many_processes_for_the_gpus_is_one_sentence(monkeypatch):
+    monkeypatch.setattr(backend, "gpu_count", lambda: 4)
+    with pytest.raises(ValueError, match="process 4 of 4 on this machine would put its towers on "
+                       "GPUs 6,7 but the machine has 4: start at most 2 processes a machine"):
+        train.replica_devices("0,1", 3, 4)
 
 
 def test_a_plain_run_is_a_group_of_one_without_mpi(monkeypatch):
