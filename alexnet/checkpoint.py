@@ -8,7 +8,8 @@
                           with the weights
     meta                  a JSON string: preset, classes, epoch, batch (next in the epoch),
                           step, best validation top-1 error, learning rate, schedule, random
-                          state, the run's settings
+                          state, the number of processes (ranks) that trained it and each
+                          one's random state, the run's settings
 """
 import dataclasses
 import json
