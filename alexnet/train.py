@@ -497,6 +497,9 @@ class Run:
         loss.backward()
         tick = time.perf_counter()
         self.group.average_gradients(self.model.parameters())
+        if self.group.size > 1:           # NCCL works on in the background: time all of it
+            for device in set(self.model.devices):
+                backend.synchronize(device)
         averaging = time.perf_counter() - tick
         self.optimizer.step()
         return loss.item(), top_k_errors(logits.numpy(), labels, ks=(1,))[0], averaging

@@ -93,6 +93,12 @@ def to_device(array, device):
         return out
 
 
+def synchronize(device):
+    """Wait until the work queued on `device` is done (the CPU's is, always)."""
+    if device != "cpu":
+        cupy.cuda.Device(device).synchronize()
+
+
 def module_for(device):
     """The array module that holds arrays on `device`."""
     return numpy if device == "cpu" else cupy
