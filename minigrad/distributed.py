@@ -16,11 +16,13 @@ batch, and the replicas stay identical.
 MPI (mpi4py) starts the processes and carries what lives in host memory: Allreduce, the sum
 over all ranks, in place. Gradients on a GPU are summed by NCCL (cupy.cuda.nccl) from GPU to GPU
 without a copy to the host; NCCL's communicators are made once, from a unique id that rank 0
-creates and MPI broadcasts. Either way the gradients go in one flat buffer per device and dtype
-(a "bucket"), so there is one collective call per step and device, not one per parameter. This
-is how ChainerMN and Horovod do it; PyTorch's DDP does the same in several buckets overlapped
-with the backward pass. Without MPI installed, init() gives a group of one process whose calls
-do nothing.
+creates and MPI broadcasts. On a GPU the gradients of each device go in one flat buffer (a
+"bucket"), so that there is one NCCL call per step and device: how ChainerMN and Horovod do it
+(PyTorch's DDP uses several buckets, overlapped with the backward pass). In host memory each
+gradient is summed where it lies, one call per parameter: packing AlexNet's 32 gradients into a
+bucket copies 61M values (45 ms on 2 cores, page faults aside) to save 31 calls of microseconds
+each; measured in training, the paper network's average took 10% of a step instead of 13%.
+Without MPI installed, init() gives a group of one process whose calls do nothing.
 """
 import os
 
@@ -72,21 +74,25 @@ class Group(Alone):
             p.data[...] = backend.to_device(host, p.device)
 
     def average_gradients(self, params):
-        """p.grad = the mean of p.grad over all ranks, for every parameter that has one. The
-        gradients are packed into one buffer per device and dtype, summed across ranks (MPI
-        for host memory, NCCL on a GPU) and divided by the number of ranks."""
+        """p.grad = the mean of p.grad over all ranks, for every parameter that has one: summed
+        across ranks (MPI for host memory, NCCL on a GPU), then divided by the number of ranks.
+        On a GPU the gradients of each device are packed into one buffer (a "bucket") for one
+        NCCL call; in host memory each is summed where it lies, one MPI call per parameter."""
         buckets = {}                     # (device, dtype) -> parameters, in order of appearance
         for p in params:
             if p.grad is not None:
                 buckets.setdefault((p.device, p.grad.dtype), []).append(p)
         for place, ((device, _), group) in enumerate(buckets.items()):
+            if device == "cpu":
+                for p in group:
+                    p.grad = numpy.ascontiguousarray(p.grad)
+                    self.comm.Allreduce(_mpi().IN_PLACE, p.grad, op=_mpi().SUM)
+                    p.grad /= self.size
+                continue
             with backend.device_scope(device):
                 xp = backend.module_for(device)
                 bucket = xp.concatenate([p.grad.ravel() for p in group])    # (total size,)
-                if device == "cpu":
-                    self.comm.Allreduce(_mpi().IN_PLACE, bucket, op=_mpi().SUM)
-                else:
-                    self._allreduce_on_gpu(bucket, place, device)
+                self._allreduce_on_gpu(bucket, place, device)
                 bucket /= self.size
                 start = 0
                 for p in group:
