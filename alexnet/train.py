@@ -384,6 +384,9 @@ class Run:
         minigrad.manual_seed(args.seed)
         devices = args.devices if group.size == 1 else \
             replica_devices(args.devices, group.local_rank, group.local_size)
+        if group.size > 1 and devices[0] != "cpu":
+            # Each process's own GPU by default, so that none makes a CUDA context on GPU 0.
+            backend.cupy.cuda.Device(devices[0]).use()
         self.model = AlexNet(len(self.classes), devices=devices, init=args.init,
                              preset=args.preset, dropout=args.dropout)
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
