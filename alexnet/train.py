@@ -360,11 +360,14 @@ class Run:
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
-        if args.batch_size % group.size or len(self.val) < group.size:
-            raise ValueError(f"a batch of {args.batch_size} images and {len(self.val)} validation "
-                             f"images must each be shared out among {group.size} processes: "
-                             f"start a number of processes that divides {args.batch_size}, or "
-                             "pass a --batch-size that is a multiple of it")
+        if args.batch_size % group.size:
+            raise ValueError(f"a batch of {args.batch_size} images does not split into "
+                             f"{group.size} equal parts, one per process: start a number of "
+                             f"processes that divides {args.batch_size}, or pass a --batch-size "
+                             f"that is a multiple of {group.size}")
+        if len(self.val) < group.size:
+            raise ValueError(f"the validation set has {len(self.val)} images, fewer than the "
+                             f"{group.size} processes: add validation images or start fewer")
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 

@@ -136,6 +136,15 @@ def test_a_nan_loss_stops_every_rank_with_one_message(tmp_path):
     assert done.stderr.count("error: the loss became nan") == 1, done.stderr
 
 
+def test_a_batch_that_does_not_split_over_the_ranks_is_one_sentence(tmp_path):
+    mpiexec()
+    done = launch(3, TINY + ["--run-dir", "run"], tmp_path, timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("error: a batch of 32 images does not split into 3 equal parts, one "
+                             "per process: start a number of processes that divides 32") == 1, \
+        done.stderr
+
+
 def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
     """SIGINT to mpiexec (which passes it to every rank): the run stops at one step on every
     rank, saves last.npz and says how to resume, once."""
