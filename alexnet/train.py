@@ -747,11 +747,14 @@ def fail(group, message, code):
     """Say `message` and return `code`. Among several processes, end them all (MPI_Abort), so
     that none waits forever for this one; checkpoints are written whole or not at all, so the
     last one stays intact. Rank 0 speaks at once and the others a moment later: an error that
-    every rank meets at the same step (a NaN loss) is said once, before rank 0 ends them all."""
+    every rank meets at the same step (a NaN loss) is said once, before rank 0 ends them all.
+    The pause after speaking lets mpiexec pass the message on before the processes end."""
     if group.size > 1 and group.rank > 0:
-        time.sleep(2)
+        time.sleep(3)
         message = f"rank {group.rank}: {message.lstrip()}"
     print(message, file=sys.stderr, flush=True)
+    if group.size > 1:
+        time.sleep(1)
     group.abort(code)
     return code
 
