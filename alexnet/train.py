@@ -135,7 +135,8 @@ def parse_args(argv=None):
                    f"under {RUN_IMAGES // PAPER_EPOCHS:,} images: enough for {RUN_IMAGES:,} "
                    f"images; {SYNTHETIC_EPOCHS} on the embedded data set). The schedule usually "
                    "ends the run sooner")
-    p.add_argument("--batch-size", type=whole(1), help=f"images per SGD step (default "
+    p.add_argument("--batch-size", type=whole(1), help=f"images per SGD step, over all "
+                   f"processes under mpiexec (default "
                    f"{PAPER_BATCH}, halved down to {SMALLEST_BATCH} until an epoch has "
                    f"{STEPS_PER_EPOCH} steps)")
     p.add_argument("--lr", type=real(0.0, inclusive=False), default=0.01,
