@@ -436,6 +436,10 @@ class Run:
     def save(self, name):
         """Write a checkpoint (rank 0; every rank calls this, for its random state)."""
         states = self.group.allgather(mg_random.get_state())     # each rank's dropout draws
+        if not self.group.replicas_agree(self.model.parameters()):
+            raise RuntimeError(f"the {self.group.size} processes' copies of the network differ "
+                               f"at step {self.step}, which data-parallel training must never "
+                               "let happen; the last checkpoint is kept, not overwritten")
         path = os.path.join(self.dir, name)
         if not self.writes:
             return path

@@ -1,16 +1,24 @@
-"""Run by tests/test_distributed.py under `mpiexec -n 2`: alexnet.train whose rank 1 (alone)
-raises at step FAIL_AT, to show that every rank stops and the last checkpoint stays whole."""
+"""Run by tests/test_distributed.py under `mpiexec -n 2`: alexnet.train with a fault on rank 1
+alone at step FAIL_AT (after the evaluation at step 16): `raise` (an exception) or `drift` (its
+weights moved a little, so that the replicas differ), to show that every rank stops with one
+message and the last checkpoint stays whole.
+
+    mpiexec -n 2 python tests/distributed_fault.py raise|drift TRAIN_OPTIONS...
+"""
 import sys
 
 from alexnet import train
 
 FAIL_AT = 20
+FAULT = sys.argv.pop(1)
 step = train.Run.train_step
 
 
 def failing_step(self, x, labels):
     if self.group.rank == 1 and self.step == FAIL_AT:
-        raise RuntimeError("injected failure")
+        if FAULT == "raise":
+            raise RuntimeError("injected failure")
+        self.model.fc8.bias.data += 1e-3
     return step(self, x, labels)
 
 

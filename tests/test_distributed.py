@@ -122,10 +122,24 @@ def test_a_failure_on_one_rank_stops_every_rank_and_keeps_the_checkpoint(tmp_pat
     mpiexec()
     tick = time.perf_counter()
     done = launch(2, TINY + ["--run-dir", "run"], tmp_path,
-                  script=(str(Path(__file__).with_name("distributed_fault.py")),), timeout=120)
+                  script=(str(Path(__file__).with_name("distributed_fault.py")), "raise"),
+                  timeout=120)
     assert done.returncode != 0
     assert time.perf_counter() - tick < 60
     assert done.stderr.count("rank 1: error: RuntimeError: injected failure") == 1, done.stderr
+    assert weights(tmp_path / "run" / "last.npz")[1]["step"] == 16
+
+
+def test_replicas_that_drift_apart_are_caught_at_the_next_checkpoint(tmp_path):
+    """Rank 1's weights moved at step 20: the checkpoint at step 32 is refused on every rank,
+    and the one of step 16 stays."""
+    mpiexec()
+    done = launch(2, TINY + ["--run-dir", "run"], tmp_path,
+                  script=(str(Path(__file__).with_name("distributed_fault.py")), "drift"),
+                  timeout=120)
+    assert done.returncode != 0
+    assert done.stderr.count("error: RuntimeError: the 2 processes' copies of the network differ "
+                             "at step 32") == 1, done.stderr
     assert weights(tmp_path / "run" / "last.npz")[1]["step"] == 16
 
 
