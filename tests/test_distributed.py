@@ -12,7 +12,7 @@ import numpy
 import pytest
 
 import minigrad
-from alexnet import AlexNet, checkpoint, data, train
+from alexnet import AlexNet, checkpoint, data, prepare, synthetic, train
 from minigrad import backend, distributed
 
 ROOT = Path(__file__).parent.parent
@@ -93,6 +93,23 @@ def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path):
     assert abs(evals[0][0]["loss"] - evals[1][0]["loss"]) < 1e-5
     progress = [r for r in records if r["kind"] == "train"]
     assert len(progress) == 5 and all(0 <= r["averaging_share"] < 1 for r in progress)
+
+
+def test_rank_0_prepares_a_folder_and_the_others_read_its_cache(tmp_path):
+    mpiexec()
+    synthetic.write_folder(tmp_path / "images", 64, 16, size=39)
+    done = launch(2, ["--data", "images", "--preset", "tiny", "--batch-size", "16", "--max-steps",
+                      "4", "--run-dir", "run"], tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("preparing images into images/.alexnet-cache-39") == 1   # rank 0
+    assert (tmp_path / "run" / "last.npz").exists()
+
+
+def test_a_process_that_must_find_the_cache_ready_says_how_to_make_it(tmp_path):
+    synthetic.write_folder(tmp_path / "images", 8, 4, size=39)
+    with pytest.raises(ValueError, match="is not ready on this machine; keep .* on a file system "
+                       "that every machine shares, or run python -m alexnet.prepare"):
+        prepare.cache_for(str(tmp_path / "images"), 39, may_prepare=False)
 
 
 def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
