@@ -7,9 +7,9 @@
                           and prediction subtract the TRAINING set's mean image, so it travels
                           with the weights
     meta                  a JSON string: preset, classes, epoch, batch (next in the epoch),
-                          step, best validation top-1 error, learning rate, schedule, random
-                          state, the number of processes (ranks) that trained it and each
-                          one's random state, the run's settings
+                          step, best validation top-1 error, learning rate, schedule, the
+                          number of processes (ranks) that trained it and the random state of
+                          each, the run's settings
 """
 import dataclasses
 import json

@@ -446,8 +446,8 @@ class Run:
         meta = {"preset": self.args.preset, "classes": self.classes, "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
-                "seconds": self.elapsed(), "random_state": states[0], "ranks": self.group.size,
-                "random_states": states, "config": vars(self.args)}
+                "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
+                "config": vars(self.args)}
         # The training set's mean image goes along: evaluation must subtract it, not the val set's.
         checkpoint.save(path, self.model, self.optimizer, meta,
                         extra_arrays=checkpoint.augmentation_arrays(self.aug))
@@ -464,7 +464,8 @@ class Run:
         self.seconds = meta.get("seconds", 0.0)
         ranks, K = meta.get("ranks", 1), self.group.size
         if ranks == K:
-            mg_random.set_state(meta.get("random_states", [meta["random_state"]])[self.group.rank])
+            states = meta.get("random_states") or [meta["random_state"]]    # older: one state
+            mg_random.set_state(states[self.group.rank])
         else:
             mg_random.manual_seed([self.args.seed, self.group.rank, self.step])
             B = self.args.batch_size
@@ -593,9 +594,11 @@ class Run:
         """Why training must stop now, or None; the same on every process. Ctrl-C and the
         clock reach each process at its own moment, so the first (in rank order) that sees
         one of them speaks for all."""
-        seen = INTERRUPTED if stop.requested else \
-            f"--max-minutes {self.args.max_minutes:g} reached" \
-            if self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes else None
+        seen = None
+        if stop.requested:
+            seen = INTERRUPTED
+        elif self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes:
+            seen = f"--max-minutes {self.args.max_minutes:g} reached"
         if self.group.size > 1:
             seen = next(filter(None, self.group.allgather(seen)), None)
         if seen:
@@ -617,7 +620,7 @@ class Run:
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
         averaging = ""
-        if self.group.size > 1:       # images/s of all processes; rank 0's share averaging
+        if self.group.size > 1:       # images/s: of all processes; averaging: rank 0's share
             fields["averaging_share"] = window["averaging"] / window["time"]
             averaging = f"  averaging {fields['averaging_share']:.0%}"
         self.record(**fields)
@@ -631,7 +634,7 @@ class Run:
     def evaluate_and_save(self):
         """Evaluate, move the schedule, save checkpoints and plots."""
         tick = time.perf_counter()
-        loss, top1, top5, logits = self.evaluate()
+        loss, top1, top5, logits = self.validate()
         self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
                     loss=loss, top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
@@ -656,7 +659,7 @@ class Run:
                           os.path.join(self.dir, "conv1.png"))
         self.draw_predictions(logits)
 
-    def evaluate(self):
+    def validate(self):
         """evaluate() of the validation set, each process classifying its share of it."""
         K, rank = self.group.size, self.group.rank
         if K == 1:
