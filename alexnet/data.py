@@ -14,9 +14,9 @@ standard deviation along p_i (about 5 levels for ImageNet), as the common reimpl
 Evaluation batches are the central crop, mean subtracted. Every batch is a pure function of
 (seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen, and
 the ranks of a data-parallel run, each making its part of every batch, together see exactly
-the batches of one process. A batch
-is made on the device the network reads it on: the uint8 images go there, and the crops, mirrors
-and colour shifts are computed there from random draws made on the CPU.
+the batches of one process. A batch is made on the device the network reads it on: the uint8
+images go there, and the crops, mirrors and colour shifts are computed there from random draws
+made on the CPU.
 """
 import concurrent.futures
 import os

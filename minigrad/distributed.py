@@ -118,7 +118,6 @@ class Group(Alone):
             self.comm.Allreduce(_mpi().IN_PLACE, host, op=_mpi().SUM)
             bucket[...] = backend.to_device(host, device)
             return
-        import cupy
         from cupy.cuda import nccl
         if place not in self._communicators:
             uid = self.comm.bcast(nccl.get_unique_id() if self.rank == 0 else None, root=0)
@@ -127,7 +126,7 @@ class Group(Alone):
                  numpy.dtype(numpy.float64): nccl.NCCL_FLOAT64}[bucket.dtype]
         self._communicators[place].allReduce(bucket.data.ptr, bucket.data.ptr, bucket.size,
                                              dtype, nccl.NCCL_SUM,
-                                             cupy.cuda.get_current_stream().ptr)
+                                             backend.cupy.cuda.get_current_stream().ptr)
 
     def replicas_agree(self, params):
         """Whether every rank holds the same parameters, bit for bit (a checksum of each rank's
