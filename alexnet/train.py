@@ -253,10 +253,11 @@ def replica_devices(devices, local_rank, local_size):
     `devices` ("a,b", see --devices) are the first process's; each next one takes the next GPUs
     along: with "0,1" process l has GPUs 2l and 2l+1 (an 8-GPU machine: 4 replicas of 2 towers),
     with "0,0" GPU l for both towers (8 replicas). Default: "0,1" when the machine has two GPUs
-    for each process, "0,0" when it has one, else the CPU."""
+    for each process, else "0,0" (refused when it has fewer GPUs than processes); the CPU when
+    it has no GPU."""
     gpus = backend.gpu_count()
     if devices is None:
-        devices = "0,1" if gpus >= 2 * local_size else "0,0" if gpus >= local_size else "cpu,cpu"
+        devices = "cpu,cpu" if gpus == 0 else "0,1" if gpus >= 2 * local_size else "0,0"
     parts = [part.strip() for part in devices.split(",")]
     used = len({part for part in parts if part != "cpu"})       # GPUs of one replica
     placed = tuple(part if part == "cpu" else int(part) + local_rank * used for part in parts)

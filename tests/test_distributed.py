@@ -242,6 +242,9 @@ def test_too_many_processes_for_the_gpus_is_one_sentence(monkeypatch):
     with pytest.raises(ValueError, match="process 4 of 4 on this machine would put its towers on "
                        "GPUs 6,7 but the machine has 4: start at most 2 processes a machine"):
         train.replica_devices("0,1", 3, 4)
+    with pytest.raises(ValueError, match="process 8 of 8 .* GPUs 7,7 but the machine has 4: "
+                       "start at most 4 processes a machine"):
+        train.replica_devices(None, 7, 8)            # not the CPU behind the user's back
 
 
 def test_a_plain_run_is_a_group_of_one_without_mpi(monkeypatch):
