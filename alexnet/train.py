@@ -731,7 +731,11 @@ class Run:
 def main(argv=None):
     global _speaking
     args = parse_args(argv)
-    group = distributed.init()          # a group of one unless started by mpiexec
+    try:
+        group = distributed.init()      # a group of one unless started by mpiexec
+    except RuntimeError as error:       # started by mpiexec without mpi4py
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     _speaking = group.rank == 0
     if group.size > 1 and parallel.CORES == os.cpu_count():     # not bound to cores by mpiexec
         parallel.use_cores(parallel.CORES // group.local_size)     # share the machine's

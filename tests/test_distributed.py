@@ -208,6 +208,15 @@ def test_one_rank_averages_gpu_gradients_through_nccl():
     assert "NCCL:" in done.stdout and "averages checked" in done.stdout, done.stdout
 
 
+def test_mpiexec_without_mpi4py_is_one_sentence(monkeypatch, capsys):
+    monkeypatch.setenv("PMI_RANK", "0")                      # as if started by mpiexec
+    monkeypatch.setitem(sys.modules, "mpi4py", None)         # importing it fails
+    assert train.main(TINY + ["--max-steps", "1"]) == 1
+    assert capsys.readouterr().err == ("error: this process was started by mpiexec, but mpi4py "
+                                       "is not installed: pip install -e \".[distributed]\" "
+                                       "(mpi4py and mpich)\n")
+
+
 def test_the_shares_of_a_batch_make_the_whole_batch():
     """Each rank's part of every training batch, put together, is the batch of one process,
     crops, mirrors and colour shifts included, bit for bit."""
