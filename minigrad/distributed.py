@@ -22,7 +22,9 @@ creates and MPI broadcasts. On a GPU the gradients of each device go in one flat
 gradient is summed where it lies, one call per parameter: packing AlexNet's 32 gradients into a
 bucket copies 61M values (45 ms on 2 cores, page faults aside) to save 31 calls of microseconds
 each; measured in training, the paper network's average took 10% of a step instead of 13%.
-Without MPI installed, init() gives a group of one process whose calls do nothing.
+The average starts when the backward pass has ended: handing each gradient to a thread as soon
+as it was final, to overlap the two, made steps 1-9% slower on a CPU, where the same cores do
+both (bench/results/2026-11-29-data-parallel.md). Without MPI installed, init() gives a group of one process whose calls do nothing.
 """
 import os
 import zlib
