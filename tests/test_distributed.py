@@ -17,9 +17,11 @@ from minigrad import backend, distributed
 
 ROOT = Path(__file__).parent.parent
 # The tiny network on 512 embedded images: random crops, mirrors and PCA colour shifts on,
-# dropout off (so that one process and two see the same function), batch 32, 16 steps an epoch.
+# dropout off (so that one process and two see the same function), batch 32, 16 steps an epoch,
+# on the CPU also where there is a GPU (two processes cannot share one GPU).
 TINY = ["--preset", "tiny", "--synthetic-train", "512", "--synthetic-val", "64", "--batch-size",
-        "32", "--dropout", "0", "--lr", "0.05", "--eval-every", "1", "--log-every", "4"]
+        "32", "--dropout", "0", "--lr", "0.05", "--eval-every", "1", "--log-every", "4",
+        "--devices", "cpu,cpu"]
 
 
 def mpiexec():
@@ -99,7 +101,7 @@ def test_rank_0_prepares_a_folder_and_the_others_read_its_cache(tmp_path):
     mpiexec()
     synthetic.write_folder(tmp_path / "images", 64, 16, size=39)
     done = launch(2, ["--data", "images", "--preset", "tiny", "--batch-size", "16", "--max-steps",
-                      "4", "--run-dir", "run"], tmp_path)
+                      "4", "--devices", "cpu,cpu", "--run-dir", "run"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.count("preparing images into images/.alexnet-cache-39") == 1   # rank 0
     assert (tmp_path / "run" / "last.npz").exists()
@@ -119,14 +121,14 @@ def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
     whole = launch(2, TINY + ["--max-steps", "40", "--run-dir", "whole"], tmp_path)
     half = launch(2, TINY + ["--max-steps", "20", "--run-dir", "half"], tmp_path)
     assert whole.returncode == 0 and half.returncode == 0, whole.stderr + half.stderr
-    resumed = launch(2, ["--resume", "half", "--max-steps", "40"], tmp_path)
+    resumed = launch(2, ["--resume", "half", "--max-steps", "40", "--devices", "cpu,cpu"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     (a, meta_a), (b, meta_b) = weights(tmp_path / "whole" / "last.npz"), \
         weights(tmp_path / "half" / "last.npz")
     assert meta_a["step"] == meta_b["step"] == 40
     for name in a:
         assert numpy.array_equal(a[name], b[name]), name
-    other = launch(1, ["--resume", "half", "--max-steps", "44"], tmp_path)
+    other = launch(1, ["--resume", "half", "--max-steps", "44", "--devices", "cpu,cpu"], tmp_path)
     assert other.returncode == 0, other.stderr
     assert ("note: this run was trained by 2 processes and goes on with 1: the batch stays 32 "
             "images a step (32 per process, was 16)") in other.stdout
