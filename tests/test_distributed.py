@@ -115,11 +115,13 @@ def test_a_process_that_must_find_the_cache_ready_says_how_to_make_it(tmp_path):
 
 
 def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
-    """Two ranks stopped at step 20 and resumed to 40 equal two ranks run to 40 bit for bit; a
-    resume by one process says what changes and goes on."""
+    """Two ranks stopped at step 20 and resumed to 40 equal two ranks run to 40 bit for bit,
+    dropout on (each rank's own random stream restored); a resume by one process says what
+    changes and goes on."""
     mpiexec()
-    whole = launch(2, TINY + ["--max-steps", "40", "--run-dir", "whole"], tmp_path)
-    half = launch(2, TINY + ["--max-steps", "20", "--run-dir", "half"], tmp_path)
+    dropout = ["--dropout", "0.5"]
+    whole = launch(2, TINY + dropout + ["--max-steps", "40", "--run-dir", "whole"], tmp_path)
+    half = launch(2, TINY + dropout + ["--max-steps", "20", "--run-dir", "half"], tmp_path)
     assert whole.returncode == 0 and half.returncode == 0, whole.stderr + half.stderr
     resumed = launch(2, ["--resume", "half", "--max-steps", "40", "--devices", "cpu,cpu"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr
