@@ -128,6 +128,7 @@ def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
     (a, meta_a), (b, meta_b) = weights(tmp_path / "whole" / "last.npz"), \
         weights(tmp_path / "half" / "last.npz")
     assert meta_a["step"] == meta_b["step"] == 40
+    assert len(set(meta_a["random_states"])) == 2          # each rank its own dropout masks
     for name in a:
         assert numpy.array_equal(a[name], b[name]), name
     other = launch(1, ["--resume", "half", "--max-steps", "44", "--devices", "cpu,cpu"], tmp_path)
