@@ -82,13 +82,10 @@ def concurrent_on(devices):
 @contextlib.contextmanager
 def blas_threads_per_branch(count):
     """BLAS threads shared out among `count` branches, within the block."""
-    global _controller
     if count <= 1 or threadpoolctl is None:
         yield
         return
-    if _controller is None:
-        _controller = threadpoolctl.ThreadpoolController()
-    with _controller.limit(limits=max(1, CORES // count), user_api="blas"):
+    with _blas_limit(max(1, CORES // count)):
         yield
 
 
@@ -97,12 +94,19 @@ def use_cores(count):
     it (the ranks of a data-parallel run, minigrad.distributed). Branches go side by side only
     with a core each, and BLAS keeps to `count` threads from now on: two processes with two
     BLAS threads each on two cores would take turns on them at every GEMM."""
-    global CORES, _branches, _controller
+    global CORES, _branches
     CORES = max(1, int(count))
     _branches = min(_branches, CORES)
     if threadpoolctl is not None:
-        _controller = _controller or threadpoolctl.ThreadpoolController()
-        _controller.limit(limits=CORES, user_api="blas")
+        _blas_limit(CORES)
+
+
+def _blas_limit(threads):
+    """BLAS limited to `threads` threads: from now on, or within a `with` block on it."""
+    global _controller
+    if _controller is None:
+        _controller = threadpoolctl.ThreadpoolController()
+    return _controller.limit(limits=threads, user_api="blas")
 
 
 def _executor():
