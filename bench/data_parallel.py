@@ -11,6 +11,7 @@ machine the K processes share its cores (alexnet.train gives each cores // K BLA
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -29,7 +30,9 @@ def run(ranks, args):
                    "--synthetic-val", str(args.batch_size), "--eval-every", "1000",
                    "--log-every", "5", "--run-dir", folder]
         if ranks > 1:
-            command = [str(Path(sys.executable).with_name("mpiexec")), "-n", str(ranks)] + command
+            beside = Path(sys.executable).with_name("mpiexec")     # pip's mpich, else PATH's
+            command = [str(beside) if beside.exists() else shutil.which("mpiexec"), "-n",
+                       str(ranks)] + command
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
                        env=dict(os.environ, PYTHONPATH=str(ROOT)))
         with open(os.path.join(folder, "metrics.jsonl")) as f:
