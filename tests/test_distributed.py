@@ -2,6 +2,7 @@
 one process at batch B; only rank 0 writes; resume and faults."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,12 +29,10 @@ def mpiexec():
     """mpiexec beside this Python (pip's mpich), else on the PATH; skip the test without it."""
     pytest.importorskip("mpi4py", reason="pip install -e '.[distributed]' for the MPI tests")
     beside = Path(sys.executable).with_name("mpiexec")
-    if beside.exists():
-        return str(beside)
-    for folder in os.environ.get("PATH", "").split(os.pathsep):
-        if (Path(folder) / "mpiexec").exists():
-            return str(Path(folder) / "mpiexec")
-    pytest.skip("no mpiexec: pip install -e '.[distributed]' (mpi4py and mpich)")
+    found = str(beside) if beside.exists() else shutil.which("mpiexec")
+    if found is None:
+        pytest.skip("no mpiexec: pip install -e '.[distributed]' (mpi4py and mpich)")
+    return found
 
 
 def launch(ranks, args, cwd, script=("-m", "alexnet.train"), timeout=300):
@@ -59,9 +58,7 @@ def initial_weights():
 
 
 def test_two_ranks_average_to_the_gradient_of_the_whole_batch():
-    done = subprocess.run([mpiexec(), "-n", "2", sys.executable,
-                           str(Path(__file__).with_name("distributed_check.py"))],
-                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    done = launch(2, [], ROOT, script=(str(Path(__file__).with_name("distributed_check.py")),))
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.strip() == "2 of 2 ranks ok", done.stdout
 
