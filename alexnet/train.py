@@ -434,25 +434,28 @@ class Run:
                          f"images ({names}): {consequence}")
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save(self, name):
-        """Write a checkpoint (rank 0; every rank calls this, for its random state)."""
+    def save(self, *names):
+        """Write the checkpoint under each of `names` (rank 0; every rank calls this, for its
+        random state and the check that the replicas agree); returns the first one's path."""
         states = self.group.allgather(mg_random.get_state())     # each rank's dropout draws
         if not self.group.replicas_agree(self.model.parameters()):
             raise RuntimeError(f"the {self.group.size} processes' copies of the network differ "
                                f"at step {self.step}, which data-parallel training must never "
                                "let happen; the last checkpoint is kept, not overwritten")
-        path = os.path.join(self.dir, name)
+        paths = [os.path.join(self.dir, name) for name in names]
         if not self.writes:
-            return path
+            return paths[0]
         meta = {"preset": self.args.preset, "classes": self.classes, "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
                 "config": vars(self.args)}
-        # The training set's mean image goes along: evaluation must subtract it, not the val set's.
-        checkpoint.save(path, self.model, self.optimizer, meta,
-                        extra_arrays=checkpoint.augmentation_arrays(self.aug))
-        return path
+        for path in paths:
+            # The training set's mean image goes along: evaluation must subtract the training
+            # set's, not the val set's.
+            checkpoint.save(path, self.model, self.optimizer, meta,
+                            extra_arrays=checkpoint.augmentation_arrays(self.aug))
+        return paths[0]
 
     def _restore(self, params, velocities, meta):
         self.model.load_state_dict(params)
@@ -650,9 +653,7 @@ class Run:
             log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g} "
                      f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
         self.check_learning()
-        self.save("last.npz")
-        if improved:
-            self.save("best.npz")
+        self.save("last.npz", *(["best.npz"] if improved else []))
         if not self.writes:
             return
         plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
