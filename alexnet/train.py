@@ -505,8 +505,12 @@ class Run:
 
     # ---- the loop ---------------------------------------------------------------------------
     def train_step(self, x, labels):
-        """One SGD step on this process's batch (its part of the batch, in data parallel);
-        returns its loss, its top-1 error and the seconds spent averaging gradients."""
+        """One SGD step on this process's batch (its part of the batch, in data parallel).
+        Returns [loss, top-1 error] of the batch as one array on the network's first device,
+        and the seconds spent averaging gradients. Nothing is read back to the host here:
+        reading a number of a GPU array waits until the GPU has done everything queued before
+        it, and the host then has no step queued behind. Run.run reads the numbers of a window
+        of steps at once, when it writes the progress line (read_window)."""
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad()
@@ -518,22 +522,30 @@ class Run:
                 backend.synchronize(device)
         averaging = time.perf_counter() - tick
         self.optimizer.step()
-        return loss.item(), top_k_errors(logits.numpy(), labels, ks=(1,))[0], averaging
+        xp = backend.get_array_module(logits.data)
+        wrong = logits.data.argmax(axis=1) != backend.to_device(labels, logits.device)
+        return xp.stack((loss.data.astype(xp.float64), wrong.mean(dtype=xp.float64))), averaging
 
-    def mean_over_ranks(self, *values):
-        """The means of numbers over all processes: each has an equal part of the batch, so the
-        mean of their losses is the loss of the whole batch."""
-        if self.group.size == 1:
-            return values
-        return tuple(self.group.allreduce_sum(numpy.array(values)) / self.group.size)
+    def read_window(self, numbers):
+        """The [loss, top-1 error] of each step since the last reading (`numbers`, which is
+        emptied), averaged over the processes (each has an equal part of the batch, so the mean
+        of their losses is the loss of the whole batch) and checked, as a (steps, 2) array."""
+        xp = backend.get_array_module(numbers[0])
+        values = backend.to_device(xp.stack(numbers), "cpu")          # waits for the device
+        if self.group.size > 1:
+            values = self.group.allreduce_sum(values) / self.group.size
+        for step, loss in enumerate(values[:, 0], self.step - len(numbers) + 1):
+            self.check_loss(loss, step)
+        numbers.clear()
+        return values
 
-    def check_loss(self, loss):
+    def check_loss(self, loss, step):
         if not math.isfinite(loss):
             raise FloatingPointError(
-                f"the loss became {loss} at step {self.step}: the learning rate "
+                f"the loss became {loss} at step {step}: the learning rate "
                 f"{self.optimizer.lr:g} is probably too high; lower --lr, or resume from the last "
                 f"good checkpoint {os.path.join(self.dir, 'last.npz')}")
-        if self.step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
+        if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
             log_line(f"warning: the first loss {loss:.3f} is far above ln({len(self.classes)}) = "
                      f"{math.log(len(self.classes)):.3f}: the initial weights are too large")
 
@@ -543,8 +555,8 @@ class Run:
         total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
-        window = {"images": 0, "time": 0.0, "data": 0.0, "averaging": 0.0, "loss": 0.0,
-                  "top1": 0.0, "steps": 0}
+        window = dict.fromkeys(("images", "time", "data", "averaging"), 0)
+        numbers = []                       # train_step's [loss, top-1 error] since the last line
         self.started, steps_at_start = time.perf_counter(), self.step
         # Overflow shows up as a non-finite loss, which check_loss reports in one sentence.
         with StopRequest() as stop, numpy.errstate(over="ignore", invalid="ignore"):
@@ -557,28 +569,31 @@ class Run:
                 tick = time.perf_counter()
                 for x, labels in batches:
                     loaded = time.perf_counter()
-                    loss, top1, averaging = self.train_step(x, labels)
-                    loss, top1 = self.mean_over_ranks(loss, top1)
+                    step_numbers, averaging = self.train_step(x, labels)
+                    numbers.append(step_numbers)
                     self.step, self.batch = self.step + 1, self.batch + 1
-                    self.check_loss(loss)
+                    line = self.step % args.log_every == 0 or self.batch == self.steps_per_epoch
+                    if line:                   # before the clock: the wait for the device counts
+                        values = self.read_window(numbers)
                     now = time.perf_counter()
                     for key, value in (("images", args.batch_size), ("time", now - tick),
-                                       ("data", loaded - tick), ("averaging", averaging),
-                                       ("loss", loss), ("top1", top1), ("steps", 1)):
+                                       ("data", loaded - tick), ("averaging", averaging)):
                         window[key] += value
                     tick = now
-                    if self.step % args.log_every == 0 or self.batch == self.steps_per_epoch:
+                    if line:
                         rate = (now - self.started) / (self.step - steps_at_start)
-                        self.log_progress(window, (total_steps - self.step) * rate)
+                        self.log_progress(window, values, (total_steps - self.step) * rate)
                         window = dict.fromkeys(window, 0)
                     reason = self.stop_reason(stop)
                     if reason:
                         break
-                if self.batch == self.steps_per_epoch:
+                if self.batch == self.steps_per_epoch:      # its last step was read and checked
                     self.epoch, self.batch = self.epoch + 1, 0
                     if self.epoch % args.eval_every == 0 or self.epoch == args.epochs:
                         self.evaluate_and_save()
                     reason = reason or self.stop_reason(stop)
+            if numbers:                        # checked before they are saved
+                self.read_window(numbers)
         path = self.save("last.npz")
         self.record(kind="stop", epoch=self.epochs_done(), step=self.step,
                     time=round(self.elapsed(), 2), reason=reason)
@@ -616,11 +631,13 @@ class Run:
             return f"all {self.args.epochs} epochs done"
         return None
 
-    def log_progress(self, window, eta):
-        n = window["steps"]
+    def log_progress(self, window, values, eta):
+        """The progress line and its metrics record: `window` holds the sums of the steps'
+        times and `values` their [loss, top-1 error] (read_window)."""
+        loss, top1 = values.mean(axis=0)
         fields = dict(kind="train", epoch=self.epochs_done(),
-                      step=self.step, time=round(self.elapsed(), 2), loss=window["loss"] / n,
-                      top1_error=window["top1"] / n, lr=self.optimizer.lr,
+                      step=self.step, time=round(self.elapsed(), 2), loss=float(loss),
+                      top1_error=float(top1), lr=self.optimizer.lr,
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
         averaging = ""

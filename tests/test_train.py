@@ -11,6 +11,7 @@ import numpy
 import pytest
 from PIL import Image
 
+import minigrad
 from alexnet import checkpoint, data, synthetic, train
 
 TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
@@ -119,6 +120,42 @@ def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
     assert train.main(TINY + ["--run-dir", str(tmp_path / "nan"), "--lr", "1e8", "--epochs", "3"]) == 1
     error = capsys.readouterr().err
     assert "the loss became" in error and "learning rate" in error and "last.npz" in error
+
+
+def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
+    """A GPU number read inside the step would make the host wait for the GPU every step."""
+    def read(self, *args):
+        raise AssertionError("train_step read a number back from the device")
+
+    step = train.Run.train_step
+
+    def guarded(self, x, labels):
+        with monkeypatch.context() as patch:
+            patch.setattr(minigrad.Tensor, "item", read)
+            patch.setattr(minigrad.Tensor, "numpy", read)
+            return step(self, x, labels)
+
+    monkeypatch.setattr(train.Run, "train_step", guarded)
+    run_training(tmp_path, "guarded", "--log-every", "5", "--epochs", "1")
+
+
+@pytest.mark.parametrize("stop", ["--epochs=2", "--max-steps=9"], ids=["line", "stop"])
+def test_a_nan_is_found_by_its_step_before_anything_is_saved(tmp_path, monkeypatch, capsys, stop):
+    """Losses are read once per progress line: with 6 steps an epoch and a line every 5 steps,
+    a NaN at step 8 shows up at step 10, or when training stops at step 9, by its own step
+    number and before anything after it is saved."""
+    step = train.Run.train_step
+
+    def nan_at_8(self, x, labels):
+        numbers, averaging = step(self, x, labels)
+        return (numbers * numpy.nan if self.step + 1 == 8 else numbers), averaging
+
+    monkeypatch.setattr(train.Run, "train_step", nan_at_8)
+    run_dir = tmp_path / "nan"
+    assert train.main(TINY + ["--run-dir", str(run_dir), "--synthetic-train", "96",
+                              "--log-every", "5", stop]) == 1
+    assert "the loss became nan at step 8" in capsys.readouterr().err
+    assert checkpoint.load(str(run_dir / "last.npz"))[2]["step"] == 6      # epoch 1's save
 
 
 def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
