@@ -166,6 +166,10 @@ def parse_args(argv=None):
                    "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU). Under "
                    "mpiexec, those of each machine's first process; the next ones take the next "
                    "GPUs along (see replica_devices)")
+    p.add_argument("--tf32", action="store_true", help="let the GPUs' matrix products "
+                   "(convolutions and fully connected layers) use TF32 tensor cores: several "
+                   "times faster from Ampere GPUs on, products to about 1e-3 instead of 1e-6 "
+                   "(default: plain float32)")
     p.add_argument("--run-dir", help="where logs, checkpoints and plots go (default "
                    "runs/<date>-<time>, or the resumed run's directory)")
     p.add_argument("--resume", metavar="CKPT", type=existing_path, help="continue from a "
@@ -395,6 +399,10 @@ class Run:
         self.model = AlexNet(len(self.classes), devices=devices, init=args.init,
                              preset=args.preset, dropout=args.dropout)
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
+        if args.tf32:
+            backend.set_tf32(True)
+            if "cpu" in self.model.devices:
+                log_line("note: --tf32 changes nothing on the CPU, which computes in plain float32")
         if group.size > 1:                # each rank its own dropout masks, for its own images
             minigrad.manual_seed([args.seed, group.rank])
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)

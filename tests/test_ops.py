@@ -113,6 +113,30 @@ def test_matmul(shapes, device, rng):
     numpy.testing.assert_allclose(forward(F.matmul, [a, b], device), a @ b, rtol=1e-12, atol=1e-12)
 
 
+def test_tf32_is_opt_in_and_only_rounds_float32_products(device, rng):
+    """Plain float32 products agree with float64 to ~1e-6; with TF32 (GPU only) the inputs are
+    rounded to a 10-bit mantissa (~1e-3 each), and switching it off restores plain float32."""
+    a, b = (rng.standard_normal((512, 512)) for _ in range(2))
+    exact = a @ b
+
+    def error():
+        product = forward(F.matmul, [a, b], device, dtype=numpy.float32)
+        return numpy.abs(product - exact).max() / numpy.abs(exact).max()
+
+    plain = error()
+    assert plain < 1e-5
+    assert backend.set_tf32(True) is False                  # off by default
+    try:
+        tf32 = error()
+    finally:
+        assert backend.set_tf32(False) is (device != "cpu")
+    if device == "cpu":
+        assert tf32 == plain                                 # NumPy has no TF32
+    else:
+        assert 1e-5 < tf32 < 1e-2, f"TF32 products' error {tf32:.1e} (plain {plain:.1e})"
+    assert error() == plain
+
+
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("N", [1, 5])
 def test_linear(bias, N, device, rng):
