@@ -1,5 +1,5 @@
 """Time every CUDA kernel of minigrad at AlexNet's batch-128 shapes and compare the memory
-bandwidth it reaches with the GPU's peak.
+bandwidth it reaches with a device-to-device copy's, measured in the same run, and the GPU's peak.
 
     python bench/kernels.py [--repeat 30] [--json PATH]
 
@@ -8,7 +8,9 @@ the compiled kernel launched `--inner` times between two CUDA events, so neither
 the Python around a call is counted; the table gives the median over `--repeat` such timings.
 Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
 once) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
-and can still come near the peak because the repeats hit the cache.
+and can still come near the peak because the repeats hit the cache. The yardstick is the bandwidth of
+cudaMemcpy from device to device (COPY_BYTES read and as many written), timed the same way: what
+a kernel that only moves its bytes reaches in practice (goal: 80% of it).
 
 Without a GPU it prints one line saying so and exits with status 0.
 """
@@ -30,6 +32,7 @@ LRNS = [("lrn1", (BATCH, 48, 55, 55)), ("lrn2", (BATCH, 128, 27, 27))]
 LRN = dict(n=5, k=2.0, alpha=1e-4, beta=0.75)
 # CUDA runtime device attributes: cudaDevAttrMemoryClockRate (kHz), cudaDevAttrGlobalMemoryBusWidth (bits)
 MEMORY_CLOCK_KHZ, MEMORY_BUS_BITS = 36, 37
+COPY_BYTES = 256 * 2 ** 20
 
 
 def plans(cupy):
@@ -55,20 +58,34 @@ def plans(cupy):
         yield layer, cuda.plan_lrn_backward(normal(shape), x, y, scale, LRN["n"], LRN["alpha"], LRN["beta"])
 
 
-def median_seconds(cupy, plan, repeat, inner):
-    """Median time of one launch of `plan`'s kernel, by CUDA events around `inner` launches."""
-    cuda.launch(plan)                                                   # compiles, and checks the plan
-    kernel = cuda.compiled_module(plan.module).get_function(plan.kernel)
+def median_seconds(cupy, launch, repeat, inner):
+    """Median time of one launch(), by CUDA events around `inner` launches."""
     start, end = cupy.cuda.Event(), cupy.cuda.Event()
     times = []
     for _ in range(repeat):
         start.record()
         for _ in range(inner):
-            kernel(plan.grid, plan.block, plan.args)
+            launch()
         end.record()
         end.synchronize()
         times.append(cupy.cuda.get_elapsed_time(start, end) / 1e3 / inner)
     return statistics.median(times)
+
+
+def kernel_seconds(cupy, plan, repeat, inner):
+    """Median time of one launch of `plan`'s kernel, its plan made and its kernel compiled once."""
+    cuda.launch(plan)                                                   # compiles, and checks the plan
+    kernel = cuda.compiled_module(plan.module).get_function(plan.kernel)
+    return median_seconds(cupy, lambda: kernel(plan.grid, plan.block, plan.args), repeat, inner)
+
+
+def copy_bandwidth(cupy, repeat, inner):
+    """Bytes per second of a device-to-device cudaMemcpy of COPY_BYTES (read + written)."""
+    source, target = cupy.empty(COPY_BYTES, cupy.uint8), cupy.empty(COPY_BYTES, cupy.uint8)
+    source.fill(1)
+    seconds = median_seconds(cupy, lambda: target.data.copy_from_device_async(
+        source.data, COPY_BYTES), repeat, inner)
+    return 2 * COPY_BYTES / seconds
 
 
 def peak_bandwidth(cupy, device):
@@ -92,20 +109,22 @@ def main(argv=None):
     device = cupy.cuda.runtime.getDevice()
     name = cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
     peak = peak_bandwidth(cupy, device) or float("nan")      # 0 if the driver does not say
-    print(f"{name}: peak memory bandwidth {peak / 1e9:.0f} GB/s (2 x memory clock x bus width)")
-    print(f"{'kernel':<26}{'layer':<7}{'input':<16}{'time us':>10}{'MB':>9}{'GB/s':>9}{'% peak':>8}")
+    copy = copy_bandwidth(cupy, args.repeat, args.inner)
+    print(f"{name}: peak memory bandwidth {peak / 1e9:.0f} GB/s (2 x memory clock x bus width); "
+          f"device-to-device copy {copy / 1e9:.0f} GB/s ({100 * copy / peak:.0f}% of peak)")
+    print(f"{'kernel':<26}{'layer':<7}{'input':<16}{'time us':>10}{'MB':>9}{'GB/s':>9}{'% copy':>8}")
     results = []
     for layer, plan in plans(cupy):
-        seconds = median_seconds(cupy, plan, args.repeat, args.inner)
+        seconds = kernel_seconds(cupy, plan, args.repeat, args.inner)
         moved = sum(a.nbytes for a in plan.args if isinstance(a, cupy.ndarray))
         shape = "x".join(map(str, plan.args[0].shape))
         results.append(dict(kernel=plan.kernel, layer=layer, input_shape=plan.args[0].shape,
                             seconds=seconds, bytes=moved, bandwidth=moved / seconds))
         print(f"{plan.kernel:<26}{layer:<7}{shape:<16}{seconds * 1e6:>10.1f}{moved / 1e6:>9.1f}"
-              f"{moved / seconds / 1e9:>9.0f}{100 * moved / seconds / peak:>7.0f}%")
+              f"{moved / seconds / 1e9:>9.0f}{100 * moved / seconds / copy:>7.0f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=name, peak_bandwidth=peak, batch=BATCH, repeat=args.repeat,
+            json.dump(dict(device=name, peak_bandwidth=peak, copy_bandwidth=copy, batch=BATCH, repeat=args.repeat,
                            inner=args.inner, results=results), f, indent=2)
     return 0
 

@@ -132,30 +132,51 @@ def render_header(meta, found):
 
 
 def render_steps(results, gpu):
-    rows = []
+    rows, growth = [], []
+    # On a GPU a second row per preset: minigrad's TF32 mode beside PyTorch's defaults.
+    variants = [("", "float32")] + ([("_tf32", "TF32")] if gpu else [])
     for r in results:
-        phases = r["minigrad_phase_ms"]
-        split = [f"{ms:.0f} ({100 * ms / sum(phases.values()):.0f}%)" for ms in phases.values()]
-        if gpu:
-            memory = [number(r, "minigrad_pool_peak_used_bytes", "{:.0f}", 1 / MiB),
-                      number(r, "torch_max_allocated_bytes", "{:.0f}", 1 / MiB)]
-        else:
-            memory = [number(r, "minigrad_rss_growth_bytes", "+{:.0f}", 1 / MiB),
-                      number(r, "torch_rss_growth_bytes", "+{:.0f}", 1 / MiB)]
         size = PRESETS[r["preset"]].input_size
-        rows.append([f"{r['preset']} ({size}x{size}, {r['parameters'] / 1e6:.1f}M parameters)",
-                     r["batch"], number(r, "minigrad_images_per_s"),
-                     number(r, "torch_images_per_s"), f"**{number(r, 'ratio')}**", *split,
-                     *memory, number(r, "logits_err", "{:.0e}")])
+        for suffix, precision in variants:
+            if f"minigrad{suffix}_images_per_s" not in r:
+                continue
+            phases = r[f"minigrad{suffix}_phase_ms"]
+            split = [f"{ms:.0f} ({100 * ms / sum(phases.values()):.0f}%)"
+                     for ms in phases.values()]
+            if gpu and suffix:
+                memory = ["", ""]
+            elif gpu:
+                memory = [number(r, "minigrad_pool_peak_used_bytes", "{:.0f}", 1 / MiB),
+                          number(r, "torch_max_allocated_bytes", "{:.0f}", 1 / MiB)]
+            else:
+                memory = [number(r, "minigrad_rss_growth_bytes", "+{:.0f}", 1 / MiB),
+                          number(r, "torch_rss_growth_bytes", "+{:.0f}", 1 / MiB)]
+            ratio = "ratio" + suffix
+            rows.append([f"{r['preset']} ({size}x{size}, {r['parameters'] / 1e6:.1f}M parameters)",
+                         r["batch"], precision, number(r, f"minigrad{suffix}_images_per_s"),
+                         number(r, f"torch{suffix}_images_per_s"), f"**{number(r, ratio)}**",
+                         *split, *memory, "" if suffix else number(r, "logits_err", "{:.0e}")])
+        if "ratio_to_torch_defaults" in r:
+            growth.append(f"- {r['preset']}: minigrad in float32 / PyTorch's defaults (TF32 "
+                          f"convolutions): **{r['ratio_to_torch_defaults']:.2f}x**")
+        for name in ("minigrad", "torch"):
+            use = r.get(f"{name}_in_use_after_steps_bytes")
+            if use:
+                growth.append(f"- {r['preset']}, {name}: memory in use after each of "
+                              f"{use['steps']} more steps from {use['first'] / MiB:.0f} MiB to "
+                              f"{use['last'] / MiB:.0f} MiB (max {use['max'] / MiB:.0f} MiB)")
     memory = "CuPy pool's peak in use / torch.cuda.max_memory_allocated" if gpu else \
         "growth of the process's peak RSS"
+    precision = "float32: TF32 off in both; TF32: minigrad's opt-in mode (--tf32) beside " \
+        "PyTorch's defaults (TF32 in cuDNN's convolutions). " if gpu else ""
     lines = ["## Whole training step (forward, loss, backward, SGD)", "",
-             markdown_table(["<preset", "batch", "minigrad img/s", "torch img/s", "speed vs torch",
-                             "forward ms", "backward ms", "update ms", "minigrad MiB",
-                             "torch MiB", "logits err"], rows), "",
+             markdown_table(["<preset", "batch", "<precision", "minigrad img/s", "torch img/s",
+                             "speed vs torch", "forward ms", "backward ms", "update ms",
+                             "minigrad MiB", "torch MiB", "logits err"], rows), "",
              f"Median of {results[0]['steps']} steps after {results[0]['warmup']} warmup; "
-             f"forward/backward/update split minigrad's step. MiB: {memory}, in one step. "
-             "Logits err: max|minigrad - torch| / max|torch| (same weights, no dropout)."]
+             f"forward/backward/update split minigrad's step. {precision}MiB: {memory}, in one "
+             "step. Logits err: max|minigrad - torch| / max|torch| (same weights, no dropout)."]
+    lines += [""] + growth if growth else []
     lines += [f"\n**Warning:** other processes kept {r['other_cores']:.1f} cores busy during "
               f"the {r['preset']} steps: those times are not reliable." for r in results if busy(r)]
     return lines
@@ -192,14 +213,17 @@ def render_layers(ops):
 
 
 def render_kernels(kernels):
-    peak = kernels["peak_bandwidth"]
+    peak, copy = kernels["peak_bandwidth"], kernels.get("copy_bandwidth")
     rows = [[k["kernel"], k["layer"], "x".join(map(str, k["input_shape"])),
              f"{k['seconds'] * 1e6:.1f}", f"{k['bytes'] / 1e6:.1f}", f"{k['bandwidth'] / 1e9:.0f}",
+             f"{100 * k['bandwidth'] / copy:.0f}%" if copy else "–",
              f"{100 * k['bandwidth'] / peak:.0f}%"] for k in kernels["results"]]
+    measured = f"a device-to-device copy {copy / 1e9:.0f} GB/s, " if copy else ""
     return [f"## CUDA kernels (batch {kernels['batch']})", "",
             markdown_table(["<kernel", "<layer", "<input", "time µs", "MB moved", "GB/s",
-                            "of peak"], rows), "",
-            f"Peak memory bandwidth {peak / 1e9:.0f} GB/s; median of {kernels['repeat']} "
+                            "of copy", "of peak"], rows), "",
+            f"Bandwidth: bytes of the kernel's arrays / time. Yardsticks: {measured}peak "
+            f"{peak / 1e9:.0f} GB/s (memory clock x bus width); median of {kernels['repeat']} "
             f"timings of {kernels['inner']} launches each."]
 
 

@@ -8,14 +8,19 @@ A step is what training does for one batch (PAPER.md, section 5): the forward pa
 softmax cross-entropy, the backward pass and SGD with momentum 0.9 and weight decay 5e-4. Both
 networks run on the same device in float32, in the same process, on the same images and labels,
 taking turns step by step (the order flips every step) so that both see the same machine. A
-time is the median over --steps timed steps after --warmup untimed ones, with the device
-synchronized before every clock read.
+time is the median over --steps timed steps after --warmup untimed ones; a step ends when the
+device has finished it (one synchronization, at the end, as in training).
 
     images/s = batch / median step time
     ratio    = minigrad images/s / torch images/s       above 1: minigrad is faster
 
+On a GPU each framework also runs with TF32 tensor cores, taking turns with the others:
+minigrad with its opt-in mode (minigrad.backend.set_tf32) and PyTorch with its defaults (TF32
+in cuDNN's convolutions); the plain float32 runs have TF32 off in both. Three ratios: float32
+to float32, TF32 to TF32, and minigrad's float32 to PyTorch's defaults.
+
 minigrad's step is also split into forward (network and loss), backward (zero_grad and
-loss.backward()) and update (SGD.step()).
+loss.backward()) and update (SGD.step()), by clock reads on the CPU and CUDA events on a GPU.
 
 PyTorch runs the same two-tower network as one set of layers (same parameter count, asserted):
 a tower's kernels are one half of each layer's, "groups=2" keeps conv2, conv4 and conv5 inside
@@ -31,7 +36,8 @@ It is process-wide (NumPy, PyTorch and Python alike); before each step glibc han
 back (malloc_trim) and the peak is lowered to the current RSS (Linux /proc/self/clear_refs), and
 what was allocated before the step (parameters, momentum) is not in it. (tracemalloc would miss
 what BLAS and PyTorch allocate.) GPU: the peak of bytes in use and the bytes held, of CuPy's
-memory pool for minigrad and of PyTorch's caching allocator for PyTorch.
+memory pool for minigrad and of PyTorch's caching allocator for PyTorch; then the bytes in use
+after each of --memory-steps more steps, which must not grow.
 """
 import argparse
 import ctypes
@@ -56,6 +62,7 @@ from ops import (blas_info, checked_device, cpu_counters, cpu_name, other_cores,
 
 try:
     import torch
+    TORCH_DEFAULTS = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 except ImportError:  # PyTorch is only needed for the comparison columns
     torch = None
 
@@ -115,19 +122,44 @@ def copy_weights(net, torch_net):
 
 # ---- one training step ------------------------------------------------------------------------
 
-def minigrad_step(net, opt, x, labels, sync):
-    """One step; returns the seconds of forward, backward and update."""
-    t0 = time.perf_counter()
+class Clock:
+    """Marks between the phases of a step that make no one wait: on the CPU the time of the
+    call, on a GPU a CUDA event recorded in the stream of work (a host synchronization between
+    phases would leave the GPU idle while Python queues the next phase's first kernels)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def mark(self):
+        if self.device == "cpu":
+            return time.perf_counter()
+        with backend.device_scope(self.device):
+            event = backend.cupy.cuda.Event()
+            event.record()
+        return event
+
+    def seconds(self, marks):
+        """The seconds between consecutive marks; waits for the last one."""
+        if self.device == "cpu":
+            return [b - a for a, b in zip(marks, marks[1:])]
+        marks[-1].synchronize()
+        return [backend.cupy.cuda.get_elapsed_time(a, b) / 1e3 for a, b in zip(marks, marks[1:])]
+
+
+def minigrad_step(net, opt, x, labels, clock):
+    """One step; returns its seconds (the device synchronized once, at the end) and those of
+    its forward, backward and update phases."""
+    start = time.perf_counter()
+    marks = [clock.mark()]
     loss = F.cross_entropy(net(x), labels)
-    sync()
-    t1 = time.perf_counter()
+    marks.append(clock.mark())
     opt.zero_grad()
     loss.backward()
-    sync()
-    t2 = time.perf_counter()
+    marks.append(clock.mark())
     opt.step()
-    sync()
-    return t1 - t0, t2 - t1, time.perf_counter() - t2
+    marks.append(clock.mark())
+    phases = clock.seconds(marks)
+    return time.perf_counter() - start, phases
 
 
 def torch_step(torch_net, opt, x, labels, sync):
@@ -139,6 +171,22 @@ def torch_step(torch_net, opt, x, labels, sync):
     opt.step()
     sync()
     return time.perf_counter() - t0
+
+
+def torch_tf32(enabled):
+    """PyTorch's TF32 switches: all off (plain float32, as minigrad by default), or PyTorch's
+    defaults (TF32 in cuDNN's convolutions; matrix products stay float32 unless changed)."""
+    torch.backends.cudnn.allow_tf32 = enabled and TORCH_DEFAULTS[0]
+    torch.backends.cuda.matmul.allow_tf32 = enabled and TORCH_DEFAULTS[1]
+
+
+def under(set_precision, enabled, step):
+    """step, run with its framework's TF32 switch set as `enabled` says (the switches are
+    global, and the variants take turns step by step)."""
+    def run():
+        set_precision(enabled)
+        return step()
+    return run
 
 
 # ---- peak memory of one step ------------------------------------------------------------------
@@ -207,10 +255,6 @@ def torch_gpu_peak(step, torch_device):
 
 # ---- the benchmark ----------------------------------------------------------------------------
 
-def synchronizer(device):
-    return (lambda: None) if device == "cpu" else backend.cupy.cuda.Device(device).synchronize
-
-
 def make_batch(preset, batch, rng):
     """Mean-subtracted pixels of the paper's scale (N, 3, S, S) and labels (N,), on the CPU."""
     S = preset.input_size
@@ -233,10 +277,7 @@ def run(args, device, torch_device):
     preset = PRESETS[args.preset]
     rng = numpy.random.default_rng(args.seed)
     x_cpu, labels_cpu = make_batch(preset, args.batch, rng)
-    xp = backend.module_for(device)
-    with backend.device_scope(device):
-        x, labels = xp.asarray(x_cpu), xp.asarray(labels_cpu)
-    sync = synchronizer(device)
+    x = backend.to_device(x_cpu, device)
     net = AlexNet(num_classes=NUM_CLASSES, devices=(device, device), preset=args.preset,
                   init="paper")
     opt = optim.SGD(net.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
@@ -244,7 +285,14 @@ def run(args, device, torch_device):
     if args.preset == "paper":
         assert count == PAPER_PARAMETERS, f"minigrad's AlexNet has {count:,} parameters"
     result = {"preset": args.preset, "parameters": count, "batch": args.batch}
-    steps = {"minigrad": functools.partial(minigrad_step, net, opt, x, labels, sync)}
+    # labels stay on the host, as alexnet.train gives them (cross_entropy checks them there)
+    step = functools.partial(minigrad_step, net, opt, x, labels_cpu, Clock(device))
+    gpu = device != "cpu"
+    # On a GPU each framework runs twice: in plain float32, and with TF32 as minigrad's opt-in
+    # mode and PyTorch's defaults have it (the _tf32 variants).
+    steps = {"minigrad": under(backend.set_tf32, False, step)}
+    if gpu:
+        steps["minigrad_tf32"] = under(backend.set_tf32, True, step)
 
     if torch_device is not None:
         torch_net = torch_alexnet(preset, NUM_CLASSES).to(torch_device)
@@ -256,10 +304,14 @@ def run(args, device, torch_device):
                                     weight_decay=WEIGHT_DECAY)
         torch_x = torch.from_numpy(x_cpu).to(torch_device)
         torch_labels = torch.from_numpy(labels_cpu).to(torch_device)
-        torch_sync = torch.cuda.synchronize if torch_device.type == "cuda" else (lambda: None)
+        torch_sync = torch.cuda.synchronize if gpu else (lambda: None)
+        torch_tf32(False)
         result["logits_err"] = same_function_error(net, torch_net, x, torch_x)
-        steps["torch"] = functools.partial(torch_step, torch_net, torch_opt, torch_x,
-                                           torch_labels, torch_sync)
+        step = functools.partial(torch_step, torch_net, torch_opt, torch_x, torch_labels,
+                                 torch_sync)
+        steps["torch"] = under(torch_tf32, False, step)
+        if gpu:
+            steps["torch_tf32"] = under(torch_tf32, True, step)
 
     times = {name: [] for name in steps}
     for _ in range(args.warmup):
@@ -271,27 +323,42 @@ def run(args, device, torch_device):
             times[name].append(steps[name]())
     result["other_cores"] = other_cores(before, cpu_counters())
 
-    phases = list(zip(*times["minigrad"]))                     # (forward, backward, update)
-    result["minigrad_step_s"] = [sum(t) for t in times["minigrad"]]
-    result["minigrad_phase_ms"] = {name: 1e3 * statistics.median(t)
-                                   for name, t in zip(("forward", "backward", "update"), phases)}
-    result["minigrad_images_per_s"] = args.batch / statistics.median(result["minigrad_step_s"])
-    if "torch" in steps:
-        result["torch_step_s"] = times["torch"]
-        result["torch_images_per_s"] = args.batch / statistics.median(times["torch"])
-        result["ratio"] = result["minigrad_images_per_s"] / result["torch_images_per_s"]
+    for name, seconds in times.items():
+        if name.startswith("minigrad"):
+            seconds, phases = zip(*seconds)
+            result[f"{name}_phase_ms"] = {
+                phase: 1e3 * statistics.median(t)
+                for phase, t in zip(("forward", "backward", "update"), zip(*phases))}
+        result[f"{name}_step_s"] = list(seconds)
+        result[f"{name}_images_per_s"] = args.batch / statistics.median(seconds)
+    for key, ours, theirs in (("ratio", "minigrad", "torch"),
+                              ("ratio_tf32", "minigrad_tf32", "torch_tf32"),
+                              ("ratio_to_torch_defaults", "minigrad", "torch_tf32")):
+        if ours in steps and theirs in steps:
+            result[key] = result[f"{ours}_images_per_s"] / result[f"{theirs}_images_per_s"]
 
-    if device == "cpu":
+    if not gpu:
         for name, step in steps.items():
             result[f"{name}_rss_growth_bytes"], result["rss_peak_reset"] = cpu_peak_growth(step)
         result["process_peak_rss_bytes"] = \
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    else:
-        result["minigrad_pool_peak_used_bytes"], result["minigrad_pool_total_bytes"] = \
-            minigrad_gpu_peak(steps["minigrad"], device)
-        if "torch" in steps:
-            result["torch_max_allocated_bytes"], result["torch_max_reserved_bytes"] = \
-                torch_gpu_peak(steps["torch"], torch_device)
+        return result
+    result["minigrad_pool_peak_used_bytes"], result["minigrad_pool_total_bytes"] = \
+        minigrad_gpu_peak(steps["minigrad"], device)
+    if "torch" in steps:
+        result["torch_max_allocated_bytes"], result["torch_max_reserved_bytes"] = \
+            torch_gpu_peak(steps["torch"], torch_device)
+    # Memory in use after each of --memory-steps more steps: it must not grow.
+    pool = backend.cupy.get_default_memory_pool()
+    in_use = {"minigrad": lambda: pool.used_bytes(),
+              "torch": lambda: torch.cuda.memory_allocated(torch_device)}
+    for name in ("minigrad", "torch"):
+        if name in steps and args.memory_steps:
+            with backend.device_scope(device):
+                after = [(steps[name](), in_use[name]())[1] for _ in range(args.memory_steps)]
+            result[f"{name}_in_use_after_steps_bytes"] = {
+                "steps": args.memory_steps, "first": after[0], "last": after[-1],
+                "max": max(after)}
     return result
 
 
@@ -315,8 +382,9 @@ def header_lines(args, device, torch_device, torch_note):
     if torch_device is None:
         lines.append(f"PyTorch: {torch_note}; showing minigrad only")
     elif torch_device.type == "cuda":
-        lines.append(f"PyTorch {torch.__version__} on {torch_device}: TF32 off (plain float32, "
-                     f"as in CuPy), cudnn.benchmark {torch.backends.cudnn.benchmark}")
+        lines.append(f"PyTorch {torch.__version__} on {torch_device}: float32 with TF32 off, and "
+                     f"its defaults (cudnn.allow_tf32 {TORCH_DEFAULTS[0]}, matmul.allow_tf32 "
+                     f"{TORCH_DEFAULTS[1]}); cudnn.benchmark {torch.backends.cudnn.benchmark}")
     else:
         lines.append(f"PyTorch {torch.__version__} on {torch_device}: {torch.get_num_threads()} "
                      "threads (torch.set_num_threads(os.cpu_count()))")
@@ -329,13 +397,17 @@ def report_lines(result, device):
     if "logits_err" in result:
         lines.append(f"same function: first batch's logits, max|minigrad - torch| / max|torch| "
                      f"= {result['logits_err']:.1e} (evaluation mode)")
-    lines.append(f"minigrad: {result['minigrad_images_per_s']:8.2f} images/s  "
-                 f"({1e3 * statistics.median(result['minigrad_step_s']):.0f} ms/step)")
-    if "ratio" in result:
-        lines.append(f"PyTorch:  {result['torch_images_per_s']:8.2f} images/s  "
-                     f"({1e3 * statistics.median(result['torch_step_s']):.0f} ms/step)")
-        lines.append(f"ratio minigrad / torch: {result['ratio']:.2f}x   "
-                     "(above 1: minigrad is faster, below 1: slower)")
+    names = {"minigrad": "minigrad", "torch": "PyTorch", "minigrad_tf32": "minigrad TF32",
+             "torch_tf32": "PyTorch defaults (TF32)"}
+    for name, title in names.items():
+        if f"{name}_images_per_s" in result:
+            lines.append(f"{title + ':':25} {result[f'{name}_images_per_s']:8.2f} images/s  "
+                         f"({1e3 * statistics.median(result[f'{name}_step_s']):.0f} ms/step)")
+    for key, what in (("ratio", "minigrad / torch, float32"),
+                      ("ratio_tf32", "minigrad / torch, TF32"),
+                      ("ratio_to_torch_defaults", "minigrad float32 / torch defaults")):
+        if key in result:
+            lines.append(f"ratio {what}: {result[key]:.2f}x   (above 1: minigrad is faster)")
     phases = result["minigrad_phase_ms"]
     total = sum(phases.values())
     lines.append("minigrad step split: " + "   ".join(
@@ -361,6 +433,12 @@ def report_lines(result, device):
         if "torch_max_allocated_bytes" in result:
             lines.append(f"  PyTorch:  max_memory_allocated {mib('torch_max_allocated_bytes')}, "
                          f"max_memory_reserved {mib('torch_max_reserved_bytes')}")
+        for name in ("minigrad", "torch"):
+            if f"{name}_in_use_after_steps_bytes" in result:
+                use = result[f"{name}_in_use_after_steps_bytes"]
+                lines.append(f"  {name} in use after each of {use['steps']} more steps: first "
+                             f"{use['first'] / MiB:.0f} MiB, last {use['last'] / MiB:.0f} MiB, "
+                             f"max {use['max'] / MiB:.0f} MiB")
     if (result["other_cores"] or 0) > 0.3:
         lines.append(f"WARNING: other processes kept {result['other_cores']:.1f} of "
                      f"{os.cpu_count()} cores busy while the steps were timed: the absolute "
@@ -377,6 +455,8 @@ def main(argv=None):
                         help="images per batch (default: 16 on cpu, 128 on GPU)")
     parser.add_argument("--steps", type=int, default=10, help="timed steps (median shown)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
+    parser.add_argument("--memory-steps", type=int, default=50, help="GPU: steps more of each, "
+                        "with the memory in use read after each (it must not grow)")
     parser.add_argument("--preset", default="paper", choices=["paper", "small"],
                         help="network size (alexnet.model.PRESETS)")
     parser.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
