@@ -9,11 +9,15 @@
 #   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
 #   summary.txt      one line per step
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
-# A failing step does not stop the others; the exit status is 1 when any failed.
+# A failing step does not stop the others; the exit status is 1 when any failed. Each step has a
+# time limit (seconds, below), so that one that hangs leaves time for the others: it is sent
+# SIGINT (pytest then still writes its summary), and killed 10 s later.
 #
 #   bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]     (no step named: all four)
 #
-# Where one command may run only so long, run the steps as separate calls with the same OUTDIR.
+# Where one command may run only so long, run the steps as separate calls with the same OUTDIR:
+# with 10 minutes a call, `tests nccl train` (at most 7 min 20 s with the limits below, which
+# TESTS_LIMIT, REPORT_LIMIT and TRAIN_LIMIT change), then `report` (at most 4 minutes).
 set -u
 
 if [ $# -lt 1 ]; then
@@ -30,18 +34,23 @@ PY=${PYTHON:-python3}
 SUMMARY=()
 FAILED=0
 
-# step NAME LOG COMMAND...: run COMMAND with its output in OUTDIR/LOG, and note how it went.
+# step NAME LOG LIMIT COMMAND...: run COMMAND for at most LIMIT seconds with its output in
+# OUTDIR/LOG, and note how it went and how long it took.
 step() {
-    local name=$1 log=$2
-    shift 2
-    echo "== $name (log: $OUT/$log)"
-    "$@" > "$OUT/$log" 2>&1
-    local status=$?
+    local name=$1 log=$2 limit=$3
+    shift 3
+    echo "== $name (log: $OUT/$log, at most ${limit} s)"
+    local start=$SECONDS
+    timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
+    local status=$? took=$((SECONDS - start))
     tail -n 3 "$OUT/$log"
     if [ $status -eq 0 ]; then
-        SUMMARY+=("$(printf '%-12s ok      %s' "$name" "$log")")
+        SUMMARY+=("$(printf '%-12s ok      %4d s  %s' "$name" $took "$log")")
+    elif [ $status -eq 124 ] || [ $status -eq 137 ]; then
+        SUMMARY+=("$(printf '%-12s TIMEOUT %4d s  %s (limit %d s)' "$name" $took "$log" "$limit")")
+        FAILED=1
     else
-        SUMMARY+=("$(printf '%-12s FAILED  %s (exit status %d)' "$name" "$log" $status)")
+        SUMMARY+=("$(printf '%-12s FAILED  %4d s  %s (exit status %d)' "$name" $took "$log" $status)")
         FAILED=1
     fi
 }
@@ -55,7 +64,7 @@ else
     SUMMARY+=("$(printf '%-12s pip failed (install.log), so PYTHONPATH=%s' install "$PWD")")
 fi
 
-step environment env.log "$PY" - "$OUT/env.json" <<'EOF'
+step environment env.log 60 "$PY" - "$OUT/env.json" <<'EOF'
 import datetime, json, platform, subprocess, sys
 
 import numpy
@@ -90,17 +99,19 @@ print(json.dumps(env, indent=2))
 sys.exit("gpu_error" in env)
 EOF
 
-case $STEPS in *" tests "*) step tests pytest.log "$PY" -m pytest -q -rs ;; esac
+case $STEPS in *" tests "*)
+    step tests pytest.log "${TESTS_LIMIT:-240}" "$PY" -m pytest -q -rs --durations=15 ;; esac
 case $STEPS in *" report "*)
-    step report report.log "$PY" bench/report.py --device 0 --out "$OUT/report.md" ;; esac
+    step report report.log "${REPORT_LIMIT:-180}" "$PY" bench/report.py --device 0 \
+        --out "$OUT/report.md" ;; esac
 case $STEPS in *" nccl "*)
     # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).
-    step nccl nccl.log "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 ;; esac
+    step nccl nccl.log 60 "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 ;; esac
 case $STEPS in *" train "*)
     # The whole GPU training path end to end: the paper network on the embedded data set.
     RUN=$(mktemp -d)
-    step train train.log "$PY" -m alexnet.train --preset paper --synthetic-train 5120 \
-        --synthetic-val 1000 --epochs 2 --run-dir "$RUN"
+    step train train.log "${TRAIN_LIMIT:-120}" "$PY" -m alexnet.train --preset paper \
+        --synthetic-train 5120 --synthetic-val 1000 --epochs 2 --run-dir "$RUN"
     cp "$RUN/curves.png" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null ;;
 esac
 
