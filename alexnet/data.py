@@ -86,9 +86,11 @@ def crop(images, mean, tops, lefts, size, flips):
     cols = lefts[:, None] + numpy.arange(size)
     cols = numpy.where(flips[:, None], cols[:, ::-1], cols)                    # mirror
     channel = numpy.arange(3)[None, :, None, None]
-    index = tuple(xp.asarray(i) for i in (channel, rows[:, None, :, None], cols[:, None, None, :]))
-    out = images[(xp.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
-    return out - mean[index]                                                   # (B, 3, size, size)
+    with backend.device_scope(backend.device_of(images)):      # on the GPU the images are on
+        index = tuple(xp.asarray(i) for i in (channel, rows[:, None, :, None],
+                                              cols[:, None, None, :]))
+        out = images[(xp.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
+        return out - mean[index]                                               # (B, 3, size, size)
 
 
 def train_batch(split, indices, aug, size, rng, device="cpu", rows=slice(None)):

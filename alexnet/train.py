@@ -398,6 +398,9 @@ class Run:
             backend.cupy.cuda.Device(devices[0]).use()
         self.model = AlexNet(len(self.classes), devices=devices, init=args.init,
                              preset=args.preset, dropout=args.dropout)
+        if self.model.devices[0] != "cpu":
+            # What runs outside the layers (a batch's top-1 error) runs on tower a's GPU, as fc8.
+            backend.cupy.cuda.Device(self.model.devices[0]).use()
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
         if args.tf32:
             backend.set_tf32(True)

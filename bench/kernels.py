@@ -75,7 +75,7 @@ def median_seconds(cupy, launch, repeat, inner):
 def kernel_seconds(cupy, plan, repeat, inner):
     """Median time of one launch of `plan`'s kernel, its plan made and its kernel compiled once."""
     cuda.launch(plan)                                                   # compiles, and checks the plan
-    kernel = cuda.compiled_module(plan.module).get_function(plan.kernel)
+    kernel = cuda.compiled_kernel(plan.module, plan.kernel)
     return median_seconds(cupy, lambda: kernel(plan.grid, plan.block, plan.args), repeat, inner)
 
 

@@ -272,12 +272,19 @@ def compiled_module(module):
     return backend.cupy.RawModule(code=kernel_source(module), name_expressions=kernel_instances(module))
 
 
+@functools.cache
+def compiled_kernel(module, kernel):
+    """cupy.RawKernel of one kernel instance, such as "im2col<float>". Kept: it holds the CUDA
+    function of each device, which RawModule.get_function would look up again at every call."""
+    return compiled_module(module).get_function(kernel)
+
+
 def launch(plan):
     """Check `plan` against its kernel's signature and run it on the current GPU; returns
     plan.outputs (the launch is asynchronous, like every CuPy operation)."""
     if backend.cupy is None:
-        raise RuntimeError("minigrad.cuda needs CuPy: pip install cupy-cuda13x "
-                           "(cupy-cuda12x for CUDA 12 drivers)")
+        raise RuntimeError("minigrad.cuda needs CuPy: pip install 'cupy-cuda13x[ctk]' "
+                           "('cupy-cuda12x[ctk]' for CUDA 12 drivers)")
     check_launch(plan)
     if any(isinstance(arg, numpy.ndarray) for arg in plan.args):
         raise TypeError(f"{plan.kernel} was given NumPy arrays; minigrad.cuda runs on CuPy arrays "
@@ -287,5 +294,5 @@ def launch(plan):
     if elsewhere:             # a kernel reading another GPU's memory is slow or crashes the context
         raise ValueError(f"{plan.kernel} runs on GPU {current} but was given arrays on GPU "
                          f"{sorted(elsewhere)}; move them with minigrad.backend.to_device first")
-    compiled_module(plan.module).get_function(plan.kernel)(plan.grid, plan.block, plan.args)
+    compiled_kernel(plan.module, plan.kernel)(plan.grid, plan.block, plan.args)
     return plan.outputs

@@ -77,7 +77,8 @@ class Group(Alone):
         for p in params:
             host = numpy.ascontiguousarray(backend.to_device(p.data, "cpu"))
             self.comm.Bcast(host, root=root)
-            p.data[...] = backend.to_device(host, p.device)
+            with backend.device_scope(p.device):           # copied on its GPU's own stream
+                p.data[...] = backend.to_device(host, p.device)
 
     def average_gradients(self, params):
         """p.grad = the mean of p.grad over all ranks, for every parameter that has one: summed

@@ -203,9 +203,11 @@ def test_one_rank_averages_gpu_gradients_through_nccl():
     loads = subprocess.run([sys.executable, "-c", "from mpi4py import MPI"], capture_output=True)
     if loads.returncode:
         pytest.skip("mpi4py without an MPI library: pip install -e '.[distributed]'")
+    if not distributed._nccl_loads():
+        pytest.skip("CuPy finds no NCCL library: pip install nvidia-nccl-cu13 (or -cu12)")
     done = subprocess.run([sys.executable, "bench/allreduce.py", "--preset", "small", "--devices",
                            "0,0", "--repeat", "2"], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT)
+                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NCCL:" in done.stdout and "averages checked" in done.stdout, done.stdout
 
