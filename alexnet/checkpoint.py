@@ -20,6 +20,7 @@ import numpy
 
 from alexnet.data import Augmentation
 from alexnet.model import AlexNet
+from minigrad import backend
 
 
 def save(path, model, optimizer, meta, extra_arrays=None):
@@ -79,11 +80,13 @@ def load(path):
 
 
 def load_model(path, devices=None):
-    """The AlexNet a checkpoint holds, in eval mode, and the checkpoint's meta."""
+    """The AlexNet a checkpoint holds, in eval mode, and the checkpoint's meta. Tower a's GPU
+    becomes the current device: the work around the network (crops, top-k) runs there."""
     params, meta = read(path, "model.")
     model = AlexNet(num_classes=len(meta["classes"]), devices=devices, preset=meta["preset"],
                     init=meta["config"]["init"])      # init decides the input scale
     model.load_state_dict(params)
+    backend.use(model.devices[0])
     return model.eval(), meta
 
 

@@ -393,14 +393,13 @@ class Run:
         minigrad.manual_seed(args.seed)
         devices = args.devices if group.size == 1 else \
             replica_devices(args.devices, group.local_rank, group.local_size)
-        if group.size > 1 and devices[0] != "cpu":
+        if group.size > 1:
             # Each process's own GPU by default, so that none makes a CUDA context on GPU 0.
-            backend.cupy.cuda.Device(devices[0]).use()
+            backend.use(devices[0])
         self.model = AlexNet(len(self.classes), devices=devices, init=args.init,
                              preset=args.preset, dropout=args.dropout)
-        if self.model.devices[0] != "cpu":
-            # What runs outside the layers (a batch's top-1 error) runs on tower a's GPU, as fc8.
-            backend.cupy.cuda.Device(self.model.devices[0]).use()
+        # What runs outside the layers (a batch's top-1 error) runs on tower a's GPU, as fc8.
+        backend.use(self.model.devices[0])
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
         if args.tf32:
             backend.set_tf32(True)

@@ -73,6 +73,13 @@ def device_scope(device):
     return cupy.cuda.Device(device)
 
 
+def use(device):
+    """Make `device` this thread's current GPU from now on: CuPy allocates and launches there
+    wherever no device_scope says otherwise (nothing changes for "cpu")."""
+    if device != "cpu":
+        cupy.cuda.Device(device).use()
+
+
 def to_device(array, device):
     """`array` on `device`; the same object when it is already there."""
     device = parse_device(device)

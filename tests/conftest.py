@@ -1,8 +1,23 @@
-"""Every op test runs once per backend: NumPy always, CuPy when a GPU is present."""
+"""Every op test runs once per backend: NumPy always, CuPy when a GPU is present.
+
+With PYTHONPATH=tests/fakecupy the GPU tests run on two fake GPUs instead (tests/fakecupy: CuPy's
+rules on NumPy, the kernels through the CPU emulator); tests marked full_size are skipped there.
+"""
 import numpy
 import pytest
 
 from minigrad import backend
+
+FAKE_GPUS = getattr(backend.cupy, "__version__", "").endswith("+fake")
+
+
+def pytest_collection_modifyitems(config, items):
+    if not FAKE_GPUS:
+        return
+    skip = pytest.mark.skip(reason="full-size training: hours with the fake GPUs' emulated kernels")
+    for item in items:
+        if "full_size" in item.keywords:
+            item.add_marker(skip)
 
 
 def _backend_params():

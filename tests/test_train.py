@@ -278,6 +278,7 @@ def test_a_class_without_validation_images_is_named(tmp_path, capsys):
         in capsys.readouterr().out
 
 
+@pytest.mark.full_size          # the paper network when a GPU is present
 def test_the_default_recipe_learns_on_a_folder_of_jpegs(tmp_path, capsys):
     """End to end, as a person would: JPEG files in class folders, nothing but --data (and a
     bound on the epochs: two evaluations of 10,200 images, about 75 s on 2 cores). Fails if the

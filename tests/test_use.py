@@ -9,8 +9,9 @@ import numpy
 import pytest
 from PIL import Image
 
-from alexnet import checkpoint, data, evaluate, filters, predict, prepare, synthetic, train
+from alexnet import checkpoint, data, evaluate, filters, predict, prepare, show, synthetic, train
 from alexnet.model import PRESETS
+from minigrad import backend
 
 SIZE = PRESETS["tiny"].input_size                      # 35
 STORED = PRESETS["tiny"].stored_size()            # 39
@@ -185,3 +186,21 @@ def test_the_modules_run_from_the_command_line(tmp_path):
                              str(tmp_path / "none.npz"), "a.png"], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert "does not exist" in result.stderr
+
+
+@pytest.mark.skipif(backend.gpu_count() < 2, reason="needs two GPUs (PYTHONPATH=tests/fakecupy "
+                    "gives two fake ones)")
+def test_every_command_runs_with_tower_a_off_the_first_gpu(tmp_path, image_dir):
+    """With --devices 1,0 the work around the network (a batch's error, crops, top-k) must run
+    where tower a's output is, GPU 1, and not on GPU 0, each thread's current GPU at start."""
+    run = str(tmp_path / "run")
+    devices = ["--devices", "1,0"]
+    assert train.main(["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32",
+                       "--batch-size", "16", "--epochs", "1", "--run-dir", run] + devices) == 0
+    image = next((image_dir / "val").glob("*/*.png"))
+    for main, argv in ((evaluate.main, ["--data", str(image_dir), "--views", "10"]),
+                       (predict.main, [str(image)]),
+                       (show.main, ["--out", str(tmp_path / "show"), "--neighbours", "2",
+                                    "--queries", "2"])):
+        backend.use(0)                                     # as a new process starts
+        assert main(["--checkpoint", run] + argv + devices) == 0, main.__module__
