@@ -34,7 +34,8 @@ def run(ranks, args):
             command = [str(beside) if beside.exists() else shutil.which("mpiexec"), "-n",
                        str(ranks)] + command
         subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+                           filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))))
         with open(os.path.join(folder, "metrics.jsonl")) as f:
             return [r for r in map(json.loads, f) if r["kind"] == "train"][1:]
 

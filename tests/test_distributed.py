@@ -23,6 +23,10 @@ ROOT = Path(__file__).parent.parent
 TINY = ["--preset", "tiny", "--synthetic-train", "512", "--synthetic-val", "64", "--batch-size",
         "32", "--dropout", "0", "--lr", "0.05", "--eval-every", "1", "--log-every", "4",
         "--devices", "cpu,cpu"]
+# The processes find the project, and the fake CuPy where the tests run on it (tests/fakecupy).
+ENV = dict(os.environ, PYTHONPATH=os.pathsep.join(
+    [str(ROOT)] + [os.path.abspath(p) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
+                   if p]))
 
 
 def mpiexec():
@@ -40,9 +44,8 @@ def launch(ranks, args, cwd, script=("-m", "alexnet.train"), timeout=300):
     command = [sys.executable, *script, *args]
     if ranks > 1:
         command = [mpiexec(), "-n", str(ranks)] + command
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
-                          env=env)
+                          env=ENV)
 
 
 def weights(path):
@@ -63,14 +66,20 @@ def test_two_ranks_average_to_the_gradient_of_the_whole_batch():
     assert done.stdout.strip() == "2 of 2 ranks ok", done.stdout
 
 
-def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path):
+@pytest.mark.parametrize("devices", [
+    "cpu,cpu", pytest.param("0,0", marks=pytest.mark.skipif(
+        backend.gpu_count() < 2, reason="two GPUs: one for each rank's towers"))],
+    ids=["cpu", "gpus"])
+def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path, devices):
     """20 steps (an evaluation at 16): two ranks of 16 images end with the weights of one
-    process at batch 32, to float32 rounding of the updates; rank 1 prints and writes nothing."""
+    process at batch 32, to float32 rounding of the updates; rank 1 prints and writes nothing.
+    On GPUs rank r has GPU r for both towers, and the one process GPU 0."""
     mpiexec()
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    one = launch(1, TINY + ["--max-steps", "20", "--run-dir", "run"], tmp_path / "one")
-    two = launch(2, TINY + ["--max-steps", "20", "--run-dir", "run"], tmp_path / "two")
+    settings = TINY + ["--max-steps", "20", "--run-dir", "run", "--devices", devices]
+    one = launch(1, settings, tmp_path / "one")
+    two = launch(2, settings, tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
     start = initial_weights()
     (a, _), (b, meta) = (weights(tmp_path / name / "run" / "last.npz") for name in ("one", "two"))
@@ -185,7 +194,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
     process = subprocess.Popen([mpiexec(), "-n", "2", sys.executable, "-m", "alexnet.train",
                                 *TINY, "--epochs", "200", "--run-dir", "run"], cwd=tmp_path,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                               env=ENV)
     for line in process.stdout:                   # wait for training to be under way
         if line.startswith("epoch 2/"):
             break
@@ -207,7 +216,7 @@ def test_one_rank_averages_gpu_gradients_through_nccl():
         pytest.skip("CuPy finds no NCCL library: pip install nvidia-nccl-cu13 (or -cu12)")
     done = subprocess.run([sys.executable, "bench/allreduce.py", "--preset", "small", "--devices",
                            "0,0", "--repeat", "2"], capture_output=True, text=True, timeout=300,
-                          cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                          cwd=ROOT, env=ENV)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "NCCL:" in done.stdout and "averages checked" in done.stdout, done.stdout
 

@@ -336,6 +336,16 @@ class _Stream:
     ptr = 0
 
 
+class _MemoryHook:
+    """cupy.cuda.MemoryHook's interface: `with hook:`; the fake allocates no device memory,
+    so no malloc or free is ever reported to it."""
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        pass
+
+
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: _DEVICES,
     getDevice=_device,
@@ -351,6 +361,7 @@ cuda.runtime = runtime
 cuda.Event = _Event
 cuda.get_elapsed_time = lambda start, end: 1e3 * (end.time - start.time)
 cuda.get_current_stream = _Stream
+cuda.MemoryHook = _MemoryHook
 sys.modules["cupy.cuda"] = cuda
 sys.modules["cupy.random"] = random
 
