@@ -12,14 +12,18 @@ CuPy, with the rules CuPy 14 enforces:
   or a NumPy array assigned into one raise TypeError. NumPy functions called on device arrays
   dispatch to the device version (NEP 13 and 18), as they do with CuPy.
 - A reduction returns a 0-d array, not a NumPy scalar.
+- Only what CuPy has: a NumPy function or array method that CuPy 14.2 lacks is an
+  AttributeError (names.json holds dir(cupy) and dir(cupy.ndarray) of cupy-cuda13x 14.2.0).
 - RawModule compiles minigrad's .cu files: here tests/cuda_emulator.py runs them on the CPU,
   checked against their C signatures.
 
 The number of devices is MINIGRAD_FAKE_GPUS (default 2). Arrays are NumPy arrays underneath,
-so views share memory as on a GPU. What CuPy lacks but NumPy has is not caught; timing (Event)
-is the host clock; there is no NCCL.
+so views share memory as on a GPU. Where CuPy's function differs from NumPy's of the same name
+(arguments it does not take, another result), it is not caught; timing (Event) is the host
+clock; there is no NCCL.
 """
 import importlib.util
+import json
 import operator
 import os
 import pathlib
@@ -34,6 +38,8 @@ __version__ = "14.0.0+fake"
 _DEVICES = int(os.environ.get("MINIGRAD_FAKE_GPUS", "2"))
 _TESTS = pathlib.Path(__file__).resolve().parents[2]
 _current = threading.local()            # CUDA's current device is per host thread
+_NAMES = json.loads(pathlib.Path(__file__).with_name("names.json").read_text())
+_MODULE_NAMES, _METHODS = set(_NAMES["module"]), set(_NAMES["ndarray"])
 
 
 def _device():
@@ -112,8 +118,8 @@ class ndarray:
         _call(operator.setitem, (self, key, value), {}, indexing=True)
 
     def __getattr__(self, name):
-        if name.startswith("__"):           # __array_interface__ would hand NumPy the memory
-            raise AttributeError(name)
+        if name not in _METHODS:       # also __array_interface__, which would hand NumPy the memory
+            raise AttributeError(f"'cupy.ndarray' object has no attribute {name!r}")
         attribute = getattr(self._a, name)
         if not callable(attribute):
             return _wrap(attribute, self._device)
@@ -213,7 +219,9 @@ class _MemoryPointer:
 # ---- module functions -----------------------------------------------------------------------------
 
 def __getattr__(name):
-    """Every NumPy function and ufunc, as a device function; NumPy's types as they are."""
+    """Every NumPy function and ufunc that CuPy has, as a device function; types as they are."""
+    if name not in _MODULE_NAMES:
+        raise AttributeError(f"module 'cupy' has no attribute {name!r}")
     attribute = getattr(numpy, name)
     if isinstance(attribute, type) or not callable(attribute):
         return attribute
