@@ -111,19 +111,36 @@ def test_wrong_input_size_is_explained():
         net(numpy.zeros((1, 3, 36, 36), numpy.float32))
 
 
-@pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU: the towers need a CUDA device")
-def test_every_parameter_activation_and_gradient_lives_on_its_towers_device():
-    # With one GPU, tower b on the CPU makes every join a real cross-device copy.
-    devices = (0, 1) if backend.gpu_count() >= 2 else (0, "cpu")
-    minigrad.manual_seed(0)
-    net = AlexNet(num_classes=4, preset="tiny", init="kaiming", devices=devices)
-    trace = {}
-    loss = F.cross_entropy(net(numpy.zeros((2, 3, 35, 35), numpy.float32) + 0.5, trace=trace),
-                           numpy.array([0, 3]))
-    loss.backward()
+@pytest.mark.parametrize("devices", [(0, "cpu"), ("cpu", 0), (0, 0), (0, 1), (1, 0)],
+                         ids=lambda d: f"{d[0]},{d[1]}")
+def test_every_layout_of_the_towers_computes_what_the_cpu_does(devices):
+    """Each tower's parameters, activations and gradients live on its device, and the network
+    computes, in float64, the CPU's logits and gradients from the same weights and the same
+    dropout masks: the joins (conv3, fc6, fc7, fc8) copy between devices, and a tower on the
+    CPU beside one on a GPU makes every join a real copy."""
+    needed = 1 + max(d for d in devices if d != "cpu")
+    if backend.gpu_count() < needed:
+        pytest.skip(f"needs {needed} GPU(s), found {backend.gpu_count()}")
+    x = numpy.random.default_rng(0).standard_normal((2, 3, 35, 35)) * 60
+    labels = numpy.array([0, 3])
+    results = []
+    for layout in (("cpu", "cpu"), devices):
+        minigrad.manual_seed(0)                           # the same weights and dropout masks
+        net = AlexNet(num_classes=4, preset="tiny", init="kaiming", devices=layout,
+                      dtype=numpy.float64)
+        trace = {}
+        loss = F.cross_entropy(net(x, trace=trace), labels)
+        loss.backward()
+        results.append((trace["fc8"].numpy(), {n: backend.to_device(p.grad, "cpu")
+                                               for n, p in net.named_parameters()}))
     for name, t in trace.items():
         assert t.device == (devices[0] if name == "fc8" or name.endswith("a") else devices[1]), name
     for tower, device in zip("ab", devices):
         for layer in net.tower_layers(tower):
             for p in layer.parameters():
                 assert p.device == device and backend.device_of(p.grad) == device
+    (logits_cpu, grads_cpu), (logits, grads) = results
+    numpy.testing.assert_allclose(logits, logits_cpu, rtol=1e-10, atol=1e-12)
+    for name, grad in grads.items():
+        numpy.testing.assert_allclose(grad, grads_cpu[name], rtol=1e-8,
+                                      atol=1e-10 * numpy.abs(grads_cpu[name]).max(), err_msg=name)

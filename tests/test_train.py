@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 import minigrad
+from minigrad import backend
 from alexnet import checkpoint, data, synthetic, train
 
 TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
@@ -54,6 +55,21 @@ def test_training_batches_are_a_function_of_seed_epoch_and_index():
     assert not numpy.array_equal(every[0][1], other_epoch[1])
     val = list(data.batches(split, aug, 10, 16, train=False))
     assert [len(y) for _, y in val] == [16, 16, 8]                  # evaluation keeps every image
+
+
+def test_a_batch_is_the_same_on_every_device(device):
+    """Crops, mirrors, colour shifts and the mean are applied where the batch is used, with the
+    CPU's random draws: a GPU makes the CPU's batch, to float32 rounding of the colour shift."""
+    rng = numpy.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (12, 3, 12, 12)).astype(numpy.uint8), numpy.arange(12) % 3)
+    aug = data.Augmentation.of(split.images)
+    indices = numpy.array([7, 2, 9, 4, 0, 11])
+    for make in (lambda d: data.train_batch(split, indices, aug, 10, numpy.random.default_rng(5), d),
+                 lambda d: data.center_batch(split, indices, aug, 10, d)):
+        (x_cpu, y_cpu), (x, y) = make("cpu"), make(device)
+        assert backend.device_of(x) == device and x.dtype == numpy.float32
+        numpy.testing.assert_allclose(backend.to_device(x, "cpu"), x_cpu, rtol=1e-6, atol=1e-4)
+        numpy.testing.assert_array_equal(y, y_cpu)
 
 
 def test_image_folder_skips_unreadable_files_by_name(tmp_path):
