@@ -6,9 +6,9 @@ Every case runs three ways, the `runner`:
     emulated-shuffled  the same with the blocks in a shuffled order and a grid of only 3 blocks,
                        so that every thread's grid-stride loop goes round many times;
     gpu                minigrad.cuda on CuPy arrays (skipped without a GPU).
-Beside them: every .cu file compiles with NVRTC, the compiler CuPy uses, for compute_80 and
-compute_90 (needs only the nvidia-cuda-nvrtc wheel, no GPU), and the pre-launch check refuses
-arguments that do not match the kernel's C signature.
+Beside them: every .cu file compiles with NVRTC, the compiler CuPy uses, with the flags CuPy
+adds, for compute_80 and compute_90 (needs only the nvidia-cuda-nvrtc wheel, no GPU), and the
+pre-launch check refuses arguments that do not match the kernel's C signature.
 """
 import ctypes
 import dataclasses
@@ -323,6 +323,11 @@ def nvrtc():
     return ctypes.CDLL(str(libraries[-1]))
 
 
+# What CuPy 14 adds to a RawModule's options (cupy/_core/core.pyx, cupy/cuda/compiler.py):
+# -ftz=true flushes denormals to zero, which no kernel here may depend on.
+CUPY_FLAGS = ("--std=c++17", "-ftz=true", "--device-as-default-execution-space")
+
+
 def nvrtc_compile(nvrtc, module, arch):
     """Compile <module>.cu with every kernel instance, as cupy.RawModule does; returns (status,
     log, {instance: mangled name}), status 0 on success."""
@@ -333,8 +338,9 @@ def nvrtc_compile(nvrtc, module, arch):
     try:
         for instance in cuda.kernel_instances(module):
             nvrtc.nvrtcAddNameExpression(program, instance.encode())
-        options = (ctypes.c_char_p * 1)(f"--gpu-architecture={arch}".encode())
-        status = nvrtc.nvrtcCompileProgram(program, 1, options)
+        flags = [f"--gpu-architecture={arch}", *CUPY_FLAGS]
+        options = (ctypes.c_char_p * len(flags))(*(flag.encode() for flag in flags))
+        status = nvrtc.nvrtcCompileProgram(program, len(flags), options)
         size = ctypes.c_size_t()
         nvrtc.nvrtcGetProgramLogSize(program, ctypes.byref(size))
         log = ctypes.create_string_buffer(size.value)
