@@ -400,6 +400,7 @@ class Run:
                              preset=args.preset, dropout=args.dropout)
         # What runs outside the layers (a batch's top-1 error) runs on tower a's GPU, as fc8.
         backend.use(self.model.devices[0])
+        self.clock = backend.Clock(self.model.devices[0])   # times the averaging of gradients
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
         if args.tf32:
             backend.set_tf32(True)
@@ -517,20 +518,18 @@ class Run:
     def train_step(self, x, labels):
         """One SGD step on this process's batch (its part of the batch, in data parallel).
         Returns [loss, top-1 error] of the batch as one array on the network's first device,
-        and the seconds spent averaging gradients. Nothing is read back to the host here:
-        reading a number of a GPU array waits until the GPU has done everything queued before
-        it, and the host then has no step queued behind. Run.run reads the numbers of a window
-        of steps at once, when it writes the progress line (read_window)."""
+        and the clock marks (self.clock) before and after the gradients were averaged. Nothing
+        is read back to the host here: reading a number of a GPU array waits until the GPU has
+        done everything queued before it, and the host then has no step queued behind. Run.run
+        reads the numbers of a window of steps at once, when it writes the progress line
+        (read_window)."""
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad()
         loss.backward()
-        tick = time.perf_counter()
+        averaging = [self.clock.mark()]
         self.group.average_gradients(self.model.parameters())
-        if self.group.size > 1:           # NCCL works on in the background: time all of it
-            for device in set(self.model.devices):
-                backend.synchronize(device)
-        averaging = time.perf_counter() - tick
+        averaging.append(self.clock.mark())
         self.optimizer.step()
         xp = backend.get_array_module(logits.data)
         wrong = logits.data.argmax(axis=1) != backend.to_device(labels, logits.device)
@@ -565,8 +564,8 @@ class Run:
         total_steps = self.steps_per_epoch * args.epochs
         if args.max_steps:
             total_steps = min(total_steps, args.max_steps)
-        window = dict.fromkeys(("images", "time", "data", "averaging"), 0)
-        numbers = []                       # train_step's [loss, top-1 error] since the last line
+        window = dict.fromkeys(("images", "time", "data"), 0)
+        numbers, averaging = [], []        # train_step's results since the last line
         self.started, steps_at_start = time.perf_counter(), self.step
         # Overflow shows up as a non-finite loss, which check_loss reports in one sentence.
         with StopRequest() as stop, numpy.errstate(over="ignore", invalid="ignore"):
@@ -579,21 +578,23 @@ class Run:
                 tick = time.perf_counter()
                 for x, labels in batches:
                     loaded = time.perf_counter()
-                    step_numbers, averaging = self.train_step(x, labels)
+                    step_numbers, marks = self.train_step(x, labels)
                     numbers.append(step_numbers)
+                    averaging.append(marks)
                     self.step, self.batch = self.step + 1, self.batch + 1
                     line = self.step % args.log_every == 0 or self.batch == self.steps_per_epoch
                     if line:                   # before the clock: the wait for the device counts
                         values = self.read_window(numbers)
                     now = time.perf_counter()
                     for key, value in (("images", args.batch_size), ("time", now - tick),
-                                       ("data", loaded - tick), ("averaging", averaging)):
+                                       ("data", loaded - tick)):
                         window[key] += value
                     tick = now
                     if line:
+                        window["averaging"] = sum(self.clock.seconds(*m) for m in averaging)
                         rate = (now - self.started) / (self.step - steps_at_start)
                         self.log_progress(window, values, (total_steps - self.step) * rate)
-                        window = dict.fromkeys(window, 0)
+                        window, averaging = dict.fromkeys(window, 0), []
                     reason = self.stop_reason(stop)
                     if reason:
                         break

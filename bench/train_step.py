@@ -122,33 +122,11 @@ def copy_weights(net, torch_net):
 
 # ---- one training step ------------------------------------------------------------------------
 
-class Clock:
-    """Marks between the phases of a step that make no one wait: on the CPU the time of the
-    call, on a GPU a CUDA event recorded in the stream of work (a host synchronization between
-    phases would leave the GPU idle while Python queues the next phase's first kernels)."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def mark(self):
-        if self.device == "cpu":
-            return time.perf_counter()
-        with backend.device_scope(self.device):
-            event = backend.cupy.cuda.Event()
-            event.record()
-        return event
-
-    def seconds(self, marks):
-        """The seconds between consecutive marks; waits for the last one."""
-        if self.device == "cpu":
-            return [b - a for a, b in zip(marks, marks[1:])]
-        marks[-1].synchronize()
-        return [backend.cupy.cuda.get_elapsed_time(a, b) / 1e3 for a, b in zip(marks, marks[1:])]
-
-
 def minigrad_step(net, opt, x, labels, clock):
     """One step; returns its seconds (the device synchronized once, at the end) and those of
-    its forward, backward and update phases."""
+    its forward, backward and update phases, from the marks of a backend.Clock: clock reads on
+    the CPU, CUDA events on a GPU (a synchronization between phases would idle the GPU while
+    Python queues the next phase's first kernels)."""
     start = time.perf_counter()
     marks = [clock.mark()]
     loss = F.cross_entropy(net(x), labels)
@@ -158,7 +136,7 @@ def minigrad_step(net, opt, x, labels, clock):
     marks.append(clock.mark())
     opt.step()
     marks.append(clock.mark())
-    phases = clock.seconds(marks)
+    phases = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
     return time.perf_counter() - start, phases
 
 
@@ -286,7 +264,7 @@ def run(args, device, torch_device):
         assert count == PAPER_PARAMETERS, f"minigrad's AlexNet has {count:,} parameters"
     result = {"preset": args.preset, "parameters": count, "batch": args.batch}
     # labels stay on the host, as alexnet.train gives them (cross_entropy checks them there)
-    step = functools.partial(minigrad_step, net, opt, x, labels_cpu, Clock(device))
+    step = functools.partial(minigrad_step, net, opt, x, labels_cpu, backend.Clock(device))
     gpu = device != "cpu"
     # On a GPU each framework runs twice: in plain float32, and with TF32 as minigrad's opt-in
     # mode and PyTorch's defaults have it (the _tf32 variants).
