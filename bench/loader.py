@@ -12,7 +12,9 @@ val/<class>/. Then it times
               memory-mapped arrays, and the training set's mean image and PCA
     loader    data.batches over the prepared training split exactly as training calls it:
               train=True, batch 128, random 227x227 crops of the 256x256 images, mirrors, PCA
-              colour shifts, mean subtraction, on the CPU, with --workers threads
+              colour shifts, mean subtraction, with --workers threads, made on --device: the
+              CPU, or a GPU as training on one does (the uint8 images are copied there and
+              cropped, mirrored and shifted there), the GPU's work waited for at the end
 
 The loader's rate is the median over --epochs epochs of (images in the epoch's batches) / (its
 time). The cache is in the operating system's page cache by then (it was just written); read
@@ -30,6 +32,7 @@ import numpy
 from PIL import Image
 
 from alexnet import data, prepare, synthetic
+from minigrad import backend
 
 
 def write_folder(root, count, size, val_share=0.1):
@@ -43,14 +46,15 @@ def write_folder(root, count, size, val_share=0.1):
                                                        quality=90)
 
 
-def loader_rate(split, aug, size, batch_size, workers, epochs):
-    """Median images/s over `epochs` passes of data.batches(train=True)."""
+def loader_rate(split, aug, size, batch_size, workers, epochs, device):
+    """Median images/s over `epochs` passes of data.batches(train=True) made on `device`."""
     rates = []
     for epoch in range(epochs):
         started, images = time.perf_counter(), 0
         for x, labels in data.batches(split, aug, size, batch_size, train=True, epoch=epoch,
-                                      workers=workers):
+                                      workers=workers, device=device):
             images += len(labels)
+        backend.synchronize(device)
         rates.append(images / (time.perf_counter() - started))
     return statistics.median(rates)
 
@@ -67,10 +71,16 @@ def main(argv=None):
     p.add_argument("--prepare-workers", type=int, default=os.cpu_count(),
                    help="decoding processes of the preparation (default: one per core)")
     p.add_argument("--epochs", type=int, default=3, help="timed loader epochs per setting")
+    p.add_argument("--device", default="cpu", help="where batches are made: cpu (default) or a "
+                   "GPU id, as training on that device makes them")
     p.add_argument("--json", metavar="PATH", help="also write the results to this JSON file")
     args = p.parse_args(argv)
+    try:
+        device = backend.parse_device(args.device)
+    except ValueError as error:
+        p.error(str(error))
 
-    print(f"machine: {os.cpu_count()} cores; numpy {numpy.__version__}; "
+    print(f"machine: {os.cpu_count()} cores; batches made on {device}; numpy {numpy.__version__}; "
           f"{args.images} images of {args.size}x{args.size}, crops of {args.crop}, "
           f"batch {args.batch}", flush=True)
     with tempfile.TemporaryDirectory(prefix="alexnet-loader-") as tmp:
@@ -90,12 +100,12 @@ def main(argv=None):
         opened = prepare.open_cache(cache)
         report = {"cores": os.cpu_count(), "numpy": numpy.__version__, "images": args.images,
                   "size": args.size, "crop": args.crop, "batch": args.batch,
-                  "epochs": args.epochs, "train_images": len(opened.train),
+                  "epochs": args.epochs, "train_images": len(opened.train), "device": device,
                   "prepare_workers": args.prepare_workers, "prepare_seconds": seconds,
                   "prepare_images_per_s": args.images / seconds, "loader": []}
         for workers in args.workers:
             rate = loader_rate(opened.train, opened.aug, args.crop, args.batch, workers,
-                               args.epochs)
+                               args.epochs, device)
             report["loader"].append({"workers": workers, "images_per_s": rate})
             print(f"loader: {rate:.0f} images/s with --workers {workers} "
                   f"({len(opened.train)} training images, median of {args.epochs} epochs)",

@@ -48,7 +48,9 @@ def benchmarks(device, quick):
             ("ops", "ops.py", on + (["--repeat", "2", "--warmup", "1"] if quick else []))]
     if gpu:
         runs.append(("kernels", "kernels.py", ["--repeat", "5"] if quick else []))
-    return runs + [("loader", "loader.py", ["--epochs", "1"] if quick else [])]     # CPU only
+    # The loader makes batches where training does: on the GPU when there is one.
+    loader = on + (["--workers", "1", "2", "4"] if gpu else []) + (["--epochs", "1"] if quick else [])
+    return runs + [("loader", "loader.py", loader)]
 
 
 def gather(device, quick, folder):
@@ -230,7 +232,8 @@ def render_kernels(kernels):
 def render_loader(loader):
     rates = ", ".join(f"**{r['images_per_s']:.0f}** images/s with {r['workers']} thread"
                       + "s" * (r["workers"] > 1) for r in loader["loader"])
-    return ["## Data loading (CPU)", "",
+    where = "CPU" if loader.get("device", "cpu") == "cpu" else f"batches made on GPU {loader['device']}"
+    return [f"## Data loading ({where})", "",
             f"- training loader: {rates} (batch {loader['batch']}, random "
             f"{loader['crop']}x{loader['crop']} crops, mirrors, PCA colour, mean subtracted; "
             f"median of {loader['epochs']} epochs of {loader['train_images']:,} cached images)",
