@@ -11,7 +11,8 @@
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
 # A failing step does not stop the others; the exit status is 1 when any failed. Each step has a
 # time limit (seconds, below), so that one that hangs leaves time for the others: it is sent
-# SIGINT (pytest then still writes its summary), and killed 10 s later.
+# SIGINT (pytest still writes its summary, bench/report.py renders what it measured), and
+# killed 10 s later.
 #
 #   bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]     (no step named: all four)
 #
@@ -102,7 +103,7 @@ EOF
 case $STEPS in *" tests "*)
     step tests pytest.log "${TESTS_LIMIT:-240}" "$PY" -m pytest -q -rs --durations=15 ;; esac
 case $STEPS in *" report "*)
-    step report report.log "${REPORT_LIMIT:-180}" "$PY" bench/report.py --device 0 \
+    step report report.log "${REPORT_LIMIT:-210}" "$PY" bench/report.py --device 0 \
         --out "$OUT/report.md" ;; esac
 case $STEPS in *" nccl "*)
     # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).

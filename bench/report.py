@@ -65,17 +65,22 @@ def gather(device, quick, folder):
     if device != "cpu":                 # kernels.py has no --device: every run sees just this GPU
         visible = env.get("CUDA_VISIBLE_DEVICES")
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[device] if visible else str(device)
-    for name, script, arguments in benchmarks(device, quick):
-        script, command = BENCH / script, f"bench/{script} {' '.join(arguments)}".strip()
-        if not script.exists() or "--json" not in script.read_text():
-            meta["notes"].append(f"`bench/{script.name}` skipped: missing, or it has no --json")
-            continue
-        print(f"\n== {command}", flush=True)
-        path = folder / f"{name}.json"
-        status = subprocess.run([sys.executable, str(script), *arguments, "--json", str(path)],
-                                env=env).returncode
-        if status != 0 or not path.exists():
-            meta["notes"].append(f"`{command}` failed (exit status {status}): no section")
+    command = "the first benchmark"
+    try:
+        for name, script, arguments in benchmarks(device, quick):
+            script, command = BENCH / script, f"bench/{script} {' '.join(arguments)}".strip()
+            if not script.exists() or "--json" not in script.read_text():
+                meta["notes"].append(f"`bench/{script.name}` skipped: missing, or it has no --json")
+                continue
+            print(f"\n== {command}", flush=True)
+            path = folder / f"{name}.json"
+            status = subprocess.run([sys.executable, str(script), *arguments, "--json",
+                                     str(path)], env=env).returncode
+            if status != 0 or not path.exists():
+                meta["notes"].append(f"`{command}` failed (exit status {status}): no section")
+    except KeyboardInterrupt:          # Ctrl-C or a time limit: report what was measured
+        meta["notes"].append(f"interrupted during `{command}`: the benchmarks after it did not "
+                             "run (nor did it, unless its section is above)")
     if device != "cpu":                 # asked only now, so no CUDA context sat beside the runs
         meta["gpu"] = backend.cupy.cuda.runtime.getDeviceProperties(device)["name"].decode()
         meta["cupy"] = backend.cupy.__version__
