@@ -28,14 +28,20 @@ A nearest-class-mean classifier on raw pixels, or on the mean colour of each ima
 chance (10%); tests/test_synthetic.py checks this. The labels live only in the shapes.
 
 Everything is drawn with NumPy on coordinate grids, chunk by chunk, with a soft one-pixel edge
-computed from a signed distance to each shape's boundary (positive inside, in pixels).
+computed from a signed distance to each shape's boundary (positive inside, in pixels). The
+chunks are drawn on all cores at once (NumPy's loops let go of Python's lock); their random
+numbers come from one generator, in chunk order, so the images do not depend on the core count.
 """
 import argparse
+import collections
+import concurrent.futures
 import os
 
 import numpy
 
-_CHUNK = 256  # images drawn at once: (256, 3, 72, 72) float32 is 16 MB
+from minigrad import parallel
+
+_CHUNK_BYTES = 16 * 2 ** 20  # the float32 canvas of one chunk: 16 MB (277 images of 72x72)
 
 
 def _disk(u, v, r, s, period, phase):
@@ -157,8 +163,9 @@ def _draw_parameters(rng, labels, size):
     return params
 
 
-def _render(rng, labels, params, size):
-    """Images (n, 3, size, size) float32 in [0, 255] for one chunk of params."""
+def _render(noise, labels, params, size):
+    """Images (n, 3, size, size) float32 in [0, 255] for one chunk of params; `noise` holds
+    standard normal values of that shape (the pixel noise before its scaling)."""
     n = len(labels)
     grid = numpy.arange(size, dtype=numpy.float32) + 0.5  # pixel centres
     ys, xs = grid[:, None], grid[None, :]  # (size, 1), (1, size)
@@ -196,7 +203,7 @@ def _render(rng, labels, params, size):
         mask[mine] = numpy.clip(sd + 0.5, 0, 1)  # antialiased: a one-pixel ramp at the edge
     canvas = paint(canvas, params["fg"], mask)
 
-    canvas += column(params["noise"])[:, None] * rng.standard_normal(canvas.shape, numpy.float32)
+    canvas += column(params["noise"])[:, None] * noise
     return numpy.clip(canvas, 0, 255)
 
 
@@ -214,10 +221,23 @@ def make_images(count, size=72, seed=0, classes=len(CLASSES)):
     labels = rng.permutation(numpy.arange(count) % classes).astype(numpy.int64)
     params = _draw_parameters(rng, labels, size)
     images = numpy.empty((count, 3, size, size), numpy.uint8)
-    for start in range(0, count, _CHUNK):
-        chunk = slice(start, start + _CHUNK)
+
+    def draw(chunk, noise):
         chunk_params = {name: values[chunk] for name, values in params.items()}
-        images[chunk] = numpy.rint(_render(rng, labels[chunk], chunk_params, size))
+        images[chunk] = numpy.rint(_render(noise, labels[chunk], chunk_params, size))
+
+    step = max(1, _CHUNK_BYTES // (3 * size * size * 4))
+    threads = parallel.CORES
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        drawing = collections.deque()            # at most two chunks a thread in memory
+        for start in range(0, count, step):
+            chunk = slice(start, min(start + step, count))
+            noise = rng.standard_normal((chunk.stop - start, 3, size, size), numpy.float32)
+            drawing.append(pool.submit(draw, chunk, noise))
+            if len(drawing) > 2 * threads:
+                drawing.popleft().result()
+        for future in drawing:
+            future.result()
     return images, labels
 
 

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from alexnet import plots, synthetic
+from minigrad import parallel
 
 CHANCE = 1 / len(synthetic.CLASSES)
 
@@ -21,6 +22,18 @@ def test_same_seed_gives_the_same_bytes_and_another_seed_does_not():
     other, _ = synthetic.make_images(40, 48, seed=4)
     assert images.tobytes() == again.tobytes() and numpy.array_equal(labels, again_labels)
     assert images.tobytes() != other.tobytes()
+
+
+@pytest.mark.parametrize("size", [40, 256])
+def test_the_images_do_not_depend_on_the_number_of_threads(monkeypatch, size):
+    """Chunks are drawn side by side; their noise comes from the one generator in chunk order.
+    90 images of 256x256 are 5 chunks (the last one short), of 40x40 one."""
+    drawn = []
+    for threads in (1, 3):
+        monkeypatch.setattr(parallel, "CORES", threads)
+        drawn.append(synthetic.make_images(90, size=size, seed=4))
+    numpy.testing.assert_array_equal(drawn[0][0], drawn[1][0])
+    numpy.testing.assert_array_equal(drawn[0][1], drawn[1][1])
 
 
 def test_shapes_and_dtypes():
