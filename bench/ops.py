@@ -35,8 +35,9 @@ from minigrad.tensor import Tensor
 try:
     import torch
     import torch.nn.functional as TF
+    TORCH_DEFAULTS = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
 except ImportError:  # PyTorch is only needed for the comparison columns
-    torch = None
+    torch = TORCH_DEFAULTS = None
 
 LRN_N, LRN_K, LRN_ALPHA, LRN_BETA = 5, 2.0, 1e-4, 0.75      # paper section 3.3
 
@@ -291,6 +292,13 @@ def select_layers(spec):
     return [layer for layer in LAYERS if any(layer.name.startswith(w) for w in wanted)]
 
 
+def torch_tf32(enabled):
+    """PyTorch's TF32 switches: all off (plain float32, as minigrad by default), or PyTorch's
+    defaults (TF32 in cuDNN's convolutions; matrix products stay float32 unless changed)."""
+    torch.backends.cudnn.allow_tf32 = enabled and TORCH_DEFAULTS[0]
+    torch.backends.cuda.matmul.allow_tf32 = enabled and TORCH_DEFAULTS[1]
+
+
 def torch_device_for(device):
     """PyTorch's device matching minigrad's, with None and the reason when there is none."""
     if torch is None:
@@ -300,8 +308,7 @@ def torch_device_for(device):
         return torch.device("cpu"), ""
     if not torch.cuda.is_available() or device >= torch.cuda.device_count():
         return None, f"PyTorch {torch.__version__} cannot reach GPU {device} (a CPU-only build?)"
-    torch.backends.cudnn.allow_tf32 = False          # the same float32 arithmetic as minigrad
-    torch.backends.cuda.matmul.allow_tf32 = False
+    torch_tf32(False)                                # the same float32 arithmetic as minigrad
     return torch.device(f"cuda:{device}"), ""
 
 

@@ -57,14 +57,8 @@ import numpy
 from alexnet.model import PIXEL_STD, PRESETS, AlexNet, parameter_count
 from minigrad import backend, optim, parallel
 from minigrad import functional as F
-from ops import (blas_info, checked_device, cpu_counters, cpu_name, other_cores, relative_error,
-                 torch_device_for)
-
-try:
-    import torch
-    TORCH_DEFAULTS = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-except ImportError:  # PyTorch is only needed for the comparison columns
-    torch = None
+from ops import (TORCH_DEFAULTS, blas_info, checked_device, cpu_counters, cpu_name,
+                 other_cores, relative_error, torch, torch_device_for, torch_tf32)
 
 PAPER_PARAMETERS = 60_965_224           # section 3 and PAPER.md, with 1000 classes
 NUM_CLASSES = 1000
@@ -149,13 +143,6 @@ def torch_step(torch_net, opt, x, labels, sync):
     opt.step()
     sync()
     return time.perf_counter() - t0
-
-
-def torch_tf32(enabled):
-    """PyTorch's TF32 switches: all off (plain float32, as minigrad by default), or PyTorch's
-    defaults (TF32 in cuDNN's convolutions; matrix products stay float32 unless changed)."""
-    torch.backends.cudnn.allow_tf32 = enabled and TORCH_DEFAULTS[0]
-    torch.backends.cuda.matmul.allow_tf32 = enabled and TORCH_DEFAULTS[1]
 
 
 def under(set_precision, enabled, step):
