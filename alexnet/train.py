@@ -405,7 +405,7 @@ class Run:
         if args.tf32:
             backend.set_tf32(True)
             if "cpu" in self.model.devices:
-                log_line("note: --tf32 changes nothing on the CPU, which computes in plain float32")
+                log_line("note: --tf32 changes nothing on the CPU, which computes in float32")
         if group.size > 1:                # each rank its own dropout masks, for its own images
             minigrad.manual_seed([args.seed, group.rank])
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)

@@ -8,9 +8,9 @@ the compiled kernel launched `--inner` times between two CUDA events, so neither
 the Python around a call is counted; the table gives the median over `--repeat` such timings.
 Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
 once) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
-and can still come near the peak because the repeats hit the cache. The yardstick is the bandwidth of
-cudaMemcpy from device to device (COPY_BYTES read and as many written), timed the same way: what
-a kernel that only moves its bytes reaches in practice (goal: 80% of it).
+and can still come near the peak because the repeats hit the cache. The yardstick is the
+bandwidth of cudaMemcpy from device to device (COPY_BYTES read and as many written), timed the
+same way: what a kernel that only moves its bytes reaches in practice (goal: 80% of it).
 
 Without a GPU it prints one line saying so and exits with status 0.
 """
@@ -124,8 +124,8 @@ def main(argv=None):
               f"{moved / seconds / 1e9:>9.0f}{100 * moved / seconds / copy:>7.0f}%")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(device=name, peak_bandwidth=peak, copy_bandwidth=copy, batch=BATCH, repeat=args.repeat,
-                           inner=args.inner, results=results), f, indent=2)
+            json.dump(dict(device=name, peak_bandwidth=peak, copy_bandwidth=copy, batch=BATCH,
+                           repeat=args.repeat, inner=args.inner, results=results), f, indent=2)
     return 0
 
 

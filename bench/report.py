@@ -49,7 +49,8 @@ def benchmarks(device, quick):
     if gpu:
         runs.append(("kernels", "kernels.py", ["--repeat", "5"] if quick else []))
     # The loader makes batches where training does: on the GPU when there is one.
-    loader = on + (["--workers", "1", "2", "4"] if gpu else []) + (["--epochs", "1"] if quick else [])
+    loader = on + (["--workers", "1", "2", "4"] if gpu else []) + \
+        (["--epochs", "1"] if quick else [])
     return runs + [("loader", "loader.py", loader)]
 
 
@@ -237,7 +238,8 @@ def render_kernels(kernels):
 def render_loader(loader):
     rates = ", ".join(f"**{r['images_per_s']:.0f}** images/s with {r['workers']} thread"
                       + "s" * (r["workers"] > 1) for r in loader["loader"])
-    where = "CPU" if loader.get("device", "cpu") == "cpu" else f"batches made on GPU {loader['device']}"
+    device = loader.get("device", "cpu")
+    where = "CPU" if device == "cpu" else f"batches made on GPU {device}"
     return [f"## Data loading ({where})", "",
             f"- training loader: {rates} (batch {loader['batch']}, random "
             f"{loader['crop']}x{loader['crop']} crops, mirrors, PCA colour, mean subtracted; "

@@ -61,10 +61,12 @@ def test_a_batch_is_the_same_on_every_device(device):
     """Crops, mirrors, colour shifts and the mean are applied where the batch is used, with the
     CPU's random draws: a GPU makes the CPU's batch, to float32 rounding of the colour shift."""
     rng = numpy.random.default_rng(0)
-    split = data.Split(rng.integers(0, 256, (12, 3, 12, 12)).astype(numpy.uint8), numpy.arange(12) % 3)
+    images = rng.integers(0, 256, (12, 3, 12, 12)).astype(numpy.uint8)
+    split = data.Split(images, numpy.arange(12) % 3)
     aug = data.Augmentation.of(split.images)
     indices = numpy.array([7, 2, 9, 4, 0, 11])
-    for make in (lambda d: data.train_batch(split, indices, aug, 10, numpy.random.default_rng(5), d),
+    for make in (lambda d: data.train_batch(split, indices, aug, 10, numpy.random.default_rng(5),
+                                            d),
                  lambda d: data.center_batch(split, indices, aug, 10, d)):
         (x_cpu, y_cpu), (x, y) = make("cpu"), make(device)
         assert backend.device_of(x) == device and x.dtype == numpy.float32

@@ -216,7 +216,7 @@ class _MemoryPointer:
     copy_from_device_async = copy_from_device
 
 
-# ---- module functions -----------------------------------------------------------------------------
+# ---- module functions ---------------------------------------------------------------------------
 
 def __getattr__(name):
     """Every NumPy function and ufunc that CuPy has, as a device function; types as they are."""
@@ -374,7 +374,7 @@ sys.modules["cupy.cuda"] = cuda
 sys.modules["cupy.random"] = random
 
 
-# ---- kernels: the .cu files, run by tests/cuda_emulator.py ------------------------------------------
+# ---- kernels: the .cu files, run by tests/cuda_emulator.py --------------------------------------
 
 def _emulator():
     spec = importlib.util.spec_from_file_location("cuda_emulator", _TESTS / "cuda_emulator.py")
@@ -415,7 +415,7 @@ class RawKernel:
             self.module, self.name, grid, block, arrays, ())), args, {})
 
 
-# ---- cuBLAS's compute type (minigrad.backend.set_tf32) ---------------------------------------------
+# ---- cuBLAS's compute type (minigrad.backend.set_tf32) ------------------------------------------
 
 _linalg = types.SimpleNamespace(COMPUTE_TYPE_DEFAULT=1, COMPUTE_TYPE_TF32=7, types={})
 _linalg.get_compute_type = lambda dtype: _linalg.types.get(numpy.dtype(dtype), 1)
