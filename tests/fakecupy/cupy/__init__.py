@@ -205,8 +205,6 @@ def _call(function, args, kwargs, indexing=False):
 class _MemoryPointer:
     def __init__(self, array):
         self.array = array
-        self.ptr = array._a.__array_interface__["data"][0]
-        self.device_id = array._device
 
     def copy_from_device(self, source, size):
         """cudaMemcpy between devices: the bytes of `source`'s array into this one's."""
@@ -259,15 +257,11 @@ def asnumpy(a, stream=None):
     return a.get() if isinstance(a, ndarray) else numpy.asarray(a)
 
 
-def get_array_module(*args):
-    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in args) else numpy
-
-
 class _MemoryPool:
     def used_bytes(self):
         return 0
 
-    total_bytes = free_bytes = used_bytes
+    total_bytes = used_bytes
 
 
 _pool = _MemoryPool()
@@ -317,8 +311,6 @@ class _Device:
     def synchronize(self):
         pass
 
-    compute_capability = "90"
-
     def __eq__(self, other):
         return isinstance(other, _Device) and other.id == self.id
 
@@ -340,10 +332,6 @@ class _Event:
         pass
 
 
-class _Stream:
-    ptr = 0
-
-
 class _MemoryHook:
     """cupy.cuda.MemoryHook's interface: `with hook:`; the fake allocates no device memory,
     so no malloc or free is ever reported to it."""
@@ -357,7 +345,6 @@ class _MemoryHook:
 runtime = types.SimpleNamespace(
     getDeviceCount=lambda: _DEVICES,
     getDevice=_device,
-    setDevice=lambda device: _Device(device).use(),
     getDeviceProperties=lambda device: {"name": f"fake GPU {device} (NumPy)".encode()},
     deviceGetAttribute=lambda attribute, device: 0,
     driverGetVersion=lambda: 13000,
@@ -368,7 +355,6 @@ cuda.Device = _Device
 cuda.runtime = runtime
 cuda.Event = _Event
 cuda.get_elapsed_time = lambda start, end: 1e3 * (end.time - start.time)
-cuda.get_current_stream = _Stream
 cuda.MemoryHook = _MemoryHook
 sys.modules["cupy.cuda"] = cuda
 sys.modules["cupy.random"] = random
