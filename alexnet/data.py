@@ -86,11 +86,9 @@ def crop(images, mean, tops, lefts, size, flips):
     cols = lefts[:, None] + numpy.arange(size)
     cols = numpy.where(flips[:, None], cols[:, ::-1], cols)                    # mirror
     channel = numpy.arange(3)[None, :, None, None]
-    with backend.device_scope(backend.device_of(images)):      # on the GPU the images are on
-        index = tuple(xp.asarray(i) for i in (channel, rows[:, None, :, None],
-                                              cols[:, None, None, :]))
-        out = images[(xp.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
-        return out - mean[index]                                               # (B, 3, size, size)
+    index = tuple(xp.asarray(i) for i in (channel, rows[:, None, :, None], cols[:, None, None, :]))
+    out = images[(xp.arange(B)[:, None, None, None],) + index].astype(numpy.float32)
+    return out - mean[index]                                                   # (B, 3, size, size)
 
 
 def train_batch(split, indices, aug, size, rng, device="cpu", rows=slice(None)):
@@ -107,18 +105,21 @@ def train_batch(split, indices, aug, size, rng, device="cpu", rows=slice(None)):
     flips = rng.random(B) < 0.5
     alphas = rng.normal(0.0, 0.1, (B, 3)).astype(numpy.float32)
     indices, tops, lefts, flips, alphas = (a[rows] for a in (indices, tops, lefts, flips, alphas))
-    images = backend.to_device(split.images[indices], device)            # (b, 3, S, S) uint8
-    mean = backend.to_device(aug.mean, device)                          # (3, S, S)
-    x = crop(images, mean, tops, lefts, size, flips)
     shift = (alphas * numpy.sqrt(aug.eigenvalues)) @ aug.eigenvectors.T      # (b, 3) RGB
-    x += backend.to_device(shift, device)[:, :, None, None]
+    with backend.device_scope(device):  # whatever the calling thread's current GPU
+        images = backend.to_device(split.images[indices], device)        # (b, 3, S, S) uint8
+        mean = backend.to_device(aug.mean, device)                      # (3, S, S)
+        x = crop(images, mean, tops, lefts, size, flips)
+        x += backend.to_device(shift, device)[:, :, None, None]
     return x, split.labels[indices]
 
 
 def center_batch(split, indices, aug, size, device="cpu"):
     """The central crop of each image, mean subtracted (evaluation), made on `device`."""
-    images = backend.to_device(split.images[indices], device)                 # (B, 3, S, S) uint8
-    return center_crop(images, backend.to_device(aug.mean, device), size), split.labels[indices]
+    with backend.device_scope(device):  # whatever the calling thread's current GPU
+        images = backend.to_device(split.images[indices], device)             # (B, 3, S, S) uint8
+        x = center_crop(images, backend.to_device(aug.mean, device), size)
+    return x, split.labels[indices]
 
 
 def center_crop(images, mean, size):
@@ -172,11 +173,10 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
 
     def make(i):
         indices = order[i * batch_size:(i + 1) * batch_size]
-        with backend.device_scope(device):     # a thread starts on GPU 0 whatever `device` is
-            if train:
-                return train_batch(split, indices, aug, size,
-                                   numpy.random.default_rng([seed, epoch, i]), device, rows)
-            return center_batch(split, indices, aug, size, device)
+        if train:
+            return train_batch(split, indices, aug, size,
+                               numpy.random.default_rng([seed, epoch, i]), device, rows)
+        return center_batch(split, indices, aug, size, device)
 
     todo = range(start, batch_count(split, batch_size, train))
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
