@@ -140,7 +140,7 @@ def render_header(meta, found):
 
 
 def render_steps(results, gpu):
-    rows, growth = [], []
+    rows, notes = [], []   # notes: the lines under the table
     # On a GPU a second row per preset: minigrad's TF32 mode beside PyTorch's defaults.
     variants = [("", "float32")] + ([("_tf32", "TF32")] if gpu else [])
     for r in results:
@@ -165,12 +165,12 @@ def render_steps(results, gpu):
                          number(r, f"torch{suffix}_images_per_s"), f"**{number(r, ratio)}**",
                          *split, *memory, "" if suffix else number(r, "logits_err", "{:.0e}")])
         if "ratio_to_torch_defaults" in r:
-            growth.append(f"- {r['preset']}: minigrad in float32 / PyTorch's defaults (TF32 "
+            notes.append(f"- {r['preset']}: minigrad in float32 / PyTorch's defaults (TF32 "
                           f"convolutions): **{r['ratio_to_torch_defaults']:.2f}x**")
         for name in ("minigrad", "torch"):
             use = r.get(f"{name}_in_use_after_steps_bytes")
             if use:
-                growth.append(f"- {r['preset']}, {name}: memory in use after each of "
+                notes.append(f"- {r['preset']}, {name}: memory in use after each of "
                               f"{use['steps']} more steps from {use['first'] / MiB:.0f} MiB to "
                               f"{use['last'] / MiB:.0f} MiB (max {use['max'] / MiB:.0f} MiB)")
     memory = "CuPy pool's peak in use / torch.cuda.max_memory_allocated" if gpu else \
@@ -184,7 +184,7 @@ def render_steps(results, gpu):
              f"Median of {results[0]['steps']} steps after {results[0]['warmup']} warmup; "
              f"forward/backward/update split minigrad's step. {precision}MiB: {memory}, in one "
              "step. Logits err: max|minigrad - torch| / max|torch| (same weights, no dropout)."]
-    lines += [""] + growth if growth else []
+    lines += [""] + notes if notes else []
     lines += [f"\n**Warning:** other processes kept {r['other_cores']:.1f} cores busy during "
               f"the {r['preset']} steps: those times are not reliable." for r in results if busy(r)]
     return lines
