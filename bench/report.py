@@ -18,6 +18,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -167,6 +168,13 @@ def render_steps(results, gpu):
         if "ratio_to_torch_defaults" in r:
             notes.append(f"- {r['preset']}: minigrad in float32 / PyTorch's defaults (TF32 "
                           f"convolutions): **{r['ratio_to_torch_defaults']:.2f}x**")
+        if gpu:
+            queued = [f"{name}{suffix.replace('_', ' ')} {r[f'{name}{suffix}_queue_ms']:.1f} "
+                      f"of {1e3 * statistics.median(r[f'{name}{suffix}_step_s']):.1f} ms"
+                      for suffix, _ in variants for name in ("minigrad", "torch")
+                      if f"{name}{suffix}_queue_ms" in r]
+            notes.append(f"- {r['preset']}: host time to queue a step (near the whole step: the "
+                         f"GPU waits for Python): {', '.join(queued)}")
         for name in ("minigrad", "torch"):
             use = r.get(f"{name}_in_use_after_steps_bytes")
             if use:

@@ -117,10 +117,14 @@ def copy_weights(net, torch_net):
 # ---- one training step ------------------------------------------------------------------------
 
 def minigrad_step(net, opt, x, labels, clock):
-    """One step; returns its seconds (the device synchronized once, at the end) and those of
-    its forward, backward and update phases, from the marks of a backend.Clock: clock reads on
-    the CPU, CUDA events on a GPU (a synchronization between phases would idle the GPU while
-    Python queues the next phase's first kernels)."""
+    """One step; returns its seconds (the device synchronized once, at the end), the seconds
+    the host took to queue it, and those of its forward, backward and update phases, from the
+    marks of a backend.Clock: clock reads on the CPU, CUDA events on a GPU (a synchronization
+    between phases would idle the GPU while Python queues the next phase's first kernels).
+
+    On a GPU the host only queues kernels, and the GPU runs behind it: when queueing takes
+    nearly the whole step, the GPU waits for Python, and fewer launches would pay more than
+    faster kernels."""
     start = time.perf_counter()
     marks = [clock.mark()]
     loss = F.cross_entropy(net(x), labels)
@@ -130,19 +134,21 @@ def minigrad_step(net, opt, x, labels, clock):
     marks.append(clock.mark())
     opt.step()
     marks.append(clock.mark())
+    queued = time.perf_counter() - start
     phases = [clock.seconds(a, b) for a, b in zip(marks, marks[1:])]
-    return time.perf_counter() - start, phases
+    return time.perf_counter() - start, queued, phases
 
 
 def torch_step(torch_net, opt, x, labels, sync):
-    """One step; returns its seconds."""
-    t0 = time.perf_counter()
+    """One step; returns its seconds and the seconds the host took to queue it."""
+    start = time.perf_counter()
     loss = torch.nn.functional.cross_entropy(torch_net(x), labels)
     opt.zero_grad()
     loss.backward()
     opt.step()
+    queued = time.perf_counter() - start
     sync()
-    return time.perf_counter() - t0
+    return time.perf_counter() - start, queued
 
 
 def under(set_precision, enabled, step):
@@ -288,13 +294,14 @@ def run(args, device, torch_device):
             times[name].append(steps[name]())
     result["other_cores"] = other_cores(before, cpu_counters())
 
-    for name, seconds in times.items():
-        if name.startswith("minigrad"):
-            seconds, phases = zip(*seconds)
+    for name, measured in times.items():
+        seconds, queued, *phases = zip(*measured)
+        if phases:
             result[f"{name}_phase_ms"] = {
                 phase: 1e3 * statistics.median(t)
-                for phase, t in zip(("forward", "backward", "update"), zip(*phases))}
+                for phase, t in zip(("forward", "backward", "update"), zip(*phases[0]))}
         result[f"{name}_step_s"] = list(seconds)
+        result[f"{name}_queue_ms"] = 1e3 * statistics.median(queued)
         result[f"{name}_images_per_s"] = args.batch / statistics.median(seconds)
     for key, ours, theirs in (("ratio", "minigrad", "torch"),
                               ("ratio_tf32", "minigrad_tf32", "torch_tf32"),
@@ -377,6 +384,12 @@ def report_lines(result, device):
     total = sum(phases.values())
     lines.append("minigrad step split: " + "   ".join(
         f"{name} {ms:.0f} ms ({100 * ms / total:.0f}%)" for name, ms in phases.items()))
+    if device != "cpu":
+        lines.append("host time to queue a step (Python and launches; the GPU runs behind it, "
+                     "so a step near its queue time waits for the host): " + "   ".join(
+                         f"{names[name]} {result[f'{name}_queue_ms']:.1f} of "
+                         f"{1e3 * statistics.median(result[f'{name}_step_s']):.1f} ms"
+                         for name in names if f"{name}_queue_ms" in result))
     lines.append("peak memory of one step:")
 
     def mib(key):
