@@ -2,6 +2,7 @@
 
 The six functions at the top are minigrad/reference.py's, with the same signatures and results,
 for CuPy arrays (float32 or float64; argmax int32); minigrad.functional calls them on a GPU.
+The seventh, sgd_update, is minigrad.optim.SGD's update of one parameter, in one kernel.
 
 A call goes in three steps, kept apart so that the first two can be tested without a GPU:
 
@@ -68,6 +69,12 @@ def lrn_forward(x, n, k, alpha, beta):
 def lrn_backward(gy, x, y, scale, n, alpha, beta):
     """reference.lrn_backward on the GPU: gy, x, y, scale (N, C, H, W) -> gx (N, C, H, W)."""
     return _run(plan_lrn_backward, gy, x, y, scale, n, alpha, beta)[0]
+
+
+def sgd_update(w, g, v, momentum, decay_lr, lr):
+    """SGD._update on the GPU: v <- momentum*v - decay_lr*w - lr*g, w <- w + v, in place, with
+    the same bits; w and v must be C-contiguous."""
+    _run(plan_sgd_update, w, g, v, momentum, decay_lr, lr)
 
 
 def _run(plan_function, x, *args):
@@ -159,6 +166,19 @@ def plan_lrn_backward(gy, x, y, scale, n, alpha, beta):
     T = gy.dtype.type
     args = (gy, x, y, scale, gx, *_c_ints(N, C, H, W, n), T(alpha), T(beta))
     return _plan("lrn", "lrn_backward", gy.dtype, N * H * W, args, (gx,))
+
+
+def plan_sgd_update(w, g, v, momentum, decay_lr, lr):
+    """sgd_update<T>: one thread per value. w and v are updated in place, so they are passed as
+    they are (check_launch refuses them if not C-contiguous: a contiguous copy would take the
+    update and be thrown away)."""
+    xp = backend.get_array_module(w)
+    _require_shape("g", g, w.shape)
+    _require_shape("v", v, w.shape)
+    g = xp.ascontiguousarray(g)
+    T = w.dtype.type
+    args = (w, g, v, *_c_ints(w.size), T(momentum), T(decay_lr), T(lr))
+    return _plan("sgd", "sgd_update", w.dtype, w.size, args, (w, v))
 
 
 def _plan(module, kernel, dtype, count, args, outputs):

@@ -21,6 +21,11 @@ struct dim3 {
 // CUDA's built-in variables; the launcher sets them before each call.
 static dim3 gridDim, blockDim, blockIdx, threadIdx;
 
+// CUDA's multiplications that round their product (never fused into a multiply-add); g++ with
+// -std=c++17 contracts nothing either.
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline double __dmul_rn(double a, double b) { return a * b; }
+
 // CUDA has these for int, float and double in device code without any include.
 using std::isnan;
 using std::min;

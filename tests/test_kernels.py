@@ -22,7 +22,8 @@ import numpy
 import pytest
 
 import cuda_emulator
-from minigrad import backend, cuda, reference
+from minigrad import backend, cuda, optim, reference
+from minigrad.tensor import Tensor
 
 TOLERANCE = {  # relative, per runner and dtype
     "emulated": {numpy.float32: 1e-5, numpy.float64: 1e-12},
@@ -232,6 +233,40 @@ def test_lrn_backward(shape, n, k, alpha, beta, values, dtype, runner, rng):
     y, scale = reference.lrn_forward(x, n, k, alpha, beta)
     gy = random_array(rng, shape, dtype)
     check_kernel("lrn_backward", (gy, x, y, scale), (n, alpha, beta), runner)
+
+
+# ---- the SGD update ------------------------------------------------------------------------------
+
+@FLOATS
+@pytest.mark.parametrize("shape", [(1,), (96, 3, 11, 11), (4096,)], ids=["one", "conv1", "fc-bias"])
+def test_sgd_update_is_sgds_own_bit_for_bit(shape, dtype, runner, rng):
+    """The kernel against optim.SGD._update (its specification) on the same arrays, with values
+    from 10^-3 to 10^3 and a learning rate whose products round."""
+    sgd = optim.SGD([Tensor(numpy.zeros(1))], lr=0.0123, momentum=0.9, weight_decay=0.0005)
+    w, g, v = (random_array(rng, shape, dtype, "wide") for _ in range(3))
+    expected_w, expected_v = w.copy(), v.copy()
+    sgd._update(expected_w, g, expected_v)
+    arguments = (sgd.momentum, sgd.weight_decay * sgd.lr, sgd.lr)
+    if runner == "gpu":
+        cupy = backend.cupy
+        w, g, v = (cupy.asarray(a) for a in (w, g, v))
+        cuda.sgd_update(w, g, v, *arguments)
+        w, v = cupy.asnumpy(w), cupy.asnumpy(v)
+    else:
+        plan = cuda.plan_sgd_update(w, g, v, *arguments)
+        assert cuda_emulator.run(plan, "shuffled" if runner == "emulated-shuffled" else "natural") \
+            == (w, v)                                                   # in place
+    numpy.testing.assert_array_equal(w, expected_w)
+    numpy.testing.assert_array_equal(v, expected_v)
+
+
+def test_sgd_update_refuses_a_parameter_it_cannot_update_in_place():
+    w = numpy.zeros((4, 6), numpy.float32)[:, ::2]                      # a view with gaps
+    plan = cuda.plan_sgd_update(w, numpy.zeros_like(w), numpy.zeros(w.shape, numpy.float32),
+                                0.9, 5e-6, 0.01)
+    with pytest.raises(ValueError, match="argument 'w' of sgd_update<float> of sgd.cu must be "
+                                         "C-contiguous"):
+        cuda.check_launch(plan)
 
 
 # ---- the interface ------------------------------------------------------------------------------

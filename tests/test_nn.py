@@ -77,10 +77,13 @@ def test_module_to_moves_parameters(device):
     assert {p.device for p in model.parameters()} == {device}
 
 
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 @pytest.mark.parametrize("shape", [(3, 4), (3, optim.SLICE // 2 + 7)], ids=["small", "in slices"])
-def test_sgd_step_is_the_papers_formula(device, shape):
+def test_sgd_step_is_the_papers_formula(device, shape, dtype):
+    """Bit for bit, in the formula's order, each term rounded to the parameter's dtype: on a GPU
+    too (minigrad/kernels/sgd.cu)."""
     rng = numpy.random.default_rng(0)
-    w0, g0, g1 = (rng.standard_normal(shape) for _ in range(3))
+    w0, g0, g1 = (rng.standard_normal(shape).astype(dtype) for _ in range(3))
     w = nn.Parameter(backend.to_device(w0.copy(), device))
     sgd = optim.SGD([w], lr=0.01, momentum=0.9, weight_decay=0.0005)
     v = numpy.zeros_like(w0)
