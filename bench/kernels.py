@@ -3,11 +3,12 @@ bandwidth it reaches with a device-to-device copy's, measured in the same run, a
 
     python bench/kernels.py [--repeat 30] [--json PATH]
 
-Shapes are one tower's (PAPER.md), float32. A kernel is timed alone: its plan is made once and
+Shapes are one tower's (PAPER.md), float32; the SGD update's is fc6's weights, and it is also
+timed as the six CuPy array operations it replaced. A kernel is timed alone: its plan is made once and
 the compiled kernel launched `--inner` times between two CUDA events, so neither allocation nor
 the Python around a call is counted; the table gives the median over `--repeat` such timings.
 Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
-once) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
+once; twice for the arrays SGD updates in place) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
 and can still come near the peak because the repeats hit the cache. The yardstick is the
 bandwidth of cudaMemcpy from device to device (COPY_BYTES read and as many written), timed the
 same way: what a kernel that only moves its bytes reaches in practice (goal: 80% of it).
@@ -19,7 +20,8 @@ import json
 import statistics
 import sys
 
-from minigrad import backend, cuda
+from minigrad import backend, cuda, optim
+from minigrad.tensor import Tensor
 
 BATCH = 128
 CONVS = [  # name, input shape, (kh, kw, sy, sx, ph, pw)
@@ -30,6 +32,8 @@ CONVS = [  # name, input shape, (kh, kw, sy, sx, ph, pw)
 POOLS = [("pool1", (BATCH, 48, 55, 55)), ("pool2", (BATCH, 128, 27, 27)), ("pool5", (BATCH, 128, 13, 13))]
 LRNS = [("lrn1", (BATCH, 48, 55, 55)), ("lrn2", (BATCH, 128, 27, 27))]
 LRN = dict(n=5, k=2.0, alpha=1e-4, beta=0.75)
+FC6_WEIGHTS = (2048, 9216)          # one tower's fc6: the largest parameter, 31% of all of them
+SGD = dict(lr=0.01, momentum=0.9, weight_decay=5e-4)
 # CUDA runtime device attributes: cudaDevAttrMemoryClockRate (kHz), cudaDevAttrGlobalMemoryBusWidth (bits)
 MEMORY_CLOCK_KHZ, MEMORY_BUS_BITS = 36, 37
 COPY_BYTES = 256 * 2 ** 20
@@ -56,6 +60,23 @@ def plans(cupy):
         yield layer, cuda.plan_lrn_forward(x, **LRN)
         y, scale = cuda.lrn_forward(x, **LRN)
         yield layer, cuda.plan_lrn_backward(normal(shape), x, y, scale, LRN["n"], LRN["alpha"], LRN["beta"])
+    w, g, v = sgd_arrays(cupy)
+    yield "fc6", cuda.plan_sgd_update(w, g, v, SGD["momentum"], SGD["weight_decay"] * SGD["lr"],
+                                      SGD["lr"])
+
+
+def sgd_arrays(cupy):
+    """Weights, gradient and momentum of one tower's fc6."""
+    rng = cupy.random.default_rng(1)
+    return (rng.standard_normal(FC6_WEIGHTS, dtype=cupy.float32) for _ in range(3))
+
+
+def sgd_as_array_operations(cupy, repeat, inner):
+    """Median time of optim.SGD's update of fc6 as CuPy array operations (SGD._update, what a
+    GPU ran before minigrad/kernels/sgd.cu: six kernels, 15 passes over the arrays)."""
+    w, g, v = sgd_arrays(cupy)
+    sgd = optim.SGD([Tensor(w)], **SGD)
+    return median_seconds(cupy, lambda: sgd._update(w, g, v), repeat, inner)
 
 
 def median_seconds(cupy, launch, repeat, inner):
@@ -117,15 +138,22 @@ def main(argv=None):
     for layer, plan in plans(cupy):
         seconds = kernel_seconds(cupy, plan, args.repeat, args.inner)
         moved = sum(a.nbytes for a in plan.args if isinstance(a, cupy.ndarray))
+        if plan.kernel.startswith("sgd_update"):         # w and v: read, then written in place
+            moved += sum(a.nbytes for a in plan.outputs)
         shape = "x".join(map(str, plan.args[0].shape))
         results.append(dict(kernel=plan.kernel, layer=layer, input_shape=plan.args[0].shape,
                             seconds=seconds, bytes=moved, bandwidth=moved / seconds))
         print(f"{plan.kernel:<26}{layer:<7}{shape:<16}{seconds * 1e6:>10.1f}{moved / 1e6:>9.1f}"
               f"{moved / seconds / 1e9:>9.0f}{100 * moved / seconds / copy:>7.0f}%")
+    fused = next(r["seconds"] for r in results if r["kernel"].startswith("sgd_update"))
+    unfused = sgd_as_array_operations(cupy, args.repeat, args.inner)
+    print(f"fc6's SGD update as six CuPy array operations: {unfused * 1e6:.1f} us, "
+          f"{unfused / fused:.1f}x the sgd_update kernel's time")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(device=name, peak_bandwidth=peak, copy_bandwidth=copy, batch=BATCH,
-                           repeat=args.repeat, inner=args.inner, results=results), f, indent=2)
+                           repeat=args.repeat, inner=args.inner, results=results,
+                           sgd_as_array_operations_seconds=unfused), f, indent=2)
     return 0
 
 

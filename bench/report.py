@@ -235,12 +235,18 @@ def render_kernels(kernels):
              f"{100 * k['bandwidth'] / copy:.0f}%" if copy else "–",
              f"{100 * k['bandwidth'] / peak:.0f}%"] for k in kernels["results"]]
     measured = f"a device-to-device copy {copy / 1e9:.0f} GB/s, " if copy else ""
-    return [f"## CUDA kernels (batch {kernels['batch']})", "",
-            markdown_table(["<kernel", "<layer", "<input", "time µs", "MB moved", "GB/s",
-                            "of copy", "of peak"], rows), "",
-            f"Bandwidth: bytes of the kernel's arrays / time. Yardsticks: {measured}peak "
-            f"{peak / 1e9:.0f} GB/s (memory clock x bus width); median of {kernels['repeat']} "
-            f"timings of {kernels['inner']} launches each."]
+    lines = [f"## CUDA kernels (batch {kernels['batch']})", "",
+             markdown_table(["<kernel", "<layer", "<input", "time µs", "MB moved", "GB/s",
+                             "of copy", "of peak"], rows), "",
+             f"Bandwidth: bytes of the kernel's arrays / time. Yardsticks: {measured}peak "
+             f"{peak / 1e9:.0f} GB/s (memory clock x bus width); median of {kernels['repeat']} "
+             f"timings of {kernels['inner']} launches each."]
+    unfused = kernels.get("sgd_as_array_operations_seconds")
+    fused = [k["seconds"] for k in kernels["results"] if k["kernel"].startswith("sgd_update")]
+    if unfused and fused:
+        lines += ["", f"fc6's SGD update as the six CuPy array operations the kernel replaced: "
+                  f"{unfused * 1e6:.1f} µs, **{unfused / fused[0]:.1f}x** the kernel's time."]
+    return lines
 
 
 def render_loader(loader):
