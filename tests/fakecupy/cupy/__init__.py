@@ -13,16 +13,20 @@ CuPy, with the rules CuPy 14 enforces:
   dispatch to the device version (NEP 13 and 18), as they do with CuPy.
 - A reduction returns a 0-d array, not a NumPy scalar.
 - Only what CuPy has: a NumPy function or array method that CuPy 14.2 lacks is an
-  AttributeError (names.json holds dir(cupy) and dir(cupy.ndarray) of cupy-cuda13x 14.2.0).
+  AttributeError, and a call with arguments CuPy's function does not take (NumPy's `where=`,
+  `initial=`, ...) is a TypeError. names.json holds dir(cupy) and dir(cupy.ndarray) of
+  cupy-cuda13x 14.2.0, and the signatures of their functions (tests/fakecupy/make_names.py).
 - RawModule compiles minigrad's .cu files: here tests/cuda_emulator.py runs them on the CPU,
   checked against their C signatures.
 
 The number of devices is MINIGRAD_FAKE_GPUS (default 2). Arrays are NumPy arrays underneath,
-so views share memory as on a GPU. Where CuPy's function differs from NumPy's of the same name
-(arguments it does not take, another result), it is not caught; timing (Event) is the host
-clock; there is no NCCL.
+so views share memory as on a GPU. Where CuPy's function gives another result than NumPy's of
+the same name (another dtype, say), it is not caught; timing (Event) is the host clock; there is
+no NCCL.
 """
+import functools
 import importlib.util
+import inspect
 import json
 import operator
 import os
@@ -40,6 +44,30 @@ _TESTS = pathlib.Path(__file__).resolve().parents[2]
 _current = threading.local()            # CUDA's current device is per host thread
 _NAMES = json.loads(pathlib.Path(__file__).with_name("names.json").read_text())
 _MODULE_NAMES, _METHODS = set(_NAMES["module"]), set(_NAMES["ndarray"])
+
+
+@functools.cache
+def _signature(kind, name):
+    """inspect.Signature of cupy.<name> (kind "module") or of cupy.ndarray.<name> ("ndarray"),
+    from names.json; None where it is not known."""
+    text = _NAMES[f"{kind}_signatures"].get(name)
+    if text is None:
+        return None
+    scope = {}
+    exec(f"def function{text}: pass", scope)
+    return inspect.signature(scope["function"])
+
+
+def _check_arguments(kind, name, args, kwargs):
+    """A TypeError, as CuPy would raise, when CuPy's function does not take these arguments."""
+    signature = _signature(kind, name)
+    try:
+        if signature is not None:
+            signature.bind(*args, **kwargs)
+    except TypeError as error:
+        owner = "cupy" if kind == "module" else "cupy.ndarray"
+        raise TypeError(f"{owner}.{name}{signature} does not take these arguments: {error}") \
+            from None
 
 
 def _device():
@@ -73,9 +101,12 @@ class ndarray:
                         "to construct a NumPy array explicitly.")
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if method == "__call__":
+            _check_arguments("module", ufunc.__name__, inputs, kwargs)
         return _call(getattr(ufunc, method) if method != "__call__" else ufunc, inputs, kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
+        _check_arguments("module", func.__name__, args, kwargs)
         return _call(func, args, kwargs)
 
     def get(self):
@@ -123,9 +154,13 @@ class ndarray:
         attribute = getattr(self._a, name)
         if not callable(attribute):
             return _wrap(attribute, self._device)
-        if name in _VIEWS:                       # no kernel: the view stays where its base is
-            return lambda *args, **kwargs: _wrap(attribute(*args, **kwargs), self._device)
-        return lambda *args, **kwargs: _call(getattr(numpy.ndarray, name), (self,) + args, kwargs)
+
+        def method(*args, **kwargs):
+            _check_arguments("ndarray", name, args, kwargs)
+            if name in _VIEWS:                   # no kernel: the view stays where its base is
+                return _wrap(attribute(*args, **kwargs), self._device)
+            return _call(getattr(numpy.ndarray, name), (self,) + args, kwargs)
+        return method
 
 
 _VIEWS = {"reshape", "transpose", "swapaxes", "view", "squeeze", "ravel"}
@@ -224,15 +259,20 @@ def __getattr__(name):
     if isinstance(attribute, type) or not callable(attribute):
         return attribute
     if isinstance(attribute, numpy.ufunc):
-        return _Ufunc(attribute)
-    return lambda *args, **kwargs: _call(attribute, args, kwargs)
+        return _Ufunc(attribute, name)
+
+    def function(*args, **kwargs):
+        _check_arguments("module", name, args, kwargs)
+        return _call(attribute, args, kwargs)
+    return function
 
 
 class _Ufunc:
-    def __init__(self, ufunc):
-        self.ufunc = ufunc
+    def __init__(self, ufunc, name):
+        self.ufunc, self.name = ufunc, name
 
     def __call__(self, *args, **kwargs):
+        _check_arguments("module", self.name, args, kwargs)
         return _call(self.ufunc, args, kwargs)
 
     def __getattr__(self, method):                   # reduce, at, accumulate, outer
