@@ -6,7 +6,8 @@
                           (3, S, S), data.eigenvalues (3,), data.eigenvectors (3, 3); evaluation
                           and prediction subtract the TRAINING set's mean image, so it travels
                           with the weights
-    meta                  a JSON string: preset, classes, epoch, batch (next in the epoch),
+    meta                  a JSON string: preset, classes (their folder names) and
+                          class_names (readable ones), epoch, batch (next in the epoch),
                           step, best validation top-1 error, learning rate, schedule, the
                           number of processes (ranks) that trained it and the random state of
                           each, the run's settings
@@ -33,6 +34,11 @@ def save(path, model, optimizer, meta, extra_arrays=None):
         arrays[f"data.{name}"] = value
     arrays["meta"] = numpy.array(json.dumps(meta))
     write_atomically(path, lambda f: numpy.savez(f, **arrays))
+
+
+def class_names(meta):
+    """The classes' readable names (train --class-names), else their folder names."""
+    return meta.get("class_names") or meta["classes"]
 
 
 def write_atomically(path, write):

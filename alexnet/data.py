@@ -231,6 +231,34 @@ def is_image_name(name):
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
 
 
+# Files that give the classes (folder names) readable names, one "<folder> <name>" a line:
+# ImageNet's, as its Kaggle copy ships it ("n01440764 tench, Tinca tinca"), and Caffe's.
+CLASS_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
+
+
+def read_class_names(path, classes):
+    """The readable name of each of `classes` from `path`, whose lines are "<folder> <name>";
+    a class the file does not name keeps its folder name."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            pairs = [line.split(maxsplit=1) for line in f]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"class names {path} cannot be read ({error}); give a text file of "
+                         "'<class folder> <name>' lines") from None
+    names = {pair[0]: pair[1].strip() for pair in pairs if len(pair) == 2}
+    if not any(name in names for name in classes):
+        raise ValueError(f"class names {path} names none of the {len(classes)} classes (the "
+                         f"first is {classes[0]!r}); give the file whose lines start with the "
+                         "class folders' names")
+    return [names.get(name, name) for name in classes]
+
+
+def find_class_names(folder):
+    """The path of a file of class names (CLASS_NAME_FILES) in `folder`, or None."""
+    paths = [os.path.join(folder, name) for name in CLASS_NAME_FILES]
+    return next((path for path in paths if os.path.isfile(path)), None)
+
+
 def find_images(root, classes=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
     Hidden files and folders are skipped; extensions match in any case."""

@@ -111,13 +111,15 @@ def most_confused(confusion, count=10):
     return [pair for pair in pairs if pair[2] > 0]
 
 
-def write_per_class(path, classes, images, hits1, hits5):
-    """per_class.csv: accuracy columns are empty for a class without images."""
+def write_per_class(path, classes, names, images, hits1, hits5):
+    """per_class.csv: each class's folder and readable name; accuracy columns are empty for a
+    class without images."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "images", "top1_accuracy", "top5_accuracy"])
-        for name, n, h1, h5 in zip(classes, images, hits1, hits5):
-            writer.writerow([name, n, f"{h1 / n:.4f}" if n else "", f"{h5 / n:.4f}" if n else ""])
+        writer.writerow(["class", "name", "images", "top1_accuracy", "top5_accuracy"])
+        for row in zip(classes, names, images, hits1, hits5):
+            n, h1, h5 = row[2:]
+            writer.writerow([*row[:3], f"{h1 / n:.4f}" if n else "", f"{h5 / n:.4f}" if n else ""])
 
 
 def run(args):
@@ -149,13 +151,14 @@ def run(args):
     out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "per_class.csv")
-    write_per_class(path, classes, images, hits1, hits5)
+    names = checkpoint.class_names(meta)
+    write_per_class(path, classes, names, images, hits1, hits5)
     print(f"per-class accuracy: {path}")
     pairs = most_confused(confusion)
     print("most confused (true -> predicted: images):" if pairs else "no image was confused")
-    width = max((len(classes[t]) for t, _, _ in pairs), default=0)
+    width = max((len(names[t]) for t, _, _ in pairs), default=0)
     for true, predicted, count in pairs:
-        print(f"  {classes[true]:<{width}} -> {classes[predicted]}: {count}")
+        print(f"  {names[true]:<{width}} -> {names[predicted]}: {count}")
 
 
 def main(argv=None):

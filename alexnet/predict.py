@@ -37,7 +37,7 @@ def main(argv=None):
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    classes = meta["classes"]
+    classes = checkpoint.class_names(meta)
     S, size = model.preset.stored_size(), model.preset.input_size
     failed = 0
     for path in args.images:

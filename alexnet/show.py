@@ -221,7 +221,7 @@ def crops(model, images, aug, size):
 def run(args, log=print):
     model, meta = checkpoint.load_model(args.checkpoint, args.devices)
     aug = checkpoint.load_augmentation(args.checkpoint)
-    classes = meta["classes"]
+    classes = checkpoint.class_names(meta)
     out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
     os.makedirs(out, exist_ok=True)
     wanted = set(args.only)

@@ -125,6 +125,10 @@ def parse_args(argv=None):
     p.add_argument("--data", metavar="DIR", type=existing_path, help="image folder with "
                    "train/<class>/* and val/<class>/*, or a cache made from one by python -m "
                    "alexnet.prepare; default: the embedded shapes data set, drawn on the fly")
+    p.add_argument("--class-names", metavar="FILE", type=existing_path, help="readable names "
+                   "of the classes for the pictures and predictions, one '<class folder> <name>' "
+                   "a line, as ImageNet's LOC_synset_mapping.txt (default: such a file in --data: "
+                   f"{' or '.join(data.CLASS_NAME_FILES)}; else the folder names)")
     p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to on "
                    "first use (default DIR/.alexnet-cache-<size>)")
     p.add_argument("--preset", choices=["auto"] + list(PRESETS), default="auto",
@@ -363,6 +367,7 @@ class Run:
                              f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
                              "resume with the data it was trained on")
         self.check_classes()
+        self.class_names = self.readable_names(resume)
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
@@ -431,6 +436,17 @@ class Run:
                      f" {args.batch_size // group.size} images of every batch each, gradients "
                      "averaged every step")
 
+    def readable_names(self, resume):
+        """The classes' names for people: from --class-names or such a file in --data, else
+        those of the checkpoint resumed, else the folder names."""
+        path = self.args.class_names or (self.args.data and data.find_class_names(self.args.data))
+        if path:
+            names = data.read_class_names(path, self.classes)
+            named = sum(name != folder for name, folder in zip(names, self.classes))
+            log_line(f"class names: {named} of {len(self.classes)} classes named by {path}")
+            return names
+        return checkpoint.class_names(resume[2]) if resume else self.classes
+
     def check_classes(self):
         """One sentence for each class that some split lacks (prepare already refuses val
         classes that train lacks)."""
@@ -456,7 +472,8 @@ class Run:
         paths = [os.path.join(self.dir, name) for name in names]
         if not self.writes:
             return paths[0]
-        meta = {"preset": self.args.preset, "classes": self.classes, "epoch": self.epoch,
+        meta = {"preset": self.args.preset, "classes": self.classes,
+                "class_names": self.class_names, "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
@@ -709,10 +726,10 @@ class Run:
             len(self.val), min(SHOWN, len(self.val)), replace=False)
         probs = softmax(minigrad.Tensor(logits[rows]))
         plots.prediction_grid(data.central(self.val.images[rows], self.size), probs,
-                              self.val.labels[rows], self.classes,
+                              self.val.labels[rows], self.class_names,
                               os.path.join(self.dir, "predictions.png"))
         counts = confusion(self.val.labels, logits.argmax(axis=1), len(self.classes))
-        plots.confusion_matrix(counts, self.classes, os.path.join(self.dir, "confusion.png"))
+        plots.confusion_matrix(counts, self.class_names, os.path.join(self.dir, "confusion.png"))
 
     def check_learning(self):
         """From the second evaluation on, warn once if the network has not begun to learn: its

@@ -1,5 +1,7 @@
 """python -m alexnet.evaluate, alexnet.predict and alexnet.filters on a tiny checkpoint."""
+import contextlib
 import csv
+import io
 import json
 import re
 import subprocess
@@ -170,6 +172,59 @@ def test_predict_prints_top5_per_image_and_names_unreadable_files(run_dir, tmp_p
                    for line in lines[i + 1:i + 6])
         assert len(set(names)) == 5 and set(names) <= set(synthetic.CLASSES)
     assert "broken.jpg" in err and "cannot be read" in err
+
+
+# ---- readable class names ---------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def named_run(tmp_path_factory):
+    """A tiny run on an image folder that holds ImageNet's kind of class-name file, which names
+    every class but the last and one class the folder lacks."""
+    root = tmp_path_factory.mktemp("named")
+    synthetic.write_folder(str(root / "images"), 40, 20, size=48, seed=2, extension=".png")
+    classes = sorted(path.name for path in (root / "images" / "train").iterdir())
+    (root / "images" / "LOC_synset_mapping.txt").write_text(
+        "".join(f"{name} the {name}, a shape\n" for name in classes[:-1]) + "n0000 a cat\n")
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        assert train.main(["--preset", "tiny", "--data", str(root / "images"), "--batch-size",
+                           "16", "--epochs", "1", "--run-dir", str(root / "run")]) == 0
+    names = [f"the {name}, a shape" for name in classes[:-1]] + [classes[-1]]
+    return root, classes, names, output.getvalue()
+
+
+def test_class_names_are_found_in_the_data_folder_and_kept_in_the_checkpoint(named_run):
+    root, classes, names, output = named_run
+    assert f"class names: {len(classes) - 1} of {len(classes)} classes named by " \
+        f"{root / 'images' / 'LOC_synset_mapping.txt'}" in output
+    _, _, meta = checkpoint.load(str(root / "run" / "last.npz"))
+    assert meta["classes"] == classes and meta["class_names"] == names
+    assert checkpoint.class_names({"classes": classes}) == classes    # an older checkpoint
+
+
+def test_predict_and_evaluate_speak_the_class_names(named_run, tmp_path, capsys):
+    root, classes, names, _ = named_run
+    image = next((root / "images" / "val" / classes[0]).iterdir())
+    assert predict.main(["--checkpoint", str(root / "run"), str(image)]) == 0
+    shown = [line.split("%  ", 1)[1] for line in capsys.readouterr().out.splitlines()[1:]]
+    assert len(shown) == 5 and set(shown) <= set(names)
+    assert evaluate.main(["--checkpoint", str(root / "run" / "last.npz"), "--data",
+                          str(root / "images"), "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "per_class.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(row["class"], row["name"]) for row in rows] == list(zip(classes, names))
+
+
+def test_a_class_name_file_for_other_classes_is_refused_in_one_sentence(named_run, tmp_path,
+                                                                        capsys):
+    root, _, _, _ = named_run
+    other = tmp_path / "synset_words.txt"
+    other.write_text("n01440764 tench, Tinca tinca\n")
+    assert train.main(["--preset", "tiny", "--data", str(root / "images"), "--class-names",
+                       str(other), "--epochs", "1", "--run-dir", str(tmp_path / "run")]) == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"error: class names {other} names none of the ") and \
+        "give the file whose lines start with the class folders' names" in error
 
 
 def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
