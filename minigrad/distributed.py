@@ -19,12 +19,13 @@ without a copy to the host; NCCL's communicators are made once, from a unique id
 creates and MPI broadcasts. On a GPU the gradients of each device go in one flat buffer (a
 "bucket"), so that there is one NCCL call per step and device: how ChainerMN and Horovod do it
 (PyTorch's DDP uses several buckets, overlapped with the backward pass). In host memory each
-gradient is summed where it lies, one call per parameter: packing AlexNet's 32 gradients into a
-bucket copies 61M values (45 ms on 2 cores, page faults aside) to save 31 calls of microseconds
+gradient is summed where it lies, one call per parameter: packing AlexNet's 30 gradients into a
+bucket copies 61M values (45 ms on 2 cores, page faults aside) to save 29 calls of microseconds
 each; measured in training, the paper network's average took 10% of a step instead of 13%.
 The average starts when the backward pass has ended: handing each gradient to a thread as soon
 as it was final, to overlap the two, made steps 1-9% slower on a CPU, where the same cores do
-both (bench/results/2026-11-29-data-parallel.md). Without MPI installed, init() gives a group of one process whose calls do nothing.
+both (bench/results/2026-11-29-data-parallel.md). A plain `python` run (not under mpiexec)
+gets a group of one process whose calls do nothing, and needs no MPI installed.
 """
 import os
 import zlib
@@ -70,6 +71,7 @@ class Group(Alone):
         node = comm.Split_type(_mpi().COMM_TYPE_SHARED)
         self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
         self.nccl = None        # whether GPU buckets go through NCCL: decided at the first
+                                # average of GPU gradients (None until then)
         self._communicators = {}        # place of a bucket -> its NCCL communicator
 
     def broadcast(self, params, root=0):

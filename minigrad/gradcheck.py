@@ -2,7 +2,7 @@
 import numpy
 
 from minigrad import backend
-from minigrad.tensor import Tensor
+from minigrad.tensor import Tensor, no_grad
 
 
 def gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, seed=0):
@@ -28,7 +28,8 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, seed=0):
     directions = [backend.to_device(rng.standard_normal(y.shape), y.device) for y in outputs()]
 
     def projected():
-        return sum(float((y.data * r).sum()) for y, r in zip(outputs(), directions))
+        with no_grad():                                  # values only: record no graph
+            return sum(float((y.data * r).sum()) for y, r in zip(outputs(), directions))
 
     for t in checked:
         t.grad = None

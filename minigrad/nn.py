@@ -82,9 +82,9 @@ class Module:
                          ("wrong shapes", misshaped)) if names]
             raise ValueError(f"{type(self).__name__}.load_state_dict: {'; '.join(problems)}; "
                              "was the checkpoint saved from the same model and settings?")
-        for name, p in params.items():
-            value = numpy.asarray(backend.to_device(state[name], "cpu"), dtype=p.dtype)
-            p.data = backend.to_device(value, p.device)
+        for name, p in params.items():          # a C-contiguous copy: training never writes
+            value = numpy.array(backend.to_device(state[name], "cpu"), p.dtype, order="C")
+            p.data = backend.to_device(value, p.device)                  # into the caller's
 
 
 def _he_normal(shape, fan_in, dtype):

@@ -40,8 +40,8 @@ def im2col(x, kh, kw, sy, sx, ph, pw):
     """
     N, C, H, W = x.shape
     OH, OW = conv_output_size(H, kh, sy, ph), conv_output_size(W, kw, sx, pw)
-    xp = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    col = _windows(xp, kh, kw, sy, sx, OH, OW)            # (N, C, kh, kw, OH, OW) view
+    x_padded = numpy.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    col = _windows(x_padded, kh, kw, sy, sx, OH, OW)      # (N, C, kh, kw, OH, OW) view
     col = col.transpose(1, 2, 3, 0, 4, 5)                  # (C, kh, kw, N, OH, OW) view
     return col.reshape(C * kh * kw, N * OH * OW)           # the copy happens here
 

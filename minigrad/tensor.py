@@ -94,21 +94,23 @@ class Tensor:
         """The same data, cut from the graph."""
         return Tensor(self.data)
 
-    def zero_grad(self):
-        self.grad = None
-
     # ---- autograd --------------------------------------------------------------------------
     def backward(self, gy=None):
         """Add d(self)/d(t) * gy into t.grad for every tensor t with requires_grad in the graph.
 
-        gy defaults to 1 for a scalar. Gradients accumulate across calls (call zero_grad()).
-        The graph is freed as it is walked, so backward() runs once per forward pass.
+        gy defaults to 1 for a scalar. Gradients accumulate across calls (the optimizer's or
+        module's zero_grad() clears them).
+        The graph is freed as it is walked, so backward() runs once per forward pass: a second
+        one through any part of it raises (add the losses and call backward() once instead).
         """
         if self._ctx is None and not self.requires_grad:
             raise RuntimeError("backward() on a tensor that does not require grad: no parameter "
                                "or input with requires_grad=True took part in computing it")
         if isinstance(gy, Tensor):
             gy = gy.data
+        if gy is not None and tuple(gy.shape) != self.shape:
+            raise ValueError(f"backward(gy): gy has shape {tuple(gy.shape)} but the tensor has "
+                             f"shape {self.shape}; they must be equal")
         if gy is None:
             if self.data.size != 1:
                 raise RuntimeError(f"backward() without a gradient needs a scalar, not shape "
@@ -122,9 +124,14 @@ class Tensor:
                 continue
             if t._ctx is None:                                         # a leaf: keep its gradient
                 with backend.device_scope(t.device):
+                    g = g.astype(t.dtype, copy=False)     # a float64 input, float32 weights
                     t.grad = g if t.grad is None else t.grad + g
                 continue
-            ctx, t._ctx = t._ctx, None
+            if t._ctx is _FREED:
+                raise RuntimeError("backward() reached a part of the graph that an earlier "
+                                   "backward() has freed; run the forward pass again, or add "
+                                   "the losses and call backward() once")
+            ctx, t._ctx = t._ctx, _FREED
             with backend.device_scope(t.device):
                 parent_grads = ctx.backward(g)
             if not isinstance(parent_grads, tuple):
@@ -154,7 +161,9 @@ class Tensor:
 
     def reshape(self, *shape): return F.reshape(self, shape[0] if len(shape) == 1 else shape)
     def flatten(self, start_dim=1): return F.flatten(self, start_dim)
-    def transpose(self, *axes): return F.transpose(self, axes or None)
+    def transpose(self, *axes):
+        return F.transpose(self, axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list))
+                           else axes or None)
     @property
     def T(self): return F.transpose(self)
     def sum(self, axis=None, keepdims=False): return F.sum(self, axis, keepdims)
@@ -163,6 +172,14 @@ class Tensor:
     def exp(self): return F.exp(self)
     def log(self): return F.log(self)
     def to(self, device): return F.to_device(self, device)
+
+
+class _Freed:
+    """What a tensor's _ctx becomes once backward() has used its Function (and let it go)."""
+    parents = ()
+
+
+_FREED = _Freed()
 
 
 def _needs_grad(t):

@@ -96,6 +96,22 @@ def test_sgd_step_is_the_papers_formula(device, shape, dtype):
         numpy.testing.assert_array_equal(w.numpy(), expected)
 
 
+def test_load_state_dict_copies_and_sgd_updates_every_layout():
+    """A loaded array is copied (training must not write into the caller's dict) in C order,
+    and SGD updates a parameter of any layout in place (reshape(-1) would copy a Fortran one)."""
+    layer = nn.Linear(3, 2, dtype=numpy.float64)
+    state = {"weight": numpy.asfortranarray(numpy.ones((2, 3))), "bias": numpy.ones(2)}
+    layer.load_state_dict(state)
+    assert layer.weight.data.flags.c_contiguous and layer.weight.data is not state["weight"]
+    fortran = nn.Parameter(numpy.asfortranarray(numpy.ones((2, 3))))
+    sgd = optim.SGD([layer.weight, fortran], lr=0.1, momentum=0.0, weight_decay=0.0)
+    layer.weight.grad, fortran.grad = numpy.ones((2, 3)), numpy.ones((2, 3))
+    sgd.step()
+    for p in (layer.weight, fortran):
+        numpy.testing.assert_allclose(p.numpy(), numpy.full((2, 3), 0.9))
+    numpy.testing.assert_array_equal(state["weight"], numpy.ones((2, 3)))
+
+
 def test_sgd_skips_parameters_without_gradient():
     w = nn.Parameter(numpy.ones(3))
     optim.SGD([w]).step()

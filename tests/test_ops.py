@@ -103,6 +103,8 @@ def test_relu(device, rng):
     x = distinct(rng, (3, 5), spacing=0.1)
     check_grad(F.relu, [x], device)
     numpy.testing.assert_array_equal(forward(F.relu, [x], device), numpy.maximum(x, 0))
+    extremes = numpy.array([-numpy.inf, numpy.inf, numpy.nan, -1.0])
+    numpy.testing.assert_array_equal(forward(F.relu, [extremes], device), [0, numpy.inf, numpy.nan, 0])
 
 
 @pytest.mark.parametrize("shapes", [((3, 4), (4, 5)), ((1, 1), (1, 7)), ((2, 3, 4), (4, 2)),
@@ -378,6 +380,39 @@ def test_backward_needs_scalar_or_gradient():
     x = Tensor(numpy.ones(3), requires_grad=True)
     with pytest.raises(RuntimeError, match="needs a scalar"):
         (x * 2).backward()
+    with pytest.raises(ValueError, match=r"gy has shape \(2,\) but the tensor has shape \(3,\)"):
+        (x * 2).backward(numpy.ones(2))
+
+
+def test_a_second_backward_through_a_freed_graph_is_refused():
+    """Not a silent zero: h's Function is gone after the first backward, and a second
+    backward through h would otherwise add nothing to w.grad."""
+    w = Tensor(numpy.ones(3), requires_grad=True)
+    h = w * 2
+    first, second = h.sum(), (h * 3).sum()
+    first.backward()
+    for loss in (second, first):
+        with pytest.raises(RuntimeError, match="an earlier backward\\(\\) has freed"):
+            loss.backward()
+    w.grad = None
+    h = w * 2
+    (h.sum() + (h * 3).sum()).backward()              # the way: add the losses first
+    numpy.testing.assert_array_equal(w.grad, [8.0, 8.0, 8.0])
+
+
+def test_a_parameters_gradient_has_its_dtype(device):
+    """A float64 input through float32 weights: the weights' gradient is float32 still."""
+    W = Tensor(backend.to_device(numpy.ones((2, 3), numpy.float32), device), requires_grad=True)
+    x = Tensor(backend.to_device(numpy.ones((4, 3)), device))           # float64
+    F.linear(x, W).sum().backward()
+    assert W.grad.dtype == numpy.float32
+    numpy.testing.assert_array_equal(backend.to_device(W.grad, "cpu"), numpy.full((2, 3), 4.0))
+
+
+def test_transpose_takes_axes_as_arguments_or_one_tuple():
+    x = Tensor(numpy.zeros((2, 3, 4)))
+    assert x.transpose(2, 0, 1).shape == x.transpose((2, 0, 1)).shape == (4, 2, 3)
+    assert x.transpose().shape == x.T.shape == (4, 3, 2)
 
 
 def test_a_deep_chain_needs_no_recursion():
