@@ -19,12 +19,13 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, prepare
+from alexnet.cli import Parser, devices_list, whole
 from minigrad import functional as F
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.evaluate", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m alexnet.evaluate", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder with "
@@ -32,16 +33,13 @@ def parse_args(argv=None):
                    "python -m alexnet.prepare (its val split)")
     p.add_argument("--views", type=int, choices=[1, 10], default=1, help="1: the central crop; "
                    "10: the paper's ten views, softmax averaged (default 1)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per forward pass "
+    p.add_argument("--batch-size", type=whole(1), default=128, help="images per forward pass "
                    "(default 128; with --views 10 each view of a batch is one pass)")
-    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
                    "(default: two GPUs, one GPU twice, or the CPU)")
     p.add_argument("--out", metavar="DIR", help="where per_class.csv goes (default: the "
                    "checkpoint's folder)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch-size must be at least 1, got {args.batch_size}")
-    return args
+    return p.parse_args(argv)
 
 
 def image_folder(root):

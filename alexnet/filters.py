@@ -8,16 +8,17 @@ import argparse
 import sys
 
 from alexnet import checkpoint, plots
+from alexnet.cli import Parser, whole
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.filters", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m alexnet.filters", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("--out", default="conv1.png", metavar="PNG", help="PNG to write (default conv1.png)")
-    p.add_argument("--columns", type=int, default=16, help="filters per row (default 16)")
-    p.add_argument("--scale", type=int, default=4, help="screen pixels per filter pixel "
+    p.add_argument("--columns", type=whole(1), default=16, help="filters per row (default 16)")
+    p.add_argument("--scale", type=whole(1), default=4, help="screen pixels per filter pixel "
                    "(default 4)")
     return p.parse_args(argv)
 
@@ -27,7 +28,7 @@ def main(argv=None):
     try:
         conv1, _ = checkpoint.read(args.checkpoint, "model.conv1")      # keys a.weight, b.bias...
         a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each
-        plots.filter_grid(a, b, args.out, columns=args.columns, scale=max(1, args.scale))
+        plots.filter_grid(a, b, args.out, columns=args.columns, scale=args.scale)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -13,17 +13,18 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data
+from alexnet.cli import Parser, devices_list, whole
 from alexnet.evaluate import softmax
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.predict", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m alexnet.predict", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
-    p.add_argument("--top", type=int, default=5, metavar="K", help="classes to show per image (default 5)")
-    p.add_argument("--devices", help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
+    p.add_argument("--top", type=whole(1), default=5, metavar="K", help="classes to show per image (default 5)")
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
                    "(default: two GPUs, one GPU twice, or the CPU)")
     return p.parse_args(argv)
 
@@ -51,7 +52,7 @@ def main(argv=None):
         with minigrad.no_grad():
             probs = softmax(model(data.center_crop(image[None], aug.mean, size)))[0]
         print(path)
-        for k in numpy.argsort(-probs)[:max(1, args.top)]:
+        for k in numpy.argsort(-probs)[:args.top]:
             print(f"  {probs[k]:7.2%}  {classes[k]}")
         sys.stdout.flush()
     if failed:

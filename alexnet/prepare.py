@@ -47,6 +47,7 @@ import numpy
 from numpy.lib.format import open_memmap
 
 from alexnet import data
+from alexnet.cli import Parser, format_time, whole
 from alexnet.checkpoint import write_atomically
 
 SPLITS = ("train", "val")
@@ -166,9 +167,8 @@ class Progress:
             self.shown = now
             rate = self.decoded / max(now - self.started, 1e-9)
             seconds_left = (self.todo - self.decoded) / max(rate, 1e-9)
-            eta = time.strftime("%H:%M:%S", time.gmtime(seconds_left))
             self.log(f"  {self.name}: {int(self.done.sum()) + len(self.failed)}/{len(self.done)} "
-                     f"images  {rate:.0f} images/s  ETA {eta}")
+                     f"images  {rate:.0f} images/s  ETA {format_time(seconds_left)}")
 
     def save(self):
         """Sync the image rows to disk first, then the mask that vouches for them."""
@@ -465,17 +465,17 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
 # ---- command line -----------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.prepare", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = Parser(prog="python -m alexnet.prepare", description=__doc__,
+               formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", required=True, help="image folder with "
                    "train/<class>/* and val/<class>/*; with --val-labels: the flat folder of "
                    "validation images")
     p.add_argument("--out", metavar="CACHE", help="folder the cache is written to (default "
                    "DIR/.alexnet-cache-<size>, where training looks first)")
-    p.add_argument("--size", type=int, default=256, help="side of the stored images (default "
+    p.add_argument("--size", type=whole(1), default=256, help="side of the stored images (default "
                    "256; 256 * input / 227 for other presets, e.g. 112 for 'small')")
-    p.add_argument("--workers", type=int, help="decoding processes (default: one per CPU core)")
-    p.add_argument("--limit", type=int, help="decode at most this many images now; the same "
+    p.add_argument("--workers", type=whole(1), help="decoding processes (default: one per CPU core)")
+    p.add_argument("--limit", type=whole(1), help="decode at most this many images now; the same "
                    "command goes on later")
     p.add_argument("--val-labels", metavar="FILE", help="sort the flat folder --data into class "
                    "folders from this list (LOC_val_solution.csv or 'file class' lines)")

@@ -33,7 +33,8 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, plots, prepare
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.train import Parser, devices_list, format_time, load_data, whole
+from alexnet.cli import Parser, devices_list, format_time, whole
+from alexnet.train import load_data
 from minigrad import backend
 
 PICTURES = ("predictions", "neighbours", "confusion", "activations")

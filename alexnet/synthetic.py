@@ -32,13 +32,14 @@ computed from a signed distance to each shape's boundary (positive inside, in pi
 chunks are drawn on all cores at once (NumPy's loops let go of Python's lock); their random
 numbers come from one generator, in chunk order, so the images do not depend on the core count.
 """
-import argparse
 import collections
 import concurrent.futures
 import os
+import sys
 
 import numpy
 
+from alexnet.cli import Parser, whole
 from minigrad import parallel
 
 _CHUNK_BYTES = 16 * 2 ** 20  # the float32 canvas of one chunk: 16 MB (277 images of 72x72)
@@ -268,24 +269,30 @@ def write_folder(root, train, val, size=256, seed=0, classes=len(CLASSES), exten
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m alexnet.synthetic",
-                                description="Write the embedded shapes data set as an image "
-                                "folder, to try python -m alexnet.train --data on it.")
+    p = Parser(prog="python -m alexnet.synthetic", description="Write the embedded shapes data "
+               "set as an image folder, to try python -m alexnet.train --data on it.")
     p.add_argument("--out", required=True, help="the folder to write (train/ and val/ in it)")
-    p.add_argument("--train", type=int, default=3000, help="training images (default 3000)")
-    p.add_argument("--val", type=int, default=500, help="validation images (default 500)")
-    p.add_argument("--size", type=int, default=256, help="image side (default 256)")
-    p.add_argument("--classes", type=int, default=len(CLASSES),
+    p.add_argument("--train", type=whole(1), default=3000, help="training images (default 3000)")
+    p.add_argument("--val", type=whole(1), default=500, help="validation images (default 500)")
+    p.add_argument("--size", type=whole(16), default=256, help="image side (default 256)")
+    p.add_argument("--classes", type=whole(1), default=len(CLASSES),
                    help=f"the first N of the {len(CLASSES)} classes (default all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=whole(0), default=0)
     args = p.parse_args(argv)
+    if args.classes > len(CLASSES):
+        p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 1 to "
+                f"{len(CLASSES)}")
     try:
         write_folder(args.out, args.train, args.val, args.size, args.seed, args.classes)
     except ValueError as error:
         p.error(str(error))
+    except OSError as error:                        # --out is a file, or not writable
+        print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {args.train} train and {args.val} val images of {args.size}x{args.size}, "
           f"{args.classes} classes; train on it with python -m alexnet.train --data {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -259,3 +259,32 @@ def test_every_command_runs_with_tower_a_off_the_first_gpu(tmp_path, image_dir):
                                     "--queries", "2"])):
         backend.use(0)                                     # as a new process starts
         assert main(["--checkpoint", run] + argv + devices) == 0, main.__module__
+
+
+# ---- every command checks its options --------------------------------------------------------
+
+@pytest.mark.parametrize("command, argv, message", [
+    (prepare, ["--data", ".", "--size", "0"], "argument --size: 0 is too small"),
+    (prepare, ["--data", ".", "--workers", "-1"], "argument --workers: -1 is too small"),
+    (prepare, ["--data", ".", "--limit", "-3"], "argument --limit: -3 is too small"),
+    (predict, ["--checkpoint", "x", "--top", "0", "a.png"], "argument --top: 0 is too small"),
+    (predict, ["--checkpoint", "x", "--devices", "0", "a.png"], "argument --devices: '0' is not two"),
+    (evaluate, ["--checkpoint", "x", "--data", ".", "--batch-size", "0"],
+     "argument --batch-size: 0 is too small"),
+    (filters, ["--checkpoint", "x", "--columns", "0"], "argument --columns: 0 is too small"),
+    (synthetic, ["--out", "x", "--train", "0"], "argument --train: 0 is too small"),
+    (synthetic, ["--out", "x", "--classes", "11"], "argument --classes: the data set has 10"),
+], ids=["prepare-size", "prepare-workers", "prepare-limit", "predict-top", "predict-devices",
+        "evaluate-batch", "filters-columns", "synthetic-train", "synthetic-classes"])
+def test_commands_refuse_bad_options_in_one_sentence(command, argv, message, capsys):
+    with pytest.raises(SystemExit) as stopped:
+        command.main(argv)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and message in error and "usage:" not in error
+
+
+def test_synthetic_names_a_folder_it_cannot_write(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert synthetic.main(["--out", str(blocker), "--train", "1", "--val", "1", "--size", "16"]) == 1
+    assert capsys.readouterr().err.startswith(f"error: cannot write {blocker}: ")
