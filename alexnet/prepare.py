@@ -242,7 +242,8 @@ def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, l
     labels[holes] = labels[tails]
     write_atomically(labels_path, lambda f: numpy.save(f, labels[:count]))
     manifest["splits"][split] = {"files": len(paths), "images": count, "skipped": len(bad),
-                                 "complete": True, "bad": bad}
+                                 "complete": True, "bad": bad,
+                                 "bad_rows": sorted(int(i) for i, _ in progress.failed)}
     write_manifest(cache, manifest)
     os.remove(done_path)
     return len(todo)
@@ -325,22 +326,18 @@ def open_split(cache, split):
 def row_files(cache, split):
     """The file (path below DIR/<split>) of every row of a split's images, as prepare_split
     left them: the files in listing order, the skipped ones dropped, and the rows of skipped
-    files among the first `images` filled with the last good files."""
+    files among the first `images` filled with the last good files. None for a cache that
+    skipped files but predates the record of which rows they were."""
     listing = [line.split("\t")[0] for line in read_text(
         os.path.join(cache, f"{split}_files.txt")).splitlines()]
-    skipped = {}                     # file name -> the skipped paths (as given) of that name
-    for path, _ in read_manifest(cache)["splits"][split]["bad"]:
-        skipped.setdefault(os.path.basename(path), []).append(path)
-
-    def is_skipped(name):            # a skipped path is <the DIR given to prepare>/<split>/name
-        return any(path.endswith(os.sep + name)
-                   for path in skipped.get(os.path.basename(name), ()))
-
-    bad = [is_skipped(name) for name in listing]
-    count = bad.count(False)
+    entry = read_manifest(cache)["splits"][split]
+    if "bad_rows" not in entry and entry["skipped"]:
+        return None
+    bad = set(entry.get("bad_rows", ()))
+    count = len(listing) - len(bad)
     rows = listing[:count]
-    holes = [i for i in range(count) if bad[i]]
-    tails = [i for i in range(count, len(listing)) if not bad[i]]
+    holes = [i for i in range(count) if i in bad]
+    tails = [i for i in range(count, len(listing)) if i not in bad]
     for hole, tail in zip(holes, tails):
         rows[hole] = listing[tail]
     return rows

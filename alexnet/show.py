@@ -184,11 +184,11 @@ class Source:
         self._files = {}
 
     def name(self, split, row):
-        if self.cache is None:
-            return f"{split}[{row}]"
-        if split not in self._files:
+        """The image's file below DIR/<split>, or split[row] where that is not known."""
+        if self.cache is not None and split not in self._files:
             self._files[split] = prepare.row_files(self.cache, split)
-        return self._files[split][row]
+        files = self._files.get(split)
+        return f"{split}[{row}]" if files is None else files[row]
 
 
 def pick(args, count, predicted, labels):

@@ -1,6 +1,7 @@
 """python -m alexnet.show (Figure 4, confusion matrix, activations) on a tiny checkpoint."""
 import csv
 import json
+import os
 
 import numpy
 import pytest
@@ -183,13 +184,23 @@ def test_bad_choices_are_one_sentence(run_dir, tmp_path, capsys, argv, message):
 def test_cache_rows_are_named_by_their_files_even_after_skipped_files(tmp_path):
     synthetic.write_folder(str(tmp_path / "raw"), 24, 6, size=48, seed=5, extension=".png")
     disk = tmp_path / "raw" / "train" / synthetic.CLASSES[0]
-    broken = sorted(disk.iterdir())[0]
-    broken.write_bytes(b"not an image")              # a hole early in the split
+    good = sorted(disk.iterdir())[0]
+    # A broken file whose path ends with a good file's (class/deeper/class/0.png ends with
+    # class/0.png): matched on the end of its path, the good one was taken for the broken one.
+    broken = disk / "deeper" / synthetic.CLASSES[0] / good.name
+    broken.parent.mkdir(parents=True)
+    broken.write_bytes(b"not an image")
     assert prepare.main(["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
                          "--size", str(STORED), "--workers", "1"]) == 0
     files = prepare.row_files(str(tmp_path / "cache"), "train")
     images = prepare.open_cache(str(tmp_path / "cache")).train.images
-    assert len(files) == len(images) == 23 and broken.name not in {f.split("/")[-1] for f in files}
+    assert len(files) == len(images) == 24
+    assert os.path.relpath(broken, disk.parent) not in files
+    assert os.path.relpath(good, disk.parent) in files
     for row, name in enumerate(files):
         numpy.testing.assert_array_equal(
             images[row], data.load_image(tmp_path / "raw" / "train" / name, STORED))
+    manifest = json.loads((tmp_path / "cache" / "manifest.json").read_text())
+    del manifest["splits"]["train"]["bad_rows"]         # a cache made before they were recorded
+    (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
+    assert prepare.row_files(str(tmp_path / "cache"), "train") is None
