@@ -9,7 +9,8 @@ shorter side rescaled to S, then the central S x S crop) and int64 labels. Train
 
 The paper writes lambda_i, the eigenvalues of the RGB covariance, in that shift; taken literally
 on 0..255 pixel values it moves colours by hundreds of levels. We scale by sqrt(lambda_i), the
-standard deviation along p_i (about 5 levels for ImageNet), as the common reimplementations do.
+standard deviation along p_i (60 levels or more along p_1 for ImageNet, so a shift of about 6),
+as the common reimplementations do.
 
 Evaluation batches are the central crop, mean subtracted. Every batch is a pure function of
 (seed, epoch, batch index), so a resumed run sees exactly the batches it would have seen, and
@@ -58,6 +59,9 @@ def rgb_pca(images, max_pixels=1_000_000, seed=0):
         n, y, x = (rng.integers(0, size, max_pixels) for size in (N, H, W))
         pixels = images[n, :, y, x].astype(numpy.float64)                   # (max_pixels, 3)
     eigenvalues, eigenvectors = numpy.linalg.eigh(numpy.cov(pixels, rowvar=False))
+    # A variance is never negative, but rounding makes the zero ones of grey images (R = G = B:
+    # a covariance of rank 1) come out as -1e-12, and the colour shift's sqrt would be NaN.
+    eigenvalues = numpy.maximum(eigenvalues, 0.0)
     order = eigenvalues.argsort()[::-1]
     return eigenvalues[order].astype(numpy.float32), eigenvectors[:, order].astype(numpy.float32)
 
@@ -240,7 +244,7 @@ def read_class_names(path, classes):
     """The readable name of each of `classes` from `path`, whose lines are "<folder> <name>";
     a class the file does not name keeps its folder name."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:         # -sig: a BOM is not a name
             pairs = [line.split(maxsplit=1) for line in f]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"class names {path} cannot be read ({error}); give a text file of "

@@ -385,7 +385,7 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
 def read_label_list(path):
     """[(file, class)] from LOC_val_solution.csv (header ImageId,PredictionString) or from lines
     `file class` separated by whitespace or a comma."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:          # -sig: as a spreadsheet saves it
         lines = f.read().splitlines()
     loc = bool(lines) and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring")
     pairs = []

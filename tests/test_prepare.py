@@ -227,7 +227,7 @@ def flat_val_folder(root):
 def test_loc_solution_csv_sorts_the_folder_and_dry_run_moves_nothing(tmp_path, capsys):
     val = flat_val_folder(tmp_path / "val")
     labels = tmp_path / "LOC_val_solution.csv"
-    labels.write_text("ImageId,PredictionString\n"
+    labels.write_text("\ufeffImageId,PredictionString\n"            # with a BOM, as Excel saves it
                       "ILSVRC2012_val_00000001,n01751748 10 20 30 40 n01751748 5 5 9 9 \n"
                       "ILSVRC2012_val_00000002,n09193705 1 2 3 4 \n")
     assert prepare.main(["--val-labels", str(labels), "--data", str(val), "--dry-run"]) == 0

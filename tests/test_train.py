@@ -41,6 +41,15 @@ def test_mean_image_and_pca_equal_direct_numpy():
         numpy.testing.assert_allclose(covariance @ vector, value * vector, rtol=1e-4, atol=1e-3)
 
 
+def test_grey_images_have_no_negative_variance_and_finite_batches():
+    grey = numpy.random.default_rng(0).integers(0, 256, (20, 1, 16, 16)).astype(numpy.uint8)
+    split = data.Split(numpy.repeat(grey, 3, axis=1), numpy.arange(20) % 2)      # R = G = B
+    aug = data.Augmentation.of(split.images)
+    assert (aug.eigenvalues >= 0).all() and aug.eigenvalues[1:].max() < 1e-6
+    x, _ = next(data.batches(split, aug, 12, 8, train=True))
+    assert numpy.isfinite(x).all()
+
+
 def test_training_batches_are_a_function_of_seed_epoch_and_index():
     rng = numpy.random.default_rng(0)
     split = data.Split(rng.integers(0, 256, (40, 3, 12, 12)).astype(numpy.uint8), numpy.arange(40) % 4)

@@ -183,7 +183,7 @@ def named_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("named")
     synthetic.write_folder(str(root / "images"), 40, 20, size=48, seed=2, extension=".png")
     classes = sorted(path.name for path in (root / "images" / "train").iterdir())
-    (root / "images" / "LOC_synset_mapping.txt").write_text(
+    (root / "images" / "LOC_synset_mapping.txt").write_text("\ufeff" +          # a BOM
         "".join(f"{name} the {name}, a shape\n" for name in classes[:-1]) + "n0000 a cat\n")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
