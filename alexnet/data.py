@@ -289,6 +289,10 @@ def find_images(root, classes=None):
                     paths.append(os.path.join(dirpath, f))
                     labels.append(label)
     if not paths:
+        if any(is_image_name(name) for name in os.listdir(root)):
+            raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"
+                             "<image>); sort a flat folder such as ImageNet's val with python -m "
+                             f"alexnet.prepare --val-labels LOC_val_solution.csv --data {root}")
         raise ValueError(f"no images found under {root}/<class>/ (extensions: "
                          f"{', '.join(IMAGE_EXTENSIONS)})")
     return paths, numpy.array(labels, numpy.int64), list(classes)

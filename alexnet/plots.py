@@ -1,6 +1,7 @@
-"""Pictures of a training run, drawn with Pillow alone: learning curves and the conv1 filters.
+"""Pictures of a training run, drawn with Pillow alone: learning curves, the conv1 filters,
+top-5 predictions, nearest neighbours, the confusion matrix and every layer's activations.
 
-Both functions write their PNG atomically (to a temporary file, then os.replace), so a viewer
+Every function writes its PNG atomically (to a temporary file, then os.replace), so a viewer
 that reloads the file while training runs never sees half an image.
 """
 import math
@@ -365,7 +366,7 @@ def confusion_matrix(counts, classes, path, max_named=50):
     named = C <= max_named
     font, small = _font(14), _font(12)
     probe = ImageDraw.Draw(Image.new("L", (1, 1)))
-    names = list(classes) if named else []
+    names = [_fit(probe, name, small, 200) for name in classes] if named else []
     label_w = int(max(probe.textlength(n, font=small) for n in names)) + 10 if named else 0
     left, top = 30 + label_w, 54 + label_w
     side = C * cell

@@ -7,8 +7,9 @@ The first form decodes every image under DIR/train/<class>/ and DIR/val/<class>/
 paper prepares ImageNet (section 2: the shorter side rescaled to --size, then the central
 square), into a cache folder that training maps into memory instead of reading it into RAM:
 
-    manifest.json       size, class names, source folder, and per split: files, images,
-                        skipped, complete
+    manifest.json       size, class names, source folder, whether mean.npy and pca.npz are
+                        made (statistics), and per split: files, images, skipped, complete,
+                        bad (path and reason of each skipped file) and bad_rows (their rows)
     classes.txt         the class names in label order (the sorted folder names), one a line
     train_images.npy    uint8 (files, 3, S, S), memory-mapped; the first `images` rows are used
     train_labels.npy    int64 (images,): the labels of those rows

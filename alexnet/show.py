@@ -222,13 +222,13 @@ def crops(model, images, aug, size):
 def run(args, log=print):
     model, meta = checkpoint.load_model(args.checkpoint, args.devices)
     aug = checkpoint.load_augmentation(args.checkpoint)
-    classes = checkpoint.class_names(meta)
+    names = checkpoint.class_names(meta)           # readable; meta["classes"]: folders
     out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
     os.makedirs(out, exist_ok=True)
     wanted = set(args.only)
     written = []
     if wanted == {"activations"} and args.image:        # one image: no data set needed
-        return draw_activations(model, aug, classes, args.image, out)
+        return draw_activations(model, aug, names, args.image, out)
     S, size = model.preset.stored_size(), model.preset.input_size
     source = Source(args, meta, S)
     val = source.val
@@ -241,21 +241,21 @@ def run(args, log=print):
     shown = data.central(val.images[rows], size)                   # what the network saw
 
     if "confusion" in wanted:
-        counts = confusion(val.labels, predicted, len(classes))
+        counts = confusion(val.labels, predicted, len(names))
         written += [os.path.join(out, "confusion.png"), os.path.join(out, "confusion.csv")]
-        plots.confusion_matrix(counts, classes, written[-2])
-        write_confusion_csv(written[-1], counts, classes)
+        plots.confusion_matrix(counts, names, written[-2])
+        write_confusion_csv(written[-1], counts, meta["classes"])
     if "predictions" in wanted:
         n = min(args.predictions, len(rows))
         written.append(os.path.join(out, "predictions.png"))
         plots.prediction_grid(shown[:n], softmax(minigrad.Tensor(logits[:n])),
-                              val.labels[rows[:n]], classes, written[-1])
+                              val.labels[rows[:n]], names, written[-1])
     if "neighbours" in wanted:
         q = min(args.queries, len(rows))
         written += draw_neighbours(args, model, aug, source, rows[:q], shown[:q],
-                                   features(model, trace)[:q], classes, out, log)
+                                   features(model, trace)[:q], names, out, log)
     if "activations" in wanted:
-        written += draw_activations(model, aug, classes, args.image, out,
+        written += draw_activations(model, aug, names, args.image, out,
                                     val.images[rows[:1]], source.name("val", int(rows[0])))
     return written
 
@@ -301,7 +301,8 @@ def draw_activations(model, aug, classes, image_path, out, image=None, name=None
 
 
 def write_confusion_csv(path, counts, classes):
-    """Counts: one row per true class, one column per predicted class."""
+    """Counts: one row per true class, one column per predicted class, each headed by the
+    class's folder name (names can repeat: ImageNet has two "crane" classes)."""
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["true \\ predicted"] + list(classes))

@@ -42,7 +42,7 @@ import numpy
 from alexnet.cli import Parser, whole
 from minigrad import parallel
 
-_CHUNK_BYTES = 16 * 2 ** 20  # the float32 canvas of one chunk: 16 MB (277 images of 72x72)
+_CHUNK_BYTES = 16 * 2 ** 20  # the float32 canvas of one chunk: 16 MB (269 images of 72x72)
 
 
 def _disk(u, v, r, s, period, phase):

@@ -8,7 +8,7 @@ import numpy
 import pytest
 from PIL import Image, ImageFile
 
-from alexnet import data, prepare, train
+from alexnet import data, prepare, synthetic, train
 from alexnet.model import PRESETS
 from minigrad import backend
 
@@ -313,3 +313,17 @@ def test_batches_on_a_device_equal_the_numpy_batches(device):
             assert backend.device_of(dx) == device and dx.dtype == numpy.float32
             numpy.testing.assert_allclose(backend.to_device(dx, "cpu"), x, rtol=1e-6, atol=1e-5)
             numpy.testing.assert_array_equal(dlabels, labels)
+
+
+def test_a_flat_val_folder_is_sent_to_val_labels(tmp_path, capsys):
+    root = tmp_path / "data"
+    synthetic.write_folder(str(root), 6, 3, size=32, seed=0, extension=".png")
+    flat = root / "val"
+    for path in list(flat.glob("*/*.png")):
+        path.rename(flat / f"{path.parent.name}-{path.name}")       # ImageNet's val: no classes
+        if not any(path.parent.iterdir()):
+            path.parent.rmdir()
+    assert prepare.main(["--data", str(root), "--out", str(tmp_path / "cache")]) == 1
+    error = capsys.readouterr().err
+    assert f"the images in {flat} are not in class folders" in error
+    assert "--val-labels LOC_val_solution.csv" in error
