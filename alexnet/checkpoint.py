@@ -7,10 +7,11 @@
                           and prediction subtract the TRAINING set's mean image, so it travels
                           with the weights
     meta                  a JSON string: preset, classes (their folder names) and
-                          class_names (readable ones), epoch, batch (next in the epoch),
-                          step, best validation top-1 error, learning rate, schedule, the
-                          number of processes (ranks) that trained it and the random state of
-                          each, the run's settings
+                          class_names (readable ones), train_images (the size of the training
+                          set), epoch, batch (next in the epoch), step, best validation top-1
+                          error, learning rate, schedule, seconds of training, the number of
+                          processes (ranks) that trained it and the random state of each, the
+                          run's settings
 """
 import dataclasses
 import json

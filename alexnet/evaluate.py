@@ -7,7 +7,7 @@ stores. --views 1 classifies the central crop, as the training loop's evaluation
 averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
 central crop, and their horizontal reflections.
 
-Also writes per_class.csv (class, images, top1_accuracy, top5_accuracy) and prints the ten
+Also writes per_class.csv (class, name, images, top1_accuracy, top5_accuracy) and prints the ten
 (true, predicted) class pairs that are confused most often.
 """
 import argparse

@@ -171,12 +171,6 @@ class AlexNet(nn.Module):
             for layer in self.tower_layers(tower):
                 layer.to(device)
 
-    def to(self, device):
-        """Both towers onto one device."""
-        self.devices = (backend.parse_device(device),) * 2
-        self._place()
-        return self
-
     def forward(self, x, trace=None):
         """x (N, 3, S, S) array or Tensor -> logits (N, num_classes) on tower a's device.
 

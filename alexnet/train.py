@@ -119,7 +119,7 @@ def parse_args(argv=None):
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
                    "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU). Under "
                    "mpiexec, those of each machine's first process; the next ones take the next "
-                   "GPUs along (see replica_devices)")
+                   "GPUs along")
     p.add_argument("--tf32", action="store_true", help="let the GPUs' matrix products "
                    "(convolutions and fully connected layers) use TF32 tensor cores: several "
                    "times faster from Ampere GPUs on, products to about 1e-3 instead of 1e-6 "
@@ -136,12 +136,38 @@ def parse_args(argv=None):
     p.add_argument("--max-steps", type=whole(1), help="stop (and save last.npz) after this many "
                    "steps in total")
     p.add_argument("--max-minutes", type=real(0.0, inclusive=False), help="stop (and save "
-                   "last.npz) after this many minutes of training")
+                   "last.npz) after this many minutes of training in this process (a resumed "
+                   "run gets them again: what a job with a time limit wants)")
     p.add_argument("--synthetic-train", type=whole(1), default=12800,
                    help="images in the embedded training set (default 12800)")
     p.add_argument("--synthetic-val", type=whole(1), default=2000,
                    help="images in the embedded validation set (default 2000)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    for key in ("data", "cache", "class_names"):     # a resume may start in another folder
+        if getattr(args, key) is not None:
+            setattr(args, key, os.path.abspath(getattr(args, key)))
+    if args.run_dir and os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
+        p.error(f"argument --run-dir: {args.run_dir} is a file; name a folder")
+    if args.resume:
+        check_resume_options(p, args, argv)
+    return args
+
+
+def check_resume_options(parser, args, argv):
+    """A resumed run goes on with its own settings (RUN_SETTINGS): refuse one typed with
+    another value rather than ignore it. --data and --cache may name the same data elsewhere."""
+    try:
+        saved = checkpoint.read(args.resume, "meta")[1]["config"]
+    except (OSError, ValueError) as error:
+        parser.error(f"argument --resume: {error}")
+    for action in parser._actions:         # parse again, keeping only the options typed
+        action.default = argparse.SUPPRESS
+    typed = vars(parser.parse_args(argv))
+    for key in RUN_SETTINGS:
+        if key in typed and key not in ("data", "cache") and typed[key] != saved.get(key):
+            parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
+                         f"run's {saved.get(key)}; --resume goes on with the run's settings: "
+                         "leave the option out, or start a new run")
 
 
 def fit_recipe(args, train_images):
@@ -288,8 +314,8 @@ class Run:
         resume = checkpoint.load(args.resume) if args.resume else None
         if resume:
             saved = resume[2]["config"]
-            for key in RUN_SETTINGS:
-                if key in saved:
+            for key in RUN_SETTINGS:       # --data and --cache, if given, find the same data
+                if key in saved and not (key in ("data", "cache") and getattr(args, key)):
                     setattr(args, key, saved[key])
             if args.epochs is None:               # the same length unless --epochs says more
                 args.epochs = saved.get("epochs")
@@ -358,9 +384,11 @@ class Run:
         if group.size > 1:                # each rank its own dropout masks, for its own images
             minigrad.manual_seed([args.seed, group.rank])
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
-        # Patience in training images, so that a plateau means the same whatever --eval-every.
+        # Patience in training images, so that a plateau means the same whatever --eval-every:
+        # an epoch is steps_per_epoch full batches (the last, partial one is dropped).
+        epoch_images = self.steps_per_epoch * args.batch_size
         self.schedule = optim.ReduceLROnPlateau(self.optimizer,
-                                                patience=args.lr_patience * len(self.train),
+                                                patience=args.lr_patience * epoch_images,
                                                 max_reductions=args.lr_drops)
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
         self.seconds = 0.0                    # training time before this process (resume)
@@ -374,7 +402,7 @@ class Run:
                 f.writelines(name + "\n" for name in self.classes)
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
                  f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
-                 f"{args.lr:g}; run directory {self.dir}")
+                 f"{self.optimizer.lr:g}; run directory {self.dir}")
         if group.size > 1:
             log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
                      f" {args.batch_size // group.size} images of every batch each, gradients "
@@ -417,7 +445,8 @@ class Run:
         if not self.writes:
             return paths[0]
         meta = {"preset": self.args.preset, "classes": self.classes,
-                "class_names": self.class_names, "epoch": self.epoch,
+                "class_names": self.class_names, "train_images": len(self.train),
+                "epoch": self.epoch,
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
@@ -433,15 +462,18 @@ class Run:
         self.model.load_state_dict(params)
         self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.args.momentum,
                                         "weight_decay": self.args.weight_decay, **velocities})
-        if "since" in meta["schedule"]:       # checkpoints before the schedule counted images
-            self.schedule.load_state_dict(meta["schedule"])
+        trained_on = meta.get("train_images", len(self.train))
+        if trained_on != len(self.train) or meta["batch"] > self.steps_per_epoch:
+            raise ValueError(f"the checkpoint {self.args.resume} was trained on {trained_on:,} "
+                             f"training images, but the data has {len(self.train):,}; resume "
+                             "with the data it was trained on")
+        self.schedule.load_state_dict(meta["schedule"])
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
         ranks, K = meta.get("ranks", 1), self.group.size
         if ranks == K:
-            states = meta.get("random_states") or [meta["random_state"]]    # older: one state
-            mg_random.set_state(states[self.group.rank])
+            mg_random.set_state(meta["random_states"][self.group.rank])
         else:
             mg_random.manual_seed([self.args.seed, self.group.rank, self.step])
             B = self.args.batch_size
@@ -453,9 +485,10 @@ class Run:
             with open(metrics) as f:          # and the stop of the process that wrote it
                 self.records = [r for r in map(json.loads, f)
                                 if r["step"] <= self.step and r["kind"] != "stop"]
-            if self.writes:
-                with open(metrics, "w") as f:
-                    f.writelines(json.dumps(r) + "\n" for r in self.records)
+        self.group.barrier()                 # every rank has read it before rank 0 rewrites it
+        if self.writes and os.path.exists(metrics):
+            with open(metrics, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in self.records)
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
     def record(self, **fields):
@@ -588,7 +621,8 @@ class Run:
         seen = None
         if stop.requested:
             seen = INTERRUPTED
-        elif self.args.max_minutes and self.elapsed() >= 60 * self.args.max_minutes:
+        elif self.args.max_minutes and \
+                time.perf_counter() - self.started >= 60 * self.args.max_minutes:
             seen = f"--max-minutes {self.args.max_minutes:g} reached"
         if self.group.size > 1:
             seen = next(filter(None, self.group.allgather(seen)), None)
@@ -637,7 +671,8 @@ class Run:
                  f"{'  best so far' if improved else ''}")
         said = self.schedule.step(top1, self.images_trained())
         if said == "reduced":
-            self.record(kind="lr", epoch=self.epoch, step=self.step, lr=self.optimizer.lr,
+            self.record(kind="lr", epoch=self.epoch, step=self.step,
+                        time=round(self.elapsed(), 2), lr=self.optimizer.lr,
                         reduction=self.schedule.reductions)
             log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g} "
                      f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
@@ -714,7 +749,8 @@ class Run:
         message = (f"the network is not learning: after {self.step} steps "
                    f"({self.images_trained():,} images) the {symptom}. Likely causes: "
                    f"{'; '.join(causes)}.")
-        self.record(kind="warning", epoch=self.epoch, step=self.step, message=message)
+        self.record(kind="warning", epoch=self.epoch, step=self.step,
+                    time=round(self.elapsed(), 2), message=message)
         log_line(f"warning: {message}")
 
 

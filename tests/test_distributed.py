@@ -109,7 +109,8 @@ def test_rank_0_prepares_a_folder_and_the_others_read_its_cache(tmp_path):
     done = launch(2, ["--data", "images", "--preset", "tiny", "--batch-size", "16", "--max-steps",
                       "4", "--devices", "cpu,cpu", "--run-dir", "run"], tmp_path)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.count("preparing images into images/.alexnet-cache-39") == 1   # rank 0
+    images = tmp_path / "images"
+    assert done.stdout.count(f"preparing {images} into {images / '.alexnet-cache-39'}") == 1
     assert (tmp_path / "run" / "last.npz").exists()
 
 

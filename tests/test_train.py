@@ -143,6 +143,37 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert stops == ["--max-steps 7 reached"]             # the first process's stop is gone
 
 
+def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, capsys):
+    """Typed settings that differ from the run's are refused, not ignored; a relative --data
+    is found again from another folder; another training set is refused, not trained on (a
+    smaller one made the loop wait forever for a batch past its end)."""
+    monkeypatch.chdir(tmp_path)
+    synthetic.write_folder("shapes", 40, 10, size=48, classes=3, extension=".png")
+    first = ["--preset", "tiny", "--batch-size", "8", "--log-every", "1", "--eval-every", "1"]
+    assert train.main(first + ["--data", "shapes", "--run-dir", "run", "--max-steps", "4"]) == 0
+    with pytest.raises(SystemExit):
+        train.main(["--resume", "run", "--lr", "0.5"])
+    assert "argument --lr: 0.5 is not the resumed run's 0.01" in capsys.readouterr().err
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert train.main(["--resume", "../run", "--lr", "0.01", "--max-steps", "5"]) == 0
+    assert checkpoint.load("../run/last.npz")[2]["step"] == 5
+    synthetic.write_folder("fewer", 16, 10, size=48, classes=3, extension=".png")
+    assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "6"]) == 1
+    assert "was trained on 40 training images, but the data has 16; resume with the data it " \
+        "was trained on" in capsys.readouterr().err
+
+
+def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_path):
+    """100 images in batches of 16: an epoch trains 96. A patience of one epoch reduces the
+    rate at every evaluation that does not improve (it took two when counted as 100)."""
+    run_dir = run_training(tmp_path, "patience", "--synthetic-train", "100", "--lr", "1e-9",
+                           "--lr-patience", "1", "--epochs", "6")
+    assert [r["epoch"] for r in records_of(run_dir) if r["kind"] == "lr"] == [2, 3, 4]
+    assert all("time" in r for r in records_of(run_dir))
+
+
 def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
     assert train.main(TINY + ["--run-dir", str(tmp_path / "nan"), "--lr", "1e8", "--epochs", "3"]) == 1
     error = capsys.readouterr().err
@@ -336,6 +367,7 @@ def check_learning_on(evals, train_losses, classes=20, val_images=500):
         classes=[str(i) for i in range(classes)], val=range(val_images), step=evals[-1][0],
         epoch=10,
         args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 19_840,
+        elapsed=lambda: 60.0,
         record=lambda **fields: said.append(fields))
     train.Run.check_learning(run)
     return said
