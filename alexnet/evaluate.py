@@ -122,8 +122,7 @@ def write_per_class(path, classes, names, images, hits1, hits5):
 
 def run(args):
     aug = checkpoint.load_augmentation(args.checkpoint)
-    model, meta = checkpoint.load_model(args.checkpoint,
-                                        args.devices)
+    model, meta = checkpoint.load_model(args.checkpoint, args.devices)
     classes = meta["classes"]
     S, size = model.preset.stored_size(), model.preset.input_size
     if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped

@@ -33,8 +33,7 @@ def main(argv=None):
     args = parse_args(argv)
     try:
         aug = checkpoint.load_augmentation(args.checkpoint)
-        model, meta = checkpoint.load_model(args.checkpoint,
-                                            args.devices)
+        model, meta = checkpoint.load_model(args.checkpoint, args.devices)
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
