@@ -5,6 +5,8 @@ import argparse
 import math
 import os
 
+from minigrad import backend
+
 
 def whole(lowest):
     """An argparse type: an integer >= lowest, refused in one sentence otherwise."""
@@ -36,11 +38,16 @@ def real(lowest=0.0, inclusive=True, below=math.inf):
 
 
 def devices_list(text):
-    """--devices: two devices "a,b", each "cpu" or a GPU id."""
+    """--devices: two devices "a,b", each "cpu" or a GPU id that this machine has."""
     parts = text.split(",")
     if len(parts) != 2 or not all(p.strip() == "cpu" or p.strip().isdigit() for p in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not two devices: write e.g. '0,1', '0,0' "
                                          "or 'cpu,cpu' (tower a, tower b)")
+    for part in parts:
+        try:
+            backend.parse_device(part.strip())
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
     return text
 
 

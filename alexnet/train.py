@@ -544,10 +544,12 @@ class Run:
 
     def check_loss(self, loss, step):
         if not math.isfinite(loss):
+            last = os.path.join(self.dir, "last.npz")
+            then = f"or resume from the last good checkpoint {last}" if os.path.exists(last) \
+                else "no checkpoint had been written yet"
             raise FloatingPointError(
                 f"the loss became {loss} at step {step}: the learning rate "
-                f"{self.optimizer.lr:g} is probably too high; lower --lr, or resume from the last "
-                f"good checkpoint {os.path.join(self.dir, 'last.npz')}")
+                f"{self.optimizer.lr:g} is probably too high; lower --lr ({then})")
         if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
             log_line(f"warning: the first loss {loss:.3f} is far above ln({len(self.classes)}) = "
                      f"{math.log(len(self.classes)):.3f}: the initial weights are too large")

@@ -177,7 +177,8 @@ def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_pat
 def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
     assert train.main(TINY + ["--run-dir", str(tmp_path / "nan"), "--lr", "1e8", "--epochs", "3"]) == 1
     error = capsys.readouterr().err
-    assert "the loss became" in error and "learning rate" in error and "last.npz" in error
+    assert "the loss became" in error and "learning rate" in error
+    assert "no checkpoint had been written yet" in error and "last.npz" not in error
 
 
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
@@ -212,7 +213,9 @@ def test_a_nan_is_found_by_its_step_before_anything_is_saved(tmp_path, monkeypat
     run_dir = tmp_path / "nan"
     assert train.main(TINY + ["--run-dir", str(run_dir), "--synthetic-train", "96",
                               "--log-every", "5", stop]) == 1
-    assert "the loss became nan at step 8" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert "the loss became nan at step 8" in error
+    assert f"resume from the last good checkpoint {run_dir / 'last.npz'}" in error
     assert checkpoint.load(str(run_dir / "last.npz"))[2]["step"] == 6      # epoch 1's save
 
 

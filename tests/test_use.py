@@ -269,13 +269,14 @@ def test_every_command_runs_with_tower_a_off_the_first_gpu(tmp_path, image_dir):
     (prepare, ["--data", ".", "--limit", "-3"], "argument --limit: -3 is too small"),
     (predict, ["--checkpoint", "x", "--top", "0", "a.png"], "argument --top: 0 is too small"),
     (predict, ["--checkpoint", "x", "--devices", "0", "a.png"], "argument --devices: '0' is not two"),
+    (train, ["--devices", "cpu,7"], "argument --devices: device '7' is not available"),
     (evaluate, ["--checkpoint", "x", "--data", ".", "--batch-size", "0"],
      "argument --batch-size: 0 is too small"),
     (filters, ["--checkpoint", "x", "--columns", "0"], "argument --columns: 0 is too small"),
     (synthetic, ["--out", "x", "--train", "0"], "argument --train: 0 is too small"),
     (synthetic, ["--out", "x", "--classes", "11"], "argument --classes: the data set has 10"),
 ], ids=["prepare-size", "prepare-workers", "prepare-limit", "predict-top", "predict-devices",
-        "evaluate-batch", "filters-columns", "synthetic-train", "synthetic-classes"])
+        "train-devices", "evaluate-batch", "filters-columns", "synthetic-train", "synthetic-classes"])
 def test_commands_refuse_bad_options_in_one_sentence(command, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         command.main(argv)
