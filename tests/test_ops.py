@@ -103,6 +103,9 @@ def test_relu(device, rng):
     x = distinct(rng, (3, 5), spacing=0.1)
     check_grad(F.relu, [x], device)
     numpy.testing.assert_array_equal(forward(F.relu, [x], device), numpy.maximum(x, 0))
+    at_zero = tensors([numpy.array([-1.0, 0.0, 2.0])], device)[0]
+    F.relu(at_zero).sum().backward()                     # max(x, 0) has gradient 0 at x = 0
+    numpy.testing.assert_array_equal(backend.to_device(at_zero.grad, "cpu"), [0.0, 0.0, 1.0])
     extremes = numpy.array([-numpy.inf, numpy.inf, numpy.nan, -1.0])
     numpy.testing.assert_array_equal(forward(F.relu, [extremes], device), [0, numpy.inf, numpy.nan, 0])
 
@@ -151,6 +154,27 @@ def test_linear(bias, N, device, rng):
         check_grad(F.linear, [x, W], device)
 
 
+def test_gradcheck_catches_a_wrong_or_missing_gradient():
+    """Every backward test stands on gradcheck: it must refuse a backward that is off."""
+    class Double(minigrad.Function):           # y = x * y2, backward claims 2 * gy for x
+        def forward(self, x, y):
+            self.x, self.y = x, y
+            return x * y
+
+        def backward(self, gy):
+            return 2 * gy, gy * self.x
+
+    class Half(Double):                         # forgets y's gradient
+        def backward(self, gy):
+            return gy * self.y, None
+
+    x, y = (Tensor(numpy.full(3, 1.5), requires_grad=True) for _ in range(2))
+    for wrong in (Double, Half):
+        with pytest.raises(AssertionError, match="gradcheck: input [01] of shape"):
+            minigrad.gradcheck(lambda a, b: wrong.apply(a, b), [x, y])
+    assert minigrad.gradcheck(lambda a, b: a * b, [x, y]) is True
+
+
 def test_shape_ops(device, rng):
     x = rng.standard_normal((2, 3, 4))
     check_grad(lambda t: t.reshape(4, 6), [x], device)
@@ -159,6 +183,9 @@ def test_shape_ops(device, rng):
     check_grad(lambda t: t.transpose(-1, 0, 1), [x], device)
     check_grad(lambda t: t.T, [x], device)
     check_grad(lambda t: t[1:, ::2, 1], [x], device)
+    repeated = numpy.array([0, 0, 1, 0])                 # the gradients of repeats add up
+    check_grad(lambda t: t[repeated], [x], device)
+    numpy.testing.assert_array_equal(forward(lambda t: t[repeated], [x], device), x[repeated])
     assert forward(lambda t: t.transpose(2, 0, 1), [x], device).shape == (4, 2, 3)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 import minigrad
 from minigrad import backend
 from alexnet import checkpoint, data, synthetic, train
+from conftest import FAKE_GPUS
 
 TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
         "--log-every", "1", "--eval-every", "1"]
@@ -39,6 +40,30 @@ def test_mean_image_and_pca_equal_direct_numpy():
     assert list(eigenvalues) == sorted(eigenvalues, reverse=True)
     for value, vector in zip(eigenvalues, eigenvectors.T):
         numpy.testing.assert_allclose(covariance @ vector, value * vector, rtol=1e-4, atol=1e-3)
+
+
+def test_a_training_batch_is_the_papers_augmentation_drawn_by_hand():
+    """Crop at (top, left), mirror, minus the mean's same crop, plus
+    sum_i p_i * alpha_i * sqrt(lambda_i): rebuilt from the same draws in plain NumPy."""
+    rng = numpy.random.default_rng(0)
+    split = data.Split(rng.integers(0, 256, (64, 3, 12, 12)).astype(numpy.uint8),
+                       numpy.arange(64) % 4)
+    aug = data.Augmentation.of(split.images)
+    indices = numpy.arange(64)
+    x, labels = data.train_batch(split, indices, aug, 8, numpy.random.default_rng(5))
+    draws = numpy.random.default_rng(5)                          # the same draws, in order
+    tops, lefts = draws.integers(0, 5, 64), draws.integers(0, 5, 64)
+    flips = draws.random(64) < 0.5
+    alphas = draws.normal(0.0, 0.1, (64, 3)).astype(numpy.float32)
+    for b in range(64):
+        window = (slice(None), slice(tops[b], tops[b] + 8), slice(lefts[b], lefts[b] + 8))
+        expected = split.images[b][window].astype(numpy.float32) - aug.mean[window]
+        if flips[b]:
+            expected = expected[:, :, ::-1]
+        shift = aug.eigenvectors @ (alphas[b] * numpy.sqrt(aug.eigenvalues))     # (3,) RGB
+        numpy.testing.assert_allclose(x[b], expected + shift[:, None, None], atol=1e-4)
+    assert 16 < flips.sum() < 48 and set(tops) == set(lefts) == set(range(5))
+    numpy.testing.assert_array_equal(labels, split.labels)
 
 
 def test_grey_images_have_no_negative_variance_and_finite_batches():
@@ -143,6 +168,25 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert stops == ["--max-steps 7 reached"]             # the first process's stop is gone
 
 
+def test_resume_after_a_reduction_keeps_the_schedule_bit_for_bit(tmp_path):
+    """Stopped after the learning rate was divided (step 8) and resumed: the rate, the schedule,
+    the best error and the parameters go on as in one run."""
+    plateau = ["--epochs", "6", "--lr-patience", "1", "--lr", "0.001", "--lr-drops", "3"]
+    straight = run_training(tmp_path, "straight", *plateau, "--max-steps", "15")
+    split = run_training(tmp_path, "split", *plateau, "--max-steps", "10")
+    assert checkpoint.load(os.path.join(split, "last.npz"))[2]["schedule"]["reductions"] >= 1
+    assert train.main(["--resume", split, "--max-steps", "15"]) == 0
+    a_params, _, a_meta = checkpoint.load(os.path.join(straight, "last.npz"))
+    b_params, _, b_meta = checkpoint.load(os.path.join(split, "last.npz"))
+    for key in ("step", "lr", "schedule", "best_top1_error"):
+        assert a_meta[key] == b_meta[key], key
+    for name in a_params:
+        numpy.testing.assert_array_equal(a_params[name], b_params[name], err_msg=name)
+    drops = [[(r["step"], r["lr"]) for r in records_of(run) if r["kind"] == "lr"]
+             for run in (straight, split)]
+    assert drops[0] == drops[1] and drops[0]
+
+
 def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, capsys):
     """Typed settings that differ from the run's are refused, not ignored; a relative --data
     is found again from another folder; another training set is refused, not trained on (a
@@ -182,16 +226,28 @@ def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
 
 
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
-    """A GPU number read inside the step would make the host wait for the GPU every step."""
-    def read(self, *args):
+    """A GPU number read inside the step would make the host wait for the GPU every step. On
+    (fake) GPUs every way from device memory to the host is closed during the step: Tensor's,
+    backend.to_device's, and the device array's own."""
+    def read(*args, **kwargs):
         raise AssertionError("train_step read a number back from the device")
 
-    step = train.Run.train_step
+    step, to_device = train.Run.train_step, backend.to_device
+
+    def to_device_no_reads(array, device):
+        if device == "cpu" and backend.get_array_module(array) is not numpy:
+            read()
+        return to_device(array, device)
 
     def guarded(self, x, labels):
         with monkeypatch.context() as patch:
             patch.setattr(minigrad.Tensor, "item", read)
             patch.setattr(minigrad.Tensor, "numpy", read)
+            patch.setattr(backend, "to_device", to_device_no_reads)
+            if FAKE_GPUS:                  # the fake's array is a Python class: close its doors
+                for name in ("get", "item", "tolist", "__float__", "__int__", "__bool__"):
+                    patch.setattr(backend.cupy.ndarray, name, read)
+                patch.setattr(backend.cupy, "asnumpy", read)
             return step(self, x, labels)
 
     monkeypatch.setattr(train.Run, "train_step", guarded)

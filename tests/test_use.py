@@ -11,7 +11,8 @@ import numpy
 import pytest
 from PIL import Image
 
-from alexnet import checkpoint, data, evaluate, filters, predict, prepare, show, synthetic, train
+from alexnet import (checkpoint, data, evaluate, filters, plots, predict, prepare, show,
+                     synthetic, train)
 from alexnet.model import PRESETS
 from minigrad import backend
 
@@ -233,7 +234,12 @@ def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
     assert "wrote" in capsys.readouterr().out
     with Image.open(out) as image:
         width, height = image.size
+        drawn = numpy.asarray(image)
     assert image.format == "PNG" and height > width / 2      # two blocks, one above the other
+    conv1, _ = checkpoint.read(str(run_dir / "last.npz"), "model.conv1")
+    plots.filter_grid(conv1["a.weight"], conv1["b.weight"], str(tmp_path / "expected.png"))
+    with Image.open(tmp_path / "expected.png") as expected:
+        numpy.testing.assert_array_equal(drawn, numpy.asarray(expected))    # a above, b below
 
 
 def test_the_modules_run_from_the_command_line(tmp_path):
