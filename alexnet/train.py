@@ -253,6 +253,15 @@ def replica_devices(devices, local_rank, local_size):
     return placed
 
 
+def check_batch_split(batch_size, processes):
+    """Data parallel: every process takes an equal part of each batch."""
+    if batch_size % processes:
+        raise ValueError(f"a batch of {batch_size} images does not split into {processes} "
+                         f"equal parts, one per process: start a number of processes that "
+                         f"divides {batch_size}, or pass a --batch-size that is a multiple of "
+                         f"{processes}")
+
+
 def top_k_errors(logits, labels, ks=(1, 5)):
     """Fraction of rows whose label is not among the k largest logits, for each k."""
     order = numpy.argsort(-logits, axis=1)
@@ -326,6 +335,8 @@ class Run:
             log_line(f"preset: {args.preset} ({why})")
         preset = PRESETS[args.preset]
         self.size = preset.input_size
+        if args.batch_size is not None:           # before hours of preparing a cache
+            check_batch_split(args.batch_size, group.size)
         # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
         loaded = load_data(args, preset.stored_size()) if group.rank == 0 else None
         group.barrier()
@@ -341,11 +352,7 @@ class Run:
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
-        if args.batch_size % group.size:
-            raise ValueError(f"a batch of {args.batch_size} images does not split into "
-                             f"{group.size} equal parts, one per process: start a number of "
-                             f"processes that divides {args.batch_size}, or pass a --batch-size "
-                             f"that is a multiple of {group.size}")
+        check_batch_split(args.batch_size, group.size)         # the recipe's batch too
         if len(self.val) < group.size:
             raise ValueError(f"the validation set has {len(self.val)} images, fewer than the "
                              f"{group.size} processes: add validation images or start fewer")

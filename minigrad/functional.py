@@ -309,6 +309,9 @@ def split(x, sizes, axis=0):
     """Cut x along `axis` into pieces of the given sizes (an int: equal pieces of that size)."""
     length = x.shape[axis]
     if isinstance(sizes, int):
+        if sizes < 1 or length % sizes:
+            raise ValueError(f"split: axis {axis} of length {length} does not cut into pieces "
+                             f"of {sizes}; give a size that divides it, or a list of sizes")
         sizes = [sizes] * (length // sizes)
     if builtins.sum(sizes) != length:
         raise ValueError(f"split: sizes {list(sizes)} add up to {builtins.sum(sizes)}, but axis "

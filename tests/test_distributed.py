@@ -186,6 +186,7 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_sentence(tmp_path):
     assert done.stderr.count("error: a batch of 32 images does not split into 3 equal parts, one "
                              "per process: start a number of processes that divides 32") == 1, \
         done.stderr
+    assert "data: " not in done.stdout              # refused before the data set was drawn
 
 
 def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):

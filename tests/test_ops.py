@@ -214,6 +214,8 @@ def test_concat_and_split(axis, device, rng):
 def test_split_rejects_wrong_sizes():
     with pytest.raises(ValueError, match="add up to 3"):
         F.split(Tensor(numpy.zeros((4, 2))), [1, 2])
+    with pytest.raises(ValueError, match="axis 0 of length 5 does not cut into pieces of 2"):
+        F.split(Tensor(numpy.zeros((5, 2))), 2)
 
 
 # ---- convolution ------------------------------------------------------------------------------
