@@ -15,6 +15,7 @@ through NCCL all the same: the smoke test of that road.
 """
 import argparse
 import statistics
+import sys
 import time
 
 import numpy
@@ -35,12 +36,17 @@ def main():
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--preset", default="paper", choices=["paper", "small", "tiny"])
     parser.add_argument("--devices", default="cpu,cpu", help="towers a,b (default cpu,cpu)")
+    parser.add_argument("--require-nccl", action="store_true", help="on GPUs: fail, rather "
+                        "than average through host memory, when NCCL cannot be loaded")
     args = parser.parse_args()
     group = distributed.init()
     net = AlexNet(1000, devices=args.devices, preset=args.preset)
     alone_on_gpu = group.size == 1 and set(net.devices) != {"cpu"}
     if alone_on_gpu:                      # the NCCL road in a group of one (MPI singleton)
         group = distributed.Group(distributed._mpi().COMM_WORLD)
+    if args.require_nccl and set(net.devices) != {"cpu"} and not distributed._nccl_loads():
+        return "NCCL cannot be loaded (pip install nvidia-nccl-cu13), so the GPU road of " \
+            "minigrad.distributed was not measured"
     params = net.parameters()
     times = []
     for _ in range(args.repeat + 1):
@@ -71,4 +77,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,36 +1,45 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, run on a fresh machine, with the results collected in OUTDIR:
-#   env.json         device, driver, CUDA runtime, CuPy and NumPy versions, git commit, date
-#   pytest.log       the whole test suite, with the reasons for skips
-#   report.md        bench/report.py: training step, layers and kernels beside PyTorch, loader
-#                    (report/*.json: the raw results)
+#   env.json         device, driver, CUDA runtime, CuPy, NumPy and PyTorch versions, whether
+#                    PyTorch sees the GPU and NCCL loads, git commit, date
+#   report.md        bench/report.py: kernels against a copy, training step and layers beside
+#                    PyTorch, loader (report/*.json: the raw results)
+#   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
 #   train.log        two epochs of the paper network on the embedded data set (curves.png and
 #                    metrics.jsonl beside it; the 0.5 GB checkpoints stay in a temporary folder)
-#   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
-#   summary.txt      one line per step
+#   pytest.log       the whole test suite but the full-size training test, with the reasons
+#                    for skips
+#   summary.txt      one line per step (added to, when OUTDIR is used again)
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
+# Nothing is installed: the steps run from this source tree (PYTHONPATH).
 # A failing step does not stop the others; the exit status is 1 when any failed. Each step has a
 # time limit (seconds, below), so that one that hangs leaves time for the others: it is sent
 # SIGINT (pytest still writes its summary, bench/report.py renders what it measured), and
-# killed 10 s later.
+# killed 5 s later.
 #
-#   bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]     (no step named: all four)
+#   bash bench/gpu_run.sh OUTDIR [report] [nccl] [train] [tests]    (no step named: all four)
 #
-# Where one command may run only so long, run the steps as separate calls with the same OUTDIR:
-# with 10 minutes a call, `tests nccl train` (at most 8 min 20 s with the limits below, which
-# TESTS_LIMIT, REPORT_LIMIT and TRAIN_LIMIT change), then `report` (at most 3 min 30 s).
+# All four, in that order (the measurements first), take at most 30 + 180 + 45 + 90 + 180 s plus
+# 5 s each to stop: 9 min 50 s, inside one call of 10 minutes, so that a lease of 15 minutes
+# pays for one machine start only. REPORT_LIMIT, TRAIN_LIMIT and TESTS_LIMIT change the limits.
 set -u
 
 if [ $# -lt 1 ]; then
-    echo "usage: bash bench/gpu_run.sh OUTDIR [tests] [report] [nccl] [train]" >&2
+    echo "usage: bash bench/gpu_run.sh OUTDIR [report] [nccl] [train] [tests]" >&2
     exit 2
 fi
 mkdir -p "$1" || exit 2
 OUT=$(cd "$1" && pwd)
 shift
-STEPS=" ${*:-tests report nccl train} "
+STEPS=" ${*:-report nccl train tests} "
+for name in $STEPS; do
+    case $name in report|nccl|train|tests) ;; *)
+        echo "unknown step '$name': the steps are report, nccl, train and tests" >&2; exit 2 ;;
+    esac
+done
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.." || exit 2
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 PY=${PYTHON:-python3}
 SUMMARY=()
 FAILED=0
@@ -42,7 +51,7 @@ step() {
     shift 3
     echo "== $name (log: $OUT/$log, at most ${limit} s)"
     local start=$SECONDS
-    timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT/$log" 2>&1
+    timeout --signal=INT --kill-after=5 "$limit" "$@" > "$OUT/$log" 2>&1
     local status=$? took=$((SECONDS - start))
     tail -n 3 "$OUT/$log"
     if [ $status -eq 0 ]; then
@@ -56,17 +65,8 @@ step() {
     fi
 }
 
-echo "== install (log: $OUT/install.log)"
-if "$PY" -m pip install --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1; then
-    SUMMARY+=("$(printf '%-12s ok      %s' install install.log)")
-else
-    echo "pip install failed; using the source tree through PYTHONPATH instead"
-    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-    SUMMARY+=("$(printf '%-12s pip failed (install.log), so PYTHONPATH=%s' install "$PWD")")
-fi
-
-step environment env.log 60 "$PY" - "$OUT/env.json" <<'EOF'
-import datetime, json, platform, subprocess, sys
+step environment env.log 30 "$PY" - "$OUT/env.json" <<'EOF'
+import datetime, json, os, platform, subprocess, sys
 
 import numpy
 
@@ -82,7 +82,8 @@ env = {
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     "python": platform.python_version(),
     "numpy": numpy.__version__,
-    "git_commit": run("git", "rev-parse", "HEAD"),
+    # The device gets a copy of the tree without .git: COMMIT=<hash> names the commit then.
+    "git_commit": run("git", "rev-parse", "HEAD") or os.environ.get("COMMIT"),
     "git_uncommitted_changes": bool(run("git", "status", "--porcelain")),
     "driver_version": run("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"),
 }
@@ -94,28 +95,38 @@ try:
                cuda_runtime_version=runtime.runtimeGetVersion())
 except Exception as error:  # no CuPy, no driver or no device: say which, and still write the file
     env["gpu_error"] = f"{type(error).__name__}: {error}"
+try:                        # without a CUDA build of PyTorch the report has no ratios
+    import torch
+    env.update(torch=torch.__version__, torch_cuda=torch.cuda.is_available())
+except Exception as error:
+    env["torch_error"] = f"{type(error).__name__}: {error}"
+from minigrad import distributed
+env["nccl_loads"] = distributed._nccl_loads()
 with open(sys.argv[1], "w") as f:
     json.dump(env, f, indent=2)
 print(json.dumps(env, indent=2))
 sys.exit("gpu_error" in env)
 EOF
 
-case $STEPS in *" tests "*)
-    step tests pytest.log "${TESTS_LIMIT:-300}" "$PY" -m pytest -q -rs --durations=15 ;; esac
 case $STEPS in *" report "*)
-    step report report.log "${REPORT_LIMIT:-210}" "$PY" bench/report.py --device 0 \
+    step report report.log "${REPORT_LIMIT:-180}" "$PY" bench/report.py --device 0 \
         --out "$OUT/report.md" ;; esac
 case $STEPS in *" nccl "*)
     # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).
-    step nccl nccl.log 60 "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 ;; esac
+    step nccl nccl.log 45 "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 \
+        --require-nccl ;; esac
 case $STEPS in *" train "*)
     # The whole GPU training path end to end: the paper network on the embedded data set.
     RUN=$(mktemp -d)
-    step train train.log "${TRAIN_LIMIT:-120}" "$PY" -m alexnet.train --preset paper \
+    step train train.log "${TRAIN_LIMIT:-90}" "$PY" -m alexnet.train --preset paper \
         --synthetic-train 5120 --synthetic-val 1000 --epochs 2 --run-dir "$RUN"
     cp "$RUN/curves.png" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null ;;
 esac
+case $STEPS in *" tests "*)
+    # The full-size test trains the paper network for minutes: a run of its own, another time.
+    step tests pytest.log "${TESTS_LIMIT:-180}" "$PY" -m pytest -q -rs --durations=15 \
+        -m "not full_size" ;; esac
 
 echo "== summary (also in $OUT/summary.txt)"
-printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+printf '%s\n' "${SUMMARY[@]}" | tee -a "$OUT/summary.txt"
 exit $FAILED

@@ -36,7 +36,7 @@ try:
     import torch
     import torch.nn.functional as TF
     TORCH_DEFAULTS = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-except ImportError:  # PyTorch is only needed for the comparison columns
+except Exception:  # not installed, or a CUDA build missing a library: no comparison columns
     torch = TORCH_DEFAULTS = None
 
 LRN_N, LRN_K, LRN_ALPHA, LRN_BETA = 5, 2.0, 1e-4, 0.75      # paper section 3.3

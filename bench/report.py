@@ -34,7 +34,11 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"
 
 
 def git(*command):
-    done = subprocess.run(["git", *command], cwd=BENCH, capture_output=True, text=True)
+    """git's answer, or "" where there is no git or no repository (a copied tree)."""
+    try:
+        done = subprocess.run(["git", *command], cwd=BENCH, capture_output=True, text=True)
+    except OSError:
+        return ""
     return done.stdout.strip()
 
 
@@ -43,12 +47,13 @@ def benchmarks(device, quick):
     gpu = device != "cpu"
     on = ["--device", "0" if gpu else "cpu"]            # the one GPU they see (see gather)
     steps = ["--steps", "3", "--warmup", "1"] if quick else []
-    runs = [("step_paper", "train_step.py", on + ["--preset", "paper", "--batch",
-                                                   "128" if gpu else "16"] + steps),
-            ("step_small", "train_step.py", on + ["--preset", "small", "--batch", "128"] + steps),
-            ("ops", "ops.py", on + (["--repeat", "2", "--warmup", "1"] if quick else []))]
-    if gpu:
-        runs.append(("kernels", "kernels.py", ["--repeat", "5"] if quick else []))
+    steps += ["--memory-steps", "5" if quick else "20"] if gpu else []
+    # On a GPU the kernels first: no PyTorch to start, and a time limit cuts the last run.
+    runs = [("kernels", "kernels.py", ["--repeat", "5"] if quick else [])] if gpu else []
+    runs += [("step_paper", "train_step.py", on + ["--preset", "paper", "--batch",
+                                                    "128" if gpu else "16"] + steps),
+             ("step_small", "train_step.py", on + ["--preset", "small", "--batch", "128"] + steps),
+             ("ops", "ops.py", on + (["--repeat", "2", "--warmup", "1"] if quick else []))]
     # The loader makes batches where training does: on the GPU when there is one.
     loader = on + (["--workers", "1", "2", "4"] if gpu else []) + \
         (["--epochs", "1"] if quick else [])
@@ -309,6 +314,8 @@ def main(argv=None):
         shutil.rmtree(out.with_suffix(""), ignore_errors=True)
         shutil.move(folder, out.with_suffix(""))
     print(f"\nwrote {out}" + ("" if args.saved else f" and its JSON in {out.with_suffix('')}/"))
+    failed = [note for note in meta["notes"] if "failed" in note or "interrupted" in note]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
