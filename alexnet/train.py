@@ -66,7 +66,7 @@ PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals with
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
 SHOWN = 8                       # validation images in predictions.png
-INTERRUPTED = "interrupted (Ctrl-C)"
+INTERRUPTED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
 
 
 def parse_args(argv=None):
@@ -287,23 +287,26 @@ def evaluate(model, split, aug, size, batch_size):
 
 
 class StopRequest:
-    """The first Ctrl-C asks the loop to stop after the current step; a second one aborts."""
+    """The first Ctrl-C, or SIGTERM (what timeout, Slurm and job schedulers send before they
+    kill), asks the loop to stop after the current step and save; a second one aborts."""
 
     def __init__(self):
-        self.requested = False
+        self.requested = None          # the INTERRUPTED reason of the first signal
 
     def __enter__(self):
-        self.previous = signal.signal(signal.SIGINT, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in INTERRUPTED}
         return self
 
     def _handle(self, signum, frame):
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        log_line("\nstopping after this step (Ctrl-C again to abort without saving)")
+        self.requested = INTERRUPTED[signum]
+        log_line(f"\n{self.requested}: stopping after this step (Ctrl-C again to abort "
+                 "without saving)")
 
     def __exit__(self, *exc):
-        signal.signal(signal.SIGINT, self.previous)
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def missing_classes(split, classes):
@@ -596,7 +599,10 @@ class Run:
                     if line:
                         window["averaging"] = sum(self.clock.seconds(*m) for m in averaging)
                         rate = (now - self.started) / (self.step - steps_at_start)
-                        self.log_progress(window, values, (total_steps - self.step) * rate)
+                        eta = (total_steps - self.step) * rate
+                        if args.max_minutes:
+                            eta = min(eta, 60 * args.max_minutes - (now - self.started))
+                        self.log_progress(window, values, max(eta, 0.0))
                         window, averaging = dict.fromkeys(window, 0), []
                     reason = self.stop_reason(stop)
                     if reason:
@@ -611,8 +617,8 @@ class Run:
         path = self.save("last.npz")
         self.record(kind="stop", epoch=self.epochs_done(), step=self.step,
                     time=round(self.elapsed(), 2), reason=reason)
-        if reason == INTERRUPTED:
-            log_line(f"interrupted at step {self.step}; saved {path}; continue with "
+        if reason in INTERRUPTED.values():
+            log_line(f"{reason.split()[0]} at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
@@ -629,7 +635,7 @@ class Run:
         one of them speaks for all."""
         seen = None
         if stop.requested:
-            seen = INTERRUPTED
+            seen = stop.requested
         elif self.args.max_minutes and \
                 time.perf_counter() - self.started >= 60 * self.args.max_minutes:
             seen = f"--max-minutes {self.args.max_minutes:g} reached"

@@ -1,6 +1,7 @@
 """Data pipeline, training loop, checkpoints and resume, on the tiny preset (seconds on a CPU)."""
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -282,7 +283,10 @@ def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
         checkpoint.load(str(path))
 
 
-def test_ctrl_c_saves_last_checkpoint_and_exits(tmp_path):
+@pytest.mark.parametrize("sent, said", [(signal.SIGINT, "interrupted"),
+                                        (signal.SIGTERM, "terminated")], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said):
+    """SIGTERM is what timeout and job schedulers send before they kill: it saves too."""
     run_dir = tmp_path / "interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "alexnet.train", *TINY, "--synthetic-train", "2000", "--epochs", "50",
@@ -292,12 +296,13 @@ def test_ctrl_c_saves_last_checkpoint_and_exits(tmp_path):
         lines.append(line)
         if "img/s" in line:
             break
-    process.send_signal(signal.SIGINT)
+    process.send_signal(sent)
     output = "".join(lines) + process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
-    assert "interrupted at step" in output and "--resume" in output
+    assert f"{said} at step" in output and "--resume" in output
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
+    assert records_of(run_dir)[-1]["reason"] == train.INTERRUPTED[sent]
 
 
 # ---- options, the recipe for small folders, the schedule's stop, the not-learning warning -----
@@ -366,6 +371,13 @@ def test_the_schedule_reduces_at_most_lr_drops_times_then_stops(tmp_path, capsys
     out = capsys.readouterr().out
     assert "learning rate now 0.0001 (reduction 1 of 2)" in out
     assert "done: the schedule finished" in out
+
+
+def test_the_eta_counts_with_max_minutes(tmp_path, capsys):
+    run_training(tmp_path, "clock", "--synthetic-train", "4000", "--epochs", "50",
+                 "--max-minutes", "0.05")
+    etas = re.findall(r"ETA <?=?(\d+)m(\d+)s", capsys.readouterr().out)
+    assert etas and all(60 * int(m) + int(s) <= 3 for m, s in etas)     # 0.05 min = 3 s
 
 
 def test_the_final_line_says_why_the_run_stopped(tmp_path, capsys):
