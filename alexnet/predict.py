@@ -3,10 +3,13 @@
 Each image (any mode, any size) is prepared as for evaluation: the shorter side rescaled to S,
 the central S x S crop, then the central crop of the network's input size, minus the same crop
 of the training set's mean image that the checkpoint stores. Prints the most probable classes
-of each image with their softmax probabilities. An image that cannot be read is named with the
-reason and skipped; the exit status is then 1.
+of each image with their softmax probabilities: a class's readable name, and its folder name
+(the WordNet id on ImageNet) in brackets where the two differ. A folder stands for every image
+below it. An image that cannot be read is named with the reason and skipped; the exit status is
+then 1.
 """
 import argparse
+import os
 import sys
 
 import numpy
@@ -22,11 +25,23 @@ def parse_args(argv=None):
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), "
+                   "or folders of them")
     p.add_argument("--top", type=whole(1), default=5, metavar="K", help="classes to show per image (default 5)")
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
                    "(default: two GPUs, one GPU twice, or the CPU)")
     return p.parse_args(argv)
+
+
+def image_paths(path):
+    """[path], or every image file below the folder `path`, in sorted order."""
+    if not os.path.isdir(path):
+        return [path]
+    found = []
+    for folder, subfolders, files in os.walk(path):
+        subfolders.sort()
+        found += [os.path.join(folder, f) for f in sorted(files) if data.is_image_name(f)]
+    return found
 
 
 def main(argv=None):
@@ -37,10 +52,13 @@ def main(argv=None):
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    classes = checkpoint.class_names(meta)
+    names, folders = checkpoint.class_names(meta), meta["classes"]
+    labels = [name if name == folder else f"{name} ({folder})"
+              for name, folder in zip(names, folders)]
     S, size = model.preset.stored_size(), model.preset.input_size
     failed = 0
-    for path in args.images:
+    paths = [found for path in args.images for found in image_paths(path)]
+    for path in paths:
         try:
             image = data.load_image(path, S)                                   # (3, S, S) uint8
         except Exception as error:  # any unreadable or undecodable file: name it and go on
@@ -52,10 +70,10 @@ def main(argv=None):
             probs = softmax(model(data.center_crop(image[None], aug.mean, size)))[0]
         print(path)
         for k in numpy.argsort(-probs)[:args.top]:
-            print(f"  {probs[k]:7.2%}  {classes[k]}")
+            print(f"  {probs[k]:7.2%}  {labels[k]}")
         sys.stdout.flush()
     if failed:
-        print(f"{failed} of {len(args.images)} images could not be read", file=sys.stderr)
+        print(f"{failed} of {len(paths)} images could not be read", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -205,10 +205,14 @@ def test_class_names_are_found_in_the_data_folder_and_kept_in_the_checkpoint(nam
 
 def test_predict_and_evaluate_speak_the_class_names(named_run, tmp_path, capsys):
     root, classes, names, _ = named_run
-    image = next((root / "images" / "val" / classes[0]).iterdir())
-    assert predict.main(["--checkpoint", str(root / "run"), str(image)]) == 0
-    shown = [line.split("%  ", 1)[1] for line in capsys.readouterr().out.splitlines()[1:]]
-    assert len(shown) == 5 and set(shown) <= set(names)
+    folder = root / "images" / "val" / classes[0]              # a folder: all its images
+    assert predict.main(["--checkpoint", str(root / "run"), str(folder)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(sorted(folder.iterdir())[0])
+    assert len(lines) == 6 * len(list(folder.iterdir()))
+    shown = [line.split("%  ", 1)[1] for line in lines[1:6]]
+    named = {f"{name} ({wnid})" for name, wnid in zip(names, classes) if name != wnid}
+    assert len(shown) == 5 and set(shown) <= named | {classes[-1]}  # the last one has no name
     assert evaluate.main(["--checkpoint", str(root / "run" / "last.npz"), "--data",
                           str(root / "images"), "--out", str(tmp_path)]) == 0
     with open(tmp_path / "per_class.csv") as f:
