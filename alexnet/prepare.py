@@ -353,8 +353,10 @@ def open_cache(cache, size=None):
                          f"alexnet.prepare --data {manifest.get('source', 'DIR')} --out {cache}")
     if size is not None and manifest["size"] != size:
         raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images "
-                         f"but this needs {size}x{size}; prepare it again with --size "
-                         f"{size}, or choose the preset that matches")
+                         f"but this network needs {size}x{size}: make a cache of that size "
+                         f"beside it (python -m alexnet.prepare --data "
+                         f"{manifest.get('source', 'DIR')} --size {size} --out OTHER_FOLDER), "
+                         "or train the preset of this cache's size (256: --preset paper)")
     with numpy.load(os.path.join(cache, "pca.npz")) as pca:
         aug = data.Augmentation(numpy.load(os.path.join(cache, "mean.npy")),
                                 pca["eigenvalues"], pca["eigenvectors"])
