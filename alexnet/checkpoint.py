@@ -16,6 +16,7 @@
 import dataclasses
 import json
 import os
+import shutil
 import zipfile
 
 import numpy
@@ -51,6 +52,12 @@ def write_atomically(path, write):
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def copy(source, path):
+    """The checkpoint `source` copied to `path`, atomically."""
+    with open(source, "rb") as f:
+        write_atomically(path, lambda out: shutil.copyfileobj(f, out))
 
 
 def resolve(path):

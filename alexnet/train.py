@@ -58,6 +58,7 @@ from minigrad import random as mg_random
 RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init",
                 "dropout", "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
                 "eval_every")
+DATA_PATHS = ("data", "cache")  # of those, the ones a resume may point at the data moved elsewhere
 
 # How the recipe adapts to the size of the training set (the module docstring says why).
 PAPER_BATCH, SMALLEST_BATCH, STEPS_PER_EPOCH = 128, 16, 16
@@ -164,7 +165,7 @@ def check_resume_options(parser, args, argv):
         action.default = argparse.SUPPRESS
     typed = vars(parser.parse_args(argv))
     for key in RUN_SETTINGS:
-        if key in typed and key not in ("data", "cache") and typed[key] != saved.get(key):
+        if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
             parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
                          f"run's {saved.get(key)}; --resume goes on with the run's settings: "
                          "leave the option out, or start a new run")
@@ -327,7 +328,7 @@ class Run:
         if resume:
             saved = resume[2]["config"]
             for key in RUN_SETTINGS:       # --data and --cache, if given, find the same data
-                if key in saved and not (key in ("data", "cache") and getattr(args, key)):
+                if key in saved and not (key in DATA_PATHS and getattr(args, key)):
                     setattr(args, key, saved[key])
             if args.epochs is None:               # the same length unless --epochs says more
                 args.epochs = saved.get("epochs")
@@ -461,11 +462,12 @@ class Run:
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
                 "config": vars(self.args)}
-        for path in paths:
-            # The training set's mean image goes along: evaluation must subtract the training
-            # set's, not the val set's.
-            checkpoint.save(path, self.model, self.optimizer, meta,
-                            extra_arrays=checkpoint.augmentation_arrays(self.aug))
+        # The training set's mean image goes along: evaluation must subtract the training
+        # set's, not the val set's.
+        checkpoint.save(paths[0], self.model, self.optimizer, meta,
+                        extra_arrays=checkpoint.augmentation_arrays(self.aug))
+        for path in paths[1:]:          # the same bytes: copied, not gathered and written again
+            checkpoint.copy(paths[0], path)
         return paths[0]
 
     def _restore(self, params, velocities, meta):
@@ -501,7 +503,9 @@ class Run:
                 f.writelines(json.dumps(r) + "\n" for r in self.records)
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
-    def record(self, **fields):
+    def record(self, kind, epoch, step, **fields):
+        """One line of metrics.jsonl: its kind, where training was, and when (seconds)."""
+        fields = dict(kind=kind, epoch=epoch, step=step, time=round(self.elapsed(), 2), **fields)
         self.records.append(fields)
         if self.writes:
             with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
@@ -615,8 +619,7 @@ class Run:
             if numbers:                        # checked before they are saved
                 self.read_window(numbers)
         path = self.save("last.npz")
-        self.record(kind="stop", epoch=self.epochs_done(), step=self.step,
-                    time=round(self.elapsed(), 2), reason=reason)
+        self.record(kind="stop", epoch=self.epochs_done(), step=self.step, reason=reason)
         if reason in INTERRUPTED.values():
             log_line(f"{reason.split()[0]} at step {self.step}; saved {path}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
@@ -656,16 +659,14 @@ class Run:
         """The progress line and its metrics record: `window` holds the sums of the steps'
         times and `values` their [loss, top-1 error] (read_window)."""
         loss, top1 = values.mean(axis=0)
-        fields = dict(kind="train", epoch=self.epochs_done(),
-                      step=self.step, time=round(self.elapsed(), 2), loss=float(loss),
-                      top1_error=float(top1), lr=self.optimizer.lr,
+        fields = dict(loss=float(loss), top1_error=float(top1), lr=self.optimizer.lr,
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
         averaging = ""
         if self.group.size > 1:       # images/s: of all processes; averaging: rank 0's share
             fields["averaging_share"] = window["averaging"] / window["time"]
             averaging = f"  averaging {fields['averaging_share']:.0%}"
-        self.record(**fields)
+        self.record(kind="train", epoch=self.epochs_done(), step=self.step, **fields)
         log_line(f"epoch {self.epoch + 1}/{self.args.epochs}  "
                  f"step {self.batch}/{self.steps_per_epoch}  "
                  f"loss {fields['loss']:.4f}  top-1 err {fields['top1_error']:.1%}  "
@@ -677,8 +678,8 @@ class Run:
         """Evaluate, move the schedule, save checkpoints and plots."""
         tick = time.perf_counter()
         loss, top1, top5, logits = self.validate()
-        self.record(kind="eval", epoch=self.epoch, step=self.step, time=round(self.elapsed(), 2),
-                    loss=loss, top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
+        self.record(kind="eval", epoch=self.epoch, step=self.step, loss=loss, top1_error=top1,
+                    top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
         self.best = min(self.best, top1)
         log_line(f"eval epoch {self.epoch}: val loss {loss:.4f}  top-1 error {top1:.2%}  top-5 "
@@ -686,8 +687,7 @@ class Run:
                  f"{'  best so far' if improved else ''}")
         said = self.schedule.step(top1, self.images_trained())
         if said == "reduced":
-            self.record(kind="lr", epoch=self.epoch, step=self.step,
-                        time=round(self.elapsed(), 2), lr=self.optimizer.lr,
+            self.record(kind="lr", epoch=self.epoch, step=self.step, lr=self.optimizer.lr,
                         reduction=self.schedule.reductions)
             log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g} "
                      f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
@@ -764,8 +764,7 @@ class Run:
         message = (f"the network is not learning: after {self.step} steps "
                    f"({self.images_trained():,} images) the {symptom}. Likely causes: "
                    f"{'; '.join(causes)}.")
-        self.record(kind="warning", epoch=self.epoch, step=self.step,
-                    time=round(self.elapsed(), 2), message=message)
+        self.record(kind="warning", epoch=self.epoch, step=self.step, message=message)
         log_line(f"warning: {message}")
 
 

@@ -438,7 +438,6 @@ def check_learning_on(evals, train_losses, classes=20, val_images=500):
         classes=[str(i) for i in range(classes)], val=range(val_images), step=evals[-1][0],
         epoch=10,
         args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 19_840,
-        elapsed=lambda: 60.0,
         record=lambda **fields: said.append(fields))
     train.Run.check_learning(run)
     return said
