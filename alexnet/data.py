@@ -263,6 +263,16 @@ def find_class_names(folder):
     return next((path for path in paths if os.path.isfile(path)), None)
 
 
+def images_below(folder):
+    """Every image file below `folder` (none if it is missing), in sorted order, hidden files
+    and folders left out."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
+    return found
+
+
 def find_images(root, classes=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
     Hidden files and folders are skipped; extensions match in any case."""
@@ -279,15 +289,9 @@ def find_images(root, classes=None):
                              f"{', '.join(unknown[:5])}; every val class needs a train folder")
     paths, labels = [], []
     for label, name in enumerate(classes):
-        folder = os.path.join(root, name)
-        if not os.path.isdir(folder):
-            continue
-        for dirpath, dirnames, filenames in os.walk(folder):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for f in sorted(filenames):
-                if is_image_name(f):
-                    paths.append(os.path.join(dirpath, f))
-                    labels.append(label)
+        found = images_below(os.path.join(root, name))
+        paths += found
+        labels += [label] * len(found)
     if not paths:
         if any(is_image_name(name) for name in os.listdir(root)):
             raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"

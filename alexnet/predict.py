@@ -27,21 +27,11 @@ def parse_args(argv=None):
                    "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), "
                    "or folders of them")
-    p.add_argument("--top", type=whole(1), default=5, metavar="K", help="classes to show per image (default 5)")
-    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
-                   "(default: two GPUs, one GPU twice, or the CPU)")
+    p.add_argument("--top", type=whole(1), default=5, metavar="K",
+                   help="classes to show per image (default 5)")
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
+                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
     return p.parse_args(argv)
-
-
-def image_paths(path):
-    """[path], or every image file below the folder `path`, in sorted order."""
-    if not os.path.isdir(path):
-        return [path]
-    found = []
-    for folder, subfolders, files in os.walk(path):
-        subfolders.sort()
-        found += [os.path.join(folder, f) for f in sorted(files) if data.is_image_name(f)]
-    return found
 
 
 def main(argv=None):
@@ -57,7 +47,8 @@ def main(argv=None):
               for name, folder in zip(names, folders)]
     S, size = model.preset.stored_size(), model.preset.input_size
     failed = 0
-    paths = [found for path in args.images for found in image_paths(path)]
+    paths = [found for path in args.images
+             for found in (data.images_below(path) if os.path.isdir(path) else [path])]
     for path in paths:
         try:
             image = data.load_image(path, S)                                   # (3, S, S) uint8
