@@ -232,10 +232,9 @@ def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, l
         write_manifest(cache, manifest)
         raise ValueError(f"none of the {len(paths)} files under {root} could be decoded "
                          f"(see {os.path.join(cache, 'bad_files.txt')})")
-    # Every row is written or failed. Fill the failed rows among the first `count` with the good
-    # rows after them; sources and targets never overlap, so a crash here is repaired by rerunning.
-    holes = numpy.flatnonzero(~done[:count])
-    tails = count + numpy.flatnonzero(done[count:])
+    # Every row is written or failed. Sources and targets of the filling never overlap, so a
+    # crash here is repaired by rerunning.
+    holes, tails = filling(done)
     for hole, tail in zip(holes, tails):
         images[hole] = images[tail]
     images.flush()
@@ -324,6 +323,14 @@ def open_split(cache, split):
     return data.Split(images, labels)
 
 
+def filling(good):
+    """How a split with the rows `good` (bool, False where a file failed) is made whole: the
+    failed rows among the first good.sum() (`holes`) take the good rows after them (`tails`),
+    so that the good images are the first rows."""
+    count = int(good.sum())
+    return numpy.flatnonzero(~good[:count]), count + numpy.flatnonzero(good[count:])
+
+
 def row_files(cache, split):
     """The file (path below DIR/<split>) of every row of a split's images, as prepare_split
     left them: the files in listing order, the skipped ones dropped, and the rows of skipped
@@ -334,11 +341,10 @@ def row_files(cache, split):
     entry = read_manifest(cache)["splits"][split]
     if "bad_rows" not in entry and entry["skipped"]:
         return None
-    bad = set(entry.get("bad_rows", ()))
-    count = len(listing) - len(bad)
-    rows = listing[:count]
-    holes = [i for i in range(count) if i in bad]
-    tails = [i for i in range(count, len(listing)) if i not in bad]
+    good = numpy.ones(len(listing), bool)
+    good[entry.get("bad_rows", [])] = False
+    holes, tails = filling(good)
+    rows = listing[:int(good.sum())]
     for hole, tail in zip(holes, tails):
         rows[hole] = listing[tail]
     return rows
@@ -472,9 +478,10 @@ def parse_args(argv=None):
                    "validation images")
     p.add_argument("--out", metavar="CACHE", help="folder the cache is written to (default "
                    "DIR/.alexnet-cache-<size>, where training looks first)")
-    p.add_argument("--size", type=whole(1), default=256, help="side of the stored images (default "
-                   "256; 256 * input / 227 for other presets, e.g. 112 for 'small')")
-    p.add_argument("--workers", type=whole(1), help="decoding processes (default: one per CPU core)")
+    p.add_argument("--size", type=whole(1), default=256, help="side of the stored images "
+                   "(default 256; 256 * input / 227 for other presets, e.g. 112 for 'small')")
+    p.add_argument("--workers", type=whole(1),
+                   help="decoding processes (default: one per CPU core)")
     p.add_argument("--limit", type=whole(1), help="decode at most this many images now; the same "
                    "command goes on later")
     p.add_argument("--val-labels", metavar="FILE", help="sort the flat folder --data into class "
