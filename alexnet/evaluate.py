@@ -35,8 +35,8 @@ def parse_args(argv=None):
                    "10: the paper's ten views, softmax averaged (default 1)")
     p.add_argument("--batch-size", type=whole(1), default=128, help="images per forward pass "
                    "(default 128; with --views 10 each view of a batch is one pass)")
-    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', '0,0', 'cpu,cpu' "
-                   "(default: two GPUs, one GPU twice, or the CPU)")
+    p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
+                   "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
     p.add_argument("--out", metavar="DIR", help="where per_class.csv goes (default: the "
                    "checkpoint's folder)")
     return p.parse_args(argv)
@@ -115,9 +115,9 @@ def write_per_class(path, classes, names, images, hits1, hits5):
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["class", "name", "images", "top1_accuracy", "top5_accuracy"])
-        for row in zip(classes, names, images, hits1, hits5):
-            n, h1, h5 = row[2:]
-            writer.writerow([*row[:3], f"{h1 / n:.4f}" if n else "", f"{h5 / n:.4f}" if n else ""])
+        for folder, name, n, h1, h5 in zip(classes, names, images, hits1, hits5):
+            writer.writerow([folder, name, n, f"{h1 / n:.4f}" if n else "",
+                             f"{h5 / n:.4f}" if n else ""])
 
 
 def run(args):

@@ -5,9 +5,10 @@
 Every rank builds the network (float32, towers on --devices), fills every gradient with random
 values seeded by its rank and times group.average_gradients(model.parameters()) (in host
 memory one in-place Allreduce per parameter; on a GPU one bucket per device through NCCL); then
-it checks the result against the mean of every rank's values, which it draws again. Rank 0 prints the median, the bytes reduced and the
-rate. On one machine MPI moves a host buffer through shared memory, so this is the floor of
-what a step pays for data parallelism here; between machines the network sets it.
+it checks the result against the mean of every rank's values, which it draws again. Rank 0
+prints the median, the bytes reduced and the rate. On one machine MPI moves a host buffer
+through shared memory, so this is the floor of what a step pays for data parallelism here;
+between machines the network sets it.
 
 On GPUs the buckets go through NCCL. A single GPU cannot hold two NCCL ranks, so one process
 with its towers on a GPU (`python bench/allreduce.py --devices 0,0`) runs a group of one

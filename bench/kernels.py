@@ -4,12 +4,13 @@ bandwidth it reaches with a device-to-device copy's, measured in the same run, a
     python bench/kernels.py [--repeat 30] [--json PATH]
 
 Shapes are one tower's (PAPER.md), float32; the SGD update's is fc6's weights, and it is also
-timed as the six CuPy array operations it replaced. A kernel is timed alone: its plan is made once and
-the compiled kernel launched `--inner` times between two CUDA events, so neither allocation nor
-the Python around a call is counted; the table gives the median over `--repeat` such timings.
-Bandwidth = bytes of every array the kernel takes (inputs read, outputs written, each counted
-once; twice for the arrays SGD updates in place) / time. That is the traffic no kernel can avoid; im2col reads each pixel up to kh*kw times
-and can still come near the peak because the repeats hit the cache. The yardstick is the
+timed as the six CuPy array operations it replaced. A kernel is timed alone: its plan is made
+once and the compiled kernel launched `--inner` times between two CUDA events, so neither
+allocation nor the Python around a call is counted; the table gives the median over `--repeat`
+such timings. Bandwidth = bytes of every array the kernel takes (inputs read, outputs written,
+each counted once; twice for the arrays SGD updates in place) / time. That is the traffic no
+kernel can avoid; im2col reads each pixel up to kh*kw times and can still come near the peak
+because the repeats hit the cache. The yardstick is the
 bandwidth of cudaMemcpy from device to device (COPY_BYTES read and as many written), timed the
 same way: what a kernel that only moves its bytes reaches in practice (goal: 80% of it).
 
