@@ -28,11 +28,16 @@ def _pair(v):
 
 
 def _as_tensor_like(value, like):
-    """A Python number or array as a Tensor of `like`'s dtype on `like`'s device."""
+    """A Python number or array as a Tensor on `like`'s device, of `like`'s dtype unless a
+    Python number needs more (NumPy's rule: float32 * 0.5 stays float32, int64 * 0.5 is
+    float64)."""
     if isinstance(value, Tensor):
         return value
+    dtype = like.dtype
+    if type(value) in (bool, int, float):                # NumPy scalars keep like's dtype
+        dtype = numpy.result_type(dtype, value)
     with backend.device_scope(like.device):
-        return Tensor(like.xp.asarray(value, dtype=like.dtype))
+        return Tensor(like.xp.asarray(value, dtype=dtype))
 
 
 def _binary(fn, a, b):
@@ -448,7 +453,8 @@ class Dropout(Function):
     same expected value in training as at test time, so the networks are equivalent."""
 
     def forward(self, x, *, p):
-        keep = mg_random.uniform(x.shape, x.dtype, backend.device_of(x)) >= p
+        draw = numpy.float64 if x.dtype == numpy.float64 else numpy.float32  # no float16 draws
+        keep = mg_random.uniform(x.shape, draw, backend.device_of(x)) >= p
         self.mask = keep.astype(x.dtype) * x.dtype.type(1.0 / (1.0 - p))
         return x * self.mask
 

@@ -92,6 +92,10 @@ def test_operators_and_python_scalars(device, rng):
     check_grad(lambda a: 2.0 * a - 1 + a / 4.0 - (3 / a) * -a, [rng.uniform(1, 2, (3, 2))], device)
     x = Tensor(backend.to_device(numpy.ones(3, numpy.float32), device))
     assert (x * 2.5).dtype == numpy.float32 and (1 - x).device == device
+    assert (x * numpy.float64(2.5)).dtype == numpy.float32         # a NumPy scalar: x's dtype
+    counts = Tensor(backend.to_device(numpy.arange(4), device))
+    numpy.testing.assert_array_equal((counts * 0.5).numpy(), [0.0, 0.5, 1.0, 1.5])  # not 0s
+    assert (counts + 1).dtype == counts.dtype
 
 
 @pytest.mark.parametrize("fn,low", [(F.exp, -2.0), (F.log, 0.5), (F.neg, -2.0)])
@@ -340,6 +344,14 @@ def test_dropout_is_inverted_and_its_gradient_uses_the_same_mask(device):
     g = numpy.random.default_rng(1).standard_normal(values.shape)
     y.backward(backend.to_device(g, device))
     numpy.testing.assert_array_equal(backend.to_device(x.grad, "cpu"), g * (values / 3.0))
+
+
+def test_dropout_in_float16(device):
+    x = Tensor(backend.to_device(numpy.ones((8, 8), numpy.float16), device), requires_grad=True)
+    y = F.dropout(x, 0.5)
+    y.sum().backward()
+    assert y.dtype == x.grad.dtype == numpy.float16
+    assert set(numpy.unique(y.numpy())) <= {0.0, 2.0}
 
 
 def test_dropout_is_identity_in_eval_and_rejects_bad_p(device):
