@@ -66,7 +66,7 @@ def gather(device, quick, folder):
             "commit": git("rev-parse", "--short", "HEAD"),
             "uncommitted": bool(git("status", "--porcelain", "--untracked-files=no")),
             "device": device, "cpu": cpu_name(), "cores": os.cpu_count(),
-            "python": platform.python_version(), "quick": quick, "notes": [],
+            "python": platform.python_version(), "quick": quick, "notes": [], "complete": True,
             "thread_variables": {v: os.environ.get(v, "unset") for v in THREAD_VARIABLES}}
     env = dict(os.environ)
     if device != "cpu":                 # kernels.py has no --device: every run sees just this GPU
@@ -84,8 +84,10 @@ def gather(device, quick, folder):
             status = subprocess.run([sys.executable, str(script), *arguments, "--json",
                                      str(path)], env=env).returncode
             if status != 0 or not path.exists():
+                meta["complete"] = False
                 meta["notes"].append(f"`{command}` failed (exit status {status}): no section")
     except KeyboardInterrupt:          # Ctrl-C or a time limit: report what was measured
+        meta["complete"] = False
         meta["notes"].append(f"interrupted during `{command}`: the benchmarks after it did not "
                              "run (nor did it, unless its section is above)")
     if device != "cpu":                 # asked only now, so no CUDA context sat beside the runs
@@ -314,8 +316,7 @@ def main(argv=None):
         shutil.rmtree(out.with_suffix(""), ignore_errors=True)
         shutil.move(folder, out.with_suffix(""))
     print(f"\nwrote {out}" + ("" if args.saved else f" and its JSON in {out.with_suffix('')}/"))
-    failed = [note for note in meta["notes"] if "failed" in note or "interrupted" in note]
-    return 1 if failed else 0
+    return 0 if meta.get("complete", True) else 1       # a failed or interrupted benchmark: 1
 
 
 if __name__ == "__main__":
