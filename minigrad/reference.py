@@ -134,7 +134,8 @@ def _channel_window_sum(a, n):
     """s[:, c] = sum of a[:, j] for max(0, c - n//2) <= j <= min(C - 1, c + n//2)."""
     C = a.shape[1]
     s = numpy.zeros_like(a)
-    for d in range(-(n // 2), n // 2 + 1):        # one shifted slice per window offset
+    reach = min(n // 2, C - 1)                    # offsets beyond the channels reach nothing
+    for d in range(-reach, reach + 1):            # one shifted slice per window offset
         s[:, max(0, -d):C - max(0, d)] += a[:, max(0, d):C - max(0, -d)]
     return s
 

@@ -208,6 +208,7 @@ LRN_CASES = [  # x shape (N, C, H, W), n, k, alpha, beta, values
     # channel counts below, at and above the window.
     *(pytest.param((2, C, 3, 2), n, 1.0, 1.0, 0.75, "normal", id=f"C{C}-n{n}-alpha1")
       for C in (1, 3, 5, 7) for n in (1, 3, 5)),
+    pytest.param((2, 3, 3, 2), 9, 1.0, 1.0, 0.75, "normal", id="C3-n9-past-both-sides"),
     pytest.param((2, 7, 3, 3), 5, 2.0, 1e-4, 0.75, "normal", id="C7-paper"),
     pytest.param((1, 16, 4, 4), 7, 0.5, 0.5, 0.5, "normal", id="C16-n7-beta0.5"),
     pytest.param((1, 16, 4, 4), 5, 1.0, 1.0, 0.75, "wide", id="C16-alpha1-wide-range"),

@@ -301,8 +301,8 @@ def test_max_pool2d_alexnet_sizes():
 
 # ---- local response normalization -------------------------------------------------------------
 
-LRN_CASES = [  # C, n: channels below, at and above the window
-    (1, 5), (3, 5), (5, 5), (7, 5), (8, 3), (6, 1), (9, 7)]
+LRN_CASES = [  # C, n: channels below (half the window reaching past them too), at and above it
+    (1, 5), (3, 5), (5, 5), (7, 5), (8, 3), (6, 1), (9, 7), (3, 9), (2, 7)]
 
 
 @pytest.mark.parametrize("C,n", LRN_CASES)
