@@ -20,7 +20,6 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, prepare
 from alexnet.cli import Parser, devices_list, whole
-from minigrad import functional as F
 
 
 def parse_args(argv=None):
@@ -78,21 +77,28 @@ def probabilities(model, images, mean, size, views=1, batch_size=128):
 
 
 def softmax(logits):
-    """exp(log_softmax) of logits (N, classes) in float64 on the CPU: float32 could round two
-    close probabilities to one value and change which class ranks first."""
-    return numpy.exp(F.log_softmax(minigrad.Tensor(logits.numpy().astype(numpy.float64))).numpy())
+    """Probabilities (N, classes) of logits (a Tensor or an array, on any device), in float64 on
+    the CPU: float32 could round two close probabilities to one value and change which class
+    ranks first."""
+    z = minigrad.Tensor(logits).numpy().astype(numpy.float64)
+    e = numpy.exp(z - z.max(axis=1, keepdims=True))           # exp of at most 0: no overflow
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def top_k_hits(scores, labels, k):
+    """Per row of scores (N, classes): is its label among the k highest? Ties go to the lower
+    class index, as with argmax (a network that has died gives every class the same score)."""
+    order = numpy.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return (order == labels[:, None]).any(axis=1)
 
 
 def scores(probs, labels, num_classes):
     """Per class: images, top-1 hits and top-5 hits; and the confusion counts (true, predicted)
     of the top-1 predictions."""
-    order = numpy.argsort(-probs, axis=1)
-    top1 = order[:, 0] == labels
-    top5 = (order[:, :5] == labels[:, None]).any(axis=1)
     images = numpy.bincount(labels, minlength=num_classes)
-    hits1 = numpy.bincount(labels, weights=top1, minlength=num_classes).astype(int)
-    hits5 = numpy.bincount(labels, weights=top5, minlength=num_classes).astype(int)
-    return images, hits1, hits5, confusion(labels, order[:, 0], num_classes)
+    hits1, hits5 = (numpy.bincount(labels, weights=top_k_hits(probs, labels, k),
+                                   minlength=num_classes).astype(int) for k in (1, 5))
+    return images, hits1, hits5, confusion(labels, probs.argmax(axis=1), num_classes)
 
 
 def confusion(labels, predicted, num_classes):

@@ -248,7 +248,7 @@ def run(args, log=print):
     if "predictions" in wanted:
         n = min(args.predictions, len(rows))
         written.append(os.path.join(out, "predictions.png"))
-        plots.prediction_grid(shown[:n], softmax(minigrad.Tensor(logits[:n])),
+        plots.prediction_grid(shown[:n], softmax(logits[:n]),
                               val.labels[rows[:n]], names, written[-1])
     if "neighbours" in wanted:
         q = min(args.queries, len(rows))
@@ -290,7 +290,7 @@ def draw_activations(model, aug, classes, image_path, out, image=None, name=None
     else:
         name = f"validation image {name}"
     logits, trace = forward(model, crops(model, image, aug, size))
-    p = softmax(minigrad.Tensor(logits))[0]
+    p = softmax(logits)[0]
     top = [(classes[k], p[k]) for k in numpy.argsort(-p, kind="stable")[:5]]
     layers = [(layer, trace[f"{layer}a"].numpy()[0], trace[f"{layer}b"].numpy()[0])
               for layer in ACTIVATIONS]

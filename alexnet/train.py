@@ -48,7 +48,7 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.cli import Parser, devices_list, existing_path, format_time, real, whole
-from alexnet.evaluate import confusion, softmax
+from alexnet.evaluate import confusion, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet
 from minigrad import backend, distributed, optim, parallel
 from minigrad import functional as F
@@ -265,9 +265,7 @@ def check_batch_split(batch_size, processes):
 
 def top_k_errors(logits, labels, ks=(1, 5)):
     """Fraction of rows whose label is not among the k largest logits, for each k."""
-    order = numpy.argsort(-logits, axis=1)
-    return [float(1.0 - (order[:, :min(k, logits.shape[1])] == labels[:, None]).any(axis=1).mean())
-            for k in ks]
+    return [float(1.0 - top_k_hits(logits, labels, k).mean()) for k in ks]
 
 
 def evaluate(model, split, aug, size, batch_size):
@@ -718,7 +716,7 @@ class Run:
         top-5 classes; confusion.png: the confusion matrix of the whole validation set."""
         rows = numpy.random.default_rng(self.args.seed).choice(
             len(self.val), min(SHOWN, len(self.val)), replace=False)
-        probs = softmax(minigrad.Tensor(logits[rows]))
+        probs = softmax(logits[rows])
         plots.prediction_grid(data.central(self.val.images[rows], self.size), probs,
                               self.val.labels[rows], self.class_names,
                               os.path.join(self.dir, "predictions.png"))

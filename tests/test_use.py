@@ -123,6 +123,20 @@ def test_ten_view_probabilities_are_the_mean_of_the_views(run_dir):
     numpy.testing.assert_allclose(probs.sum(axis=1), 1.0)
 
 
+def test_scores_count_ties_and_small_class_counts_as_argmax_does():
+    probs = evaluate.softmax(numpy.array([[0.0, 0.0, 0.0], [1.0, 3.0, 2.0], [5.0, 1.0, 5.0]]))
+    numpy.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    labels = numpy.array([1, 2, 2])
+    images, hits1, hits5, counts = evaluate.scores(probs, labels, 3)
+    # row 0: a tie between all three goes to class 0, as argmax says; row 2: class 0 over 2
+    numpy.testing.assert_array_equal(hits1, [0, 0, 0])
+    numpy.testing.assert_array_equal(hits5, [0, 1, 2])           # top-5 of 3 classes: all
+    numpy.testing.assert_array_equal(images, [0, 1, 2])
+    numpy.testing.assert_array_equal(counts.diagonal(), hits1)
+    numpy.testing.assert_array_equal(evaluate.top_k_hits(probs, labels, 2), [True, True, True])
+    assert train.top_k_errors(probs, labels) == [1.0, 0.0]
+
+
 def test_class_mismatch_is_one_sentence_naming_the_classes(run_dir, tmp_path, capsys):
     (tmp_path / "val" / "cat").mkdir(parents=True)
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "val" / "cat" / "a.png")
