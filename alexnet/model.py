@@ -1,8 +1,8 @@
 """The two-tower AlexNet of Krizhevsky, Sutskever and Hinton (2012), section 3 and Figure 2.
 
 Two towers ("a" and "b", one per GPU in the paper) run side by side; each owns half of every
-layer's kernels. They exchange activations at three places only: conv3, fc6 and fc7 (and fc8)
-read the outputs of both towers, every other layer reads its own tower alone.
+layer's kernels. They exchange activations at four places only: conv3, fc6, fc7 and fc8 read
+the outputs of both towers, every other layer reads its own tower alone.
 
     per tower            reads          output (paper preset, one image)
     conv1 11x11 /4       the image      48x55x55 -> relu, LRN, maxpool 3/2 -> 48x27x27
@@ -195,7 +195,7 @@ class AlexNet(nn.Module):
                                             devices=self.devices)
             for name in outputs[0]:           # the trace in layer order, tower a then b
                 trace[f"{name}a"], trace[f"{name}b"] = outputs[0][name], outputs[1][name]
-            return [list(out.values())[-1] for out in outputs]
+            return [list(out.values())[-1] for out in outputs]   # a stage's last entry: its output
 
         if self.input_scale != 1.0:
             x = x * self.input_scale

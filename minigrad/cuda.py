@@ -1,7 +1,9 @@
 """The hand-written CUDA kernels of minigrad/kernels/*.cu, called on CuPy arrays.
 
-The six functions at the top are minigrad/reference.py's, with the same signatures and results,
-for CuPy arrays (float32 or float64; argmax int32); minigrad.functional calls them on a GPU.
+The six functions at the top are minigrad/reference.py's, with the same signatures, for CuPy
+arrays (float32 or float64; argmax int32), and the same results up to rounding (argmax is
+exact; LRN's power and pooling's sums round differently); minigrad.functional calls them on a
+GPU.
 The seventh, sgd_update, is minigrad.optim.SGD's update of one parameter, in one kernel.
 
 A call goes in three steps, kept apart so that the first two can be tested without a GPU:
@@ -145,7 +147,7 @@ def plan_max_pool_backward(gy, argmax, x_shape, kh, kw, sy, sx):
 
 
 def plan_lrn_forward(x, n, k, alpha, beta):
-    """lrn_forward<T>: one thread per pixel (n, iy, ix), walking down the channels."""
+    """lrn_forward<T>: one thread per pixel (image, iy, ix), walking down the channels."""
     xp = backend.get_array_module(x)
     N, C, H, W = x.shape
     x = xp.ascontiguousarray(x)
@@ -156,7 +158,7 @@ def plan_lrn_forward(x, n, k, alpha, beta):
 
 
 def plan_lrn_backward(gy, x, y, scale, n, alpha, beta):
-    """lrn_backward<T>: one thread per pixel (n, iy, ix), walking down the channels."""
+    """lrn_backward<T>: one thread per pixel (image, iy, ix), walking down the channels."""
     xp = backend.get_array_module(gy)
     N, C, H, W = x.shape
     for name, array in (("gy", gy), ("y", y), ("scale", scale)):

@@ -4,8 +4,10 @@ Each op is a `Function` subclass (its forward saves on `self` only what its back
 a lower-case function that is the public way to call it. The code runs unchanged on NumPy and
 CuPy: `xp` is the array module of the inputs. The three layers with hand-written CUDA kernels
 (conv2d's im2col/col2im, max_pool2d, lrn) call `_kernels(x)`: minigrad.reference (NumPy) on the
-CPU, minigrad.cuda (the .cu kernels) on a GPU, with the same functions and signatures (on the
-CPU, conv2d orders its columns differently: see Conv2d).
+CPU, minigrad.cuda (the .cu kernels) on a GPU, with the same functions and signatures. One
+exception: on the CPU conv2d orders its columns batch-last (reference.im2col_images_last, see
+Conv2d), so reference.im2col and col2im serve only as the specification the kernels are tested
+against.
 """
 import builtins
 
@@ -261,7 +263,7 @@ def mean(x, axis=None, keepdims=False):
     return sum(x, axis, keepdims) * (1.0 / count)
 
 
-# ---- devices, joining and splitting (the two towers meet through these) ------------------------
+# ---- devices, joining and splitting (the two towers meet through to_device and concat) ---------
 
 class ToDevice(Function):
     crosses_devices = True
@@ -330,7 +332,7 @@ def split(x, sizes, axis=0):
     return pieces
 
 
-# ---- convolution, pooling, normalization (paper sections 3.1-3.4) -----------------------------
+# ---- convolution (section 3.5), normalization (3.3), overlapping pooling (3.4) -----------------
 
 class Conv2d(Function):
     """2-D convolution (cross-correlation, as in every framework) by im2col and one GEMM.
@@ -379,7 +381,8 @@ class Conv2d(Function):
             gcol = self.W.reshape(O, -1).T @ gy                    # (C*kh*kw, columns)
             col2im = reference.col2im_images_last if self.images_last else _kernels(gy).col2im
             gx = col2im(gcol, self.x_shape, *self.geometry)
-        return gx, gW.reshape(self.W.shape), gy.sum(axis=1)
+        gb = gy.sum(axis=1) if len(self.needs_grad) == 3 else None  # (O,), when there is a bias
+        return gx, gW.reshape(self.W.shape), gb
 
 
 def conv2d(x, W, b=None, stride=1, padding=0):
@@ -449,8 +452,12 @@ def lrn(x, n=5, k=2.0, alpha=1e-4, beta=0.75):
 class Dropout(Function):
     """Inverted dropout: in training each unit is kept with probability 1 - p and multiplied by
     1 / (1 - p); at test time the layer is the identity. The paper instead keeps outputs
-    unscaled in training and multiplies them by 0.5 at test time; both give every unit the
-    same expected value in training as at test time, so the networks are equivalent."""
+    unscaled in training and multiplies them by 0.5 at test time. Both give every unit the same
+    expected value in training as at test time, and a network trained one way is one of the
+    other with the next layer's weights halved: the same functions. Not the same training,
+    though: with the paper's learning rate and initialization, the weights after a dropout
+    layer (fc7, fc8) get twice the gradient, a step four times the paper's in its terms, and
+    start twice as wide. (PAPER.md lets either be used; minigrad's is the common one.)"""
 
     def forward(self, x, *, p):
         draw = numpy.float64 if x.dtype == numpy.float64 else numpy.float32  # no float16 draws

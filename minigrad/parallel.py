@@ -6,10 +6,10 @@ own core(s): NumPy and BLAS release Python's global interpreter lock inside thei
 Python threads doing array work really run in parallel. `side_by_side(*calls)` is the one place
 that does it; AlexNet.forward runs its two convolutional stages of each tower through it.
 
-Threads: `branches()` calls at once (2, the towers, on a machine with 2 or more cores;
-set_branches(1) runs them in turn), BLAS with cores // branches threads in each meanwhile and
-with every core otherwise, so that the cores are neither idle nor oversubscribed (threadpoolctl
-sets the count; without it BLAS keeps its own).
+Threads: on a machine with 2 or more cores, branches() calls (2: the towers) run at once, each
+with cores // branches() BLAS threads; outside side_by_side, BLAS uses every core. So the cores are neither
+idle nor oversubscribed. set_branches(1) runs the branches in turn. (threadpoolctl sets BLAS's
+thread count; without it BLAS keeps its own.)
 
 Only the forward pass goes side by side. Measured on 2 cores, each tower's convolutions with
 one BLAS thread, side by side against in turn with two (small preset, batch 128; paper preset,

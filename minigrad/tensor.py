@@ -124,7 +124,8 @@ class Tensor:
                 continue
             if t._ctx is None:                                         # a leaf: keep its gradient
                 with backend.device_scope(t.device):
-                    g = g.astype(t.dtype, copy=False)     # a float64 input, float32 weights
+                    g = g.astype(t.dtype, copy=False)     # float32 weights used with a float64
+                                                          # input get a float32 gradient
                     t.grad = g if t.grad is None else t.grad + g
                 continue
             if t._ctx is _FREED:

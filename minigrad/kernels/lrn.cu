@@ -4,9 +4,9 @@
 //   window(c) = max(0, c - n/2) ... min(C - 1, c + n/2)        (n odd, n/2 rounded down)
 //   scale[c]  = k + alpha * sum_{j in window(c)} x[j]^2        (alpha NOT divided by n: the paper's form)
 //   y[c]      = x[c] * scale[c]^-beta
-//   x, y, scale, gy, gx  (N, C, H, W); channel c of pixel (n, iy, ix) is H*W elements after channel c-1.
+//   x, y, scale, gy, gx  (N, C, H, W); channel c of pixel (image, iy, ix) is H*W elements after channel c-1.
 //
-// Both kernels give one thread a whole pixel column (n, iy, ix) and walk down its C channels,
+// Both kernels give one thread a whole pixel column (image, iy, ix) and walk down its C channels,
 // keeping the window sum current: add the channel that enters the window, subtract the one that
 // leaves. The sum is kept in double: each add and subtract rounds, and in float those errors
 // pile up along the channels; after one large activation the leftover of its square can swamp

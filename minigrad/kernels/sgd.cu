@@ -7,8 +7,8 @@
 // (each a kernel launch, each reading its arrays from memory and writing one back: 15 array
 // passes); this kernel reads w, g and v once and writes w and v once (5 passes).
 //
-// The result is the same, bit for bit: the same four operations on every value, each rounded to
-// T, in the same order. The products go through mul(), CUDA's multiply that always rounds:
+// The result is the same, bit for bit: the same six operations on every value (three products,
+// two subtractions, one addition), each rounded to T, in the same order. The products go through mul(), CUDA's multiply that always rounds:
 // written as a * b - c, the compiler may fuse a product and the subtraction after it into one
 // multiply-add, rounded once instead of twice, which is closer to the exact value but no longer
 // NumPy's float32 arithmetic.
