@@ -139,13 +139,19 @@ def set_tf32(enabled):
     Ampere (compute capability 8.0) on, with products accurate to about 1e-3 instead of 1e-6.
     Convolutions here are matrix products (functional.conv2d), so it covers them too; PyTorch
     uses TF32 in cuDNN's convolutions by default. One setting for every GPU of the process.
-    Without a GPU nothing changes (NumPy has no TF32) and the previous setting is False."""
+    Without a GPU nothing changes (NumPy has no TF32) and the previous setting is False.
+    On a GPU older than Ampere CuPy refuses TF32 with a warning; this raises ValueError."""
     if gpu_count() == 0:
         return False
     linalg = cupy._core._routines_linalg
     previous = linalg.get_compute_type(numpy.float32) == linalg.COMPUTE_TYPE_TF32
     cupy._core.set_compute_type(numpy.float32, linalg.COMPUTE_TYPE_TF32 if enabled
                                 else linalg.COMPUTE_TYPE_DEFAULT)
+    if enabled and linalg.get_compute_type(numpy.float32) != linalg.COMPUTE_TYPE_TF32:
+        capability = cupy.cuda.Device().compute_capability           # "75" for 7.5
+        raise ValueError(f"GPU {cupy.cuda.Device().id} (compute capability "
+                         f"{capability[:-1]}.{capability[-1]}) has no TF32: tensor cores do TF32 "
+                         "from compute capability 8.0 (Ampere) on; run without --tf32")
     return previous
 
 

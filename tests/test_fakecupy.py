@@ -59,3 +59,11 @@ def test_devices_and_numpy_do_not_mix(cupy):
 def test_a_reduction_is_a_0d_array(cupy):
     total = cupy.ones(3).sum()
     assert isinstance(total, cupy.ndarray) and total.shape == ()
+
+
+def test_tf32_on_a_gpu_without_it_is_one_sentence(cupy, monkeypatch):
+    monkeypatch.setattr(cupy, "_COMPUTE_CAPABILITY", "75")        # a Turing GPU: no TF32
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"compute capability 7\.5\) "
+                                                  "has no TF32.*run without --tf32"):
+        backend.set_tf32(True)
+    assert backend.set_tf32(False) is False

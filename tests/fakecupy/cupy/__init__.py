@@ -40,6 +40,7 @@ import numpy
 
 __version__ = "14.0.0+fake"
 _DEVICES = int(os.environ.get("MINIGRAD_FAKE_GPUS", "2"))
+_COMPUTE_CAPABILITY = "90"              # an H100's or H200's; a test may set an older one
 _TESTS = pathlib.Path(__file__).resolve().parents[2]
 _current = threading.local()            # CUDA's current device is per host thread
 _NAMES = json.loads(pathlib.Path(__file__).with_name("names.json").read_text())
@@ -351,6 +352,10 @@ class _Device:
     def synchronize(self):
         pass
 
+    @property
+    def compute_capability(self):
+        return _COMPUTE_CAPABILITY
+
     def __eq__(self, other):
         return isinstance(other, _Device) and other.id == self.id
 
@@ -446,4 +451,15 @@ class RawKernel:
 _linalg = types.SimpleNamespace(COMPUTE_TYPE_DEFAULT=1, COMPUTE_TYPE_TF32=7, types={})
 _linalg.get_compute_type = lambda dtype: _linalg.types.get(numpy.dtype(dtype), 1)
 _core = types.SimpleNamespace(_routines_linalg=_linalg)
-_core.set_compute_type = lambda dtype, kind: _linalg.types.__setitem__(numpy.dtype(dtype), kind)
+
+
+def _set_compute_type(dtype, kind):
+    """As CuPy: TF32 on a GPU older than compute capability 8.0 warns and keeps the default."""
+    if kind == _linalg.COMPUTE_TYPE_TF32 and int(_COMPUTE_CAPABILITY) < 80:
+        import warnings
+        warnings.warn("TF32 compute type is not supported on this device; using default")
+        kind = _linalg.COMPUTE_TYPE_DEFAULT
+    _linalg.types[numpy.dtype(dtype)] = kind
+
+
+_core.set_compute_type = _set_compute_type
