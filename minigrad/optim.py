@@ -43,7 +43,8 @@ class SGD:
     def _update(self, w, g, v, scratch=None):
         """The update of w, g, v (arrays of one shape), in place, term by term in the formula's
         order; `scratch`, an array of their size, holds the products (a temporary if None).
-        The specification of minigrad/kernels/sgd.cu, which gives the same bits on a GPU."""
+        The specification of minigrad/kernels/sgd.cu, which gives the same bits on a GPU
+        (float32 values below 2^-126 aside: CuPy's kernels flush them to 0)."""
         xp = backend.get_array_module(w)
         v *= self.momentum
         v -= xp.multiply(w, self.weight_decay * self.lr, out=scratch)

@@ -8,10 +8,13 @@
 // passes); this kernel reads w, g and v once and writes w and v once (5 passes).
 //
 // The result is the same, bit for bit: the same six operations on every value (three products,
-// two subtractions, one addition), each rounded to T, in the same order. The products go through mul(), CUDA's multiply that always rounds:
-// written as a * b - c, the compiler may fuse a product and the subtraction after it into one
-// multiply-add, rounded once instead of twice, which is closer to the exact value but no longer
-// NumPy's float32 arithmetic.
+// two subtractions, one addition), each rounded to T, in the same order. The products go through
+// mul(), CUDA's multiply that always rounds: written as a * b - c, the compiler may fuse a
+// product and the subtraction after it into one multiply-add, rounded once instead of twice,
+// which is closer to the exact value but no longer NumPy's float32 arithmetic.
+// One exception: CuPy compiles every kernel, its own too, with -ftz=true, so a float32 result
+// below 2^-126 (a subnormal number) becomes 0 on the GPU where NumPy keeps it. A weight or
+// velocity that small changes nothing a network computes.
 //
 // One thread per value, grid-stride: thread t of the grid updates values t, t + (threads in the
 // grid), ... Indices are 32-bit ints; minigrad/cuda.py refuses arrays too large for them.
