@@ -217,7 +217,11 @@ class GetItem(Function):
     def backward(self, gy):
         xp = backend.get_array_module(gy)
         gx = xp.zeros(self.shape, dtype=gy.dtype)
-        xp.add.at(gx, self.index, gy)
+        parts = self.index if isinstance(self.index, tuple) else (self.index,)
+        if all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in parts):
+            gx[self.index] = gy            # basic indexing picks each element at most once
+        else:
+            xp.add.at(gx, self.index, gy)  # an index array may repeat an element: add, in turn
         return gx
 
 

@@ -189,8 +189,10 @@ def test_shape_ops(device, rng):
     check_grad(lambda t: t.transpose(-1, 0, 1), [x], device)
     check_grad(lambda t: t.T, [x], device)
     check_grad(lambda t: t[1:, ::2, 1], [x], device)
+    check_grad(lambda t: t[..., None, -1], [x], device)
     repeated = numpy.array([0, 0, 1, 0])                 # the gradients of repeats add up
     check_grad(lambda t: t[repeated], [x], device)
+    check_grad(lambda t: t[:, [2, 2, 0], 1:], [x], device)
     numpy.testing.assert_array_equal(forward(lambda t: t[repeated], [x], device), x[repeated])
     assert forward(lambda t: t.transpose(2, 0, 1), [x], device).shape == (4, 2, 3)
 
