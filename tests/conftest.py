@@ -2,6 +2,7 @@
 
 With PYTHONPATH=tests/fakecupy the GPU tests run on two fake GPUs instead (tests/fakecupy: CuPy's
 rules on NumPy, the kernels through the CPU emulator); tests marked full_size are skipped there.
+`--gpu-only` runs just the tests that use a GPU (tests/test_selection.py checks the choice).
 """
 import numpy
 import pytest
@@ -11,7 +12,27 @@ from minigrad import backend
 FAKE_GPUS = getattr(backend.cupy, "__version__", "").endswith("+fake")
 
 
+def pytest_addoption(parser):
+    parser.addoption("--gpu-only", action="store_true", help="run only the tests that use a GPU "
+                     "(those skipped without one): on a GPU machine, the ones CPU-only CI cannot")
+
+
+def uses_gpu(item):
+    """Whether a test runs on a GPU: a device parameter that is a GPU id (the `device` fixture,
+    a layout of the towers), the kernel runner "gpu", or a skip mark for machines without one."""
+    if any("GPU" in mark.kwargs.get("reason", "") for mark in item.iter_markers("skipif")):
+        return True
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if params.get("runner") == "gpu":
+        return True
+    devices = params.get("device", params.get("devices", "cpu"))
+    return any(type(d) is int for d in (devices if isinstance(devices, tuple) else (devices,)))
+
+
 def pytest_collection_modifyitems(config, items):
+    if config.getoption("--gpu-only"):
+        config.hook.pytest_deselected(items=[item for item in items if not uses_gpu(item)])
+        items[:] = [item for item in items if uses_gpu(item)]
     if not FAKE_GPUS:
         return
     skip = pytest.mark.skip(reason="full-size training: hours with the fake GPUs' emulated kernels")
