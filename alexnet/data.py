@@ -166,7 +166,9 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
     `ranks` equal parts of every training batch (data-parallel training; batch_size must be a
     multiple of ranks); each image is augmented as it would be in the whole batch. `workers`
     threads prepare up to `prefetch` batches ahead of the consumer (NumPy releases the GIL in
-    the copies that dominate here).
+    the copies that dominate here). On a GPU a worker's copies and kernels go to CuPy's legacy
+    default stream, which every thread shares, so they are done before the training step's
+    kernels that read the batch (not so with CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1).
     """
     order = numpy.random.default_rng([seed, epoch]).permutation(len(split)) if train \
         else numpy.arange(len(split))

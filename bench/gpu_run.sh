@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Everything that needs a GPU, run on a fresh machine, with the results collected in OUTDIR:
 #   env.json         device, driver, CUDA runtime, CuPy, NumPy and PyTorch versions, whether
-#                    PyTorch sees the GPU and NCCL loads, git commit, date
+#                    CuPy compiles a kernel (where it finds the CUDA headers), whether PyTorch
+#                    sees the GPU and NCCL loads, git commit, date
+#   pytest.log       the tests that use a GPU (pytest --gpu-only: the CPU-only CI runs the rest),
+#                    with the reasons for skips
 #   report.md        bench/report.py: kernels against a copy, training step and layers beside
 #                    PyTorch, loader (report/*.json: the raw results)
 #   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
 #   train.log        two epochs of the paper network on the embedded data set (curves.png and
 #                    metrics.jsonl beside it; the 0.5 GB checkpoints stay in a temporary folder)
-#   pytest.log       the whole test suite but the full-size training test, with the reasons
-#                    for skips
 #   summary.txt      one line per step (added to, when OUTDIR is used again)
 # The machine needs python3 with cupy, numpy, torch, pillow and pytest installed; no network.
 # Nothing is installed: the steps run from this source tree (PYTHONPATH).
@@ -17,24 +18,25 @@
 # SIGINT (pytest still writes its summary, bench/report.py renders what it measured), and
 # killed 5 s later.
 #
-#   bash bench/gpu_run.sh OUTDIR [report] [nccl] [train] [tests]    (no step named: all four)
+#   bash bench/gpu_run.sh OUTDIR [tests] [report] [train] [nccl]    (no step named: all four)
 #
-# All four, in that order (the measurements first), take at most 30 + 180 + 45 + 90 + 180 s plus
-# 5 s each to stop: 9 min 50 s, inside one call of 10 minutes, so that a lease of 15 minutes
-# pays for one machine start only. REPORT_LIMIT, TRAIN_LIMIT and TESTS_LIMIT change the limits.
+# All four, in that order, take at most 30 + 180 + 180 + 90 + 45 s plus 5 s each to stop:
+# 9 min 10 s, inside one call of 10 minutes, so that a lease of 15 minutes pays for one machine
+# start only. The tests come first: they compile CuPy's kernels into the empty cache, so the
+# report then times warm kernels. TESTS_LIMIT, REPORT_LIMIT and TRAIN_LIMIT change the limits.
 set -u
 
 if [ $# -lt 1 ]; then
-    echo "usage: bash bench/gpu_run.sh OUTDIR [report] [nccl] [train] [tests]" >&2
+    echo "usage: bash bench/gpu_run.sh OUTDIR [tests] [report] [train] [nccl]" >&2
     exit 2
 fi
 mkdir -p "$1" || exit 2
 OUT=$(cd "$1" && pwd)
 shift
-STEPS=" ${*:-report nccl train tests} "
+STEPS=" ${*:-tests report train nccl} "
 for name in $STEPS; do
-    case $name in report|nccl|train|tests) ;; *)
-        echo "unknown step '$name': the steps are report, nccl, train and tests" >&2; exit 2 ;;
+    case $name in tests|report|train|nccl) ;; *)
+        echo "unknown step '$name': the steps are tests, report, train and nccl" >&2; exit 2 ;;
     esac
 done
 export PYTHONUNBUFFERED=1
@@ -95,6 +97,23 @@ try:
                cuda_runtime_version=runtime.runtimeGetVersion())
 except Exception as error:  # no CuPy, no driver or no device: say which, and still write the file
     env["gpu_error"] = f"{type(error).__name__}: {error}"
+if "gpu_error" not in env:  # CuPy compiles every kernel, its own too, against the CUDA headers
+    try:
+        from cuda import pathfinder
+        env["cuda_headers"] = pathfinder.find_nvidia_header_directory("cudart")
+    except Exception as error:
+        env["cuda_headers"] = f"not found ({type(error).__name__}: {error})"
+    try:
+        env["nvrtc"] = ".".join(map(str, cupy.cuda.nvrtc.getVersion()))
+    except Exception as error:
+        env["nvrtc"] = f"not loaded ({type(error).__name__}: {error})"
+    try:
+        from minigrad import cuda
+        image = cupy.arange(6, dtype=cupy.float32).reshape(1, 1, 2, 3)
+        env["kernels_compile"] = float(cupy.sum(image * 2)) == 30.0 and \
+            float(cuda.im2col(image, 1, 1, 1, 1, 0, 0).sum()) == 15.0
+    except Exception as error:
+        env["gpu_error"] = f"compiling a kernel: {type(error).__name__}: {error}"
 try:                        # without a CUDA build of PyTorch the report has no ratios
     import torch
     env.update(torch=torch.__version__, torch_cuda=torch.cuda.is_available())
@@ -108,13 +127,13 @@ print(json.dumps(env, indent=2))
 sys.exit("gpu_error" in env)
 EOF
 
+case $STEPS in *" tests "*)
+    # The full-size test trains the paper network for minutes: a run of its own, another time.
+    step tests pytest.log "${TESTS_LIMIT:-180}" "$PY" -m pytest -q -rs --durations=15 \
+        --gpu-only -m "not full_size" ;; esac
 case $STEPS in *" report "*)
     step report report.log "${REPORT_LIMIT:-180}" "$PY" bench/report.py --device 0 \
         --out "$OUT/report.md" ;; esac
-case $STEPS in *" nccl "*)
-    # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).
-    step nccl nccl.log 45 "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 \
-        --require-nccl ;; esac
 case $STEPS in *" train "*)
     # The whole GPU training path end to end: the paper network on the embedded data set.
     RUN=$(mktemp -d)
@@ -122,10 +141,10 @@ case $STEPS in *" train "*)
         --synthetic-train 5120 --synthetic-val 1000 --epochs 2 --run-dir "$RUN"
     cp "$RUN/curves.png" "$RUN/metrics.jsonl" "$OUT/" 2>/dev/null ;;
 esac
-case $STEPS in *" tests "*)
-    # The full-size test trains the paper network for minutes: a run of its own, another time.
-    step tests pytest.log "${TESTS_LIMIT:-180}" "$PY" -m pytest -q -rs --durations=15 \
-        -m "not full_size" ;; esac
+case $STEPS in *" nccl "*)
+    # Data parallel's GPU road: the paper network's gradients averaged by NCCL (a group of one).
+    step nccl nccl.log 45 "$PY" bench/allreduce.py --preset paper --devices 0,0 --repeat 5 \
+        --require-nccl ;; esac
 
 echo "== summary (also in $OUT/summary.txt)"
 printf '%s\n' "${SUMMARY[@]}" | tee -a "$OUT/summary.txt"
