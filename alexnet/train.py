@@ -126,7 +126,7 @@ def parse_args(argv=None):
                    "times faster from Ampere GPUs on, products to about 1e-3 instead of 1e-6 "
                    "(default: plain float32)")
     p.add_argument("--run-dir", help="where logs, checkpoints and plots go (default "
-                   "runs/<date>-<time>, or the resumed run's directory)")
+                   "runs/<date>-<time>, or the resumed run's directory); never another run's")
     p.add_argument("--resume", metavar="CKPT", type=existing_path, help="continue from a "
                    "checkpoint (.npz) or a run directory (its last.npz) exactly where it stopped")
     p.add_argument("--eval-every", type=whole(1), metavar="EPOCHS", help="evaluate on the "
@@ -231,6 +231,43 @@ def load_data(args, size, may_prepare=True):
     log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
              f"memory-mapped from {cache.folder}")
     return cache
+
+
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")       # a folder with one of them holds a run
+
+
+def run_directory(args):
+    """Where this run writes, created and checked writable: --run-dir, else the resumed run's
+    folder, else runs/<date>-<time> (-2, -3, ... for runs started in the same second). A new
+    run never writes into a folder that holds another run's checkpoints or metrics."""
+    resumed = args.resume and (args.resume if os.path.isdir(args.resume) else
+                               os.path.dirname(os.path.abspath(args.resume)))
+    path = args.run_dir or resumed
+    if path is None:
+        stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
+        for n in range(1, 1000):
+            path = stamp if n == 1 else f"{stamp}-{n}"
+            try:
+                os.makedirs(path)              # not exist_ok: one folder for each of two runs
+                break
+            except FileExistsError:
+                continue
+            except OSError as error:
+                raise ValueError(f"cannot create the run directory {path} ({error.strerror}); "
+                                 "pass --run-dir with a writable folder") from None
+    held = [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
+    if held and not (resumed and os.path.samefile(path, resumed)):
+        raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
+                         f"--resume {path}, or pass another --run-dir")
+    try:                                   # before hours of preparing a cache, not after
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, ".write-test"), "w"):
+            pass
+        os.remove(os.path.join(path, ".write-test"))
+    except OSError as error:
+        raise ValueError(f"cannot write to the run directory {path} ({error.strerror}); pass "
+                         "--run-dir with a writable folder") from None
+    return path
 
 
 def replica_devices(devices, local_rank, local_size):
@@ -339,6 +376,8 @@ class Run:
         self.size = preset.input_size
         if args.batch_size is not None:           # before hours of preparing a cache
             check_batch_split(args.batch_size, group.size)
+        # Rank 0 makes the run directory (one name for every rank).
+        self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
         # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
         loaded = load_data(args, preset.stored_size()) if group.rank == 0 else None
         group.barrier()
@@ -361,15 +400,6 @@ class Run:
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
 
-        if args.run_dir:
-            self.dir = args.run_dir
-        elif args.resume:
-            self.dir = args.resume if os.path.isdir(args.resume) else \
-                os.path.dirname(os.path.abspath(args.resume))
-        else:
-            self.dir = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
-        if self.writes:
-            os.makedirs(self.dir, exist_ok=True)
         if bad and self.writes:
             with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
                 f.writelines(f"{path}\t{reason}\n" for path, reason in bad)

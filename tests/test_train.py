@@ -305,6 +305,32 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
     assert records_of(run_dir)[-1]["reason"] == train.INTERRUPTED[sent]
 
 
+def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monkeypatch):
+    run_dir = run_training(tmp_path, "run", "--max-steps", "2")
+    before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
+    assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
+    assert f"{run_dir} already holds a run (last.npz, metrics.jsonl): continue it with " \
+           f"--resume {run_dir}, or pass another --run-dir" in capsys.readouterr().err
+    assert {name: os.path.getmtime(os.path.join(run_dir, name))
+            for name in os.listdir(run_dir)} == before                     # nothing touched
+    monkeypatch.chdir(tmp_path)                    # two runs started in the same second
+    monkeypatch.setattr(train.time, "strftime", lambda pattern: "20261130-101500")
+    args = train.parse_args([])
+    assert [train.run_directory(args) for _ in range(3)] == [
+        os.path.join("runs", name) for name in ("20261130-101500", "20261130-101500-2",
+                                                "20261130-101500-3")]
+
+
+def test_a_run_directory_that_cannot_be_written_is_refused_before_the_data(tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    (tmp_path / "empty").mkdir()                   # the data would be refused: it is not read
+    assert train.main(["--data", str(tmp_path / "empty"), "--run-dir",
+                       str(tmp_path / "file" / "run")]) == 1
+    error = capsys.readouterr().err
+    assert f"cannot write to the run directory {tmp_path / 'file' / 'run'} (Not a directory); " \
+           "pass --run-dir with a writable folder" in error
+
+
 # ---- options, the recipe for small folders, the schedule's stop, the not-learning warning -----
 
 @pytest.mark.parametrize("option, value, says", [
