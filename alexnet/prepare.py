@@ -179,6 +179,28 @@ class Progress:
         self.saved = time.perf_counter()
 
 
+def find_sources(data_dir):
+    """The image files of data_dir/train and data_dir/val: {split: (root, paths, labels)} and
+    the classes (train's folders)."""
+    train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
+    train_paths, train_labels, classes = data.find_images(train_root)
+    val_paths, val_labels, _ = data.find_images(val_root, classes)
+    return {"train": (train_root, train_paths, train_labels),
+            "val": (val_root, val_paths, val_labels)}, classes
+
+
+def listing(root, paths, labels):
+    """What <split>_files.txt holds: each file's path under root and its label, a line each."""
+    return "".join(f"{os.path.relpath(path, root)}\t{label}\n" for path, label in zip(paths, labels))
+
+
+def same_files(cache, split, root, paths, labels):
+    """Whether the cache's split was made from exactly these files and labels."""
+    files_path = os.path.join(cache, f"{split}_files.txt")
+    return os.path.exists(files_path) and os.path.exists(os.path.join(cache, f"{split}_images.npy")) \
+        and read_text(files_path) == listing(root, paths, labels)
+
+
 def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, log):
     """Decode one split into the cache, going on from where an earlier run stopped; at most
     `limit` files now. Updates and saves the manifest; returns the number of files tried."""
@@ -186,15 +208,12 @@ def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, l
     prefix = os.path.join(cache, split)
     files_path, images_path = f"{prefix}_files.txt", f"{prefix}_images.npy"
     labels_path, done_path = f"{prefix}_labels.npy", f"{prefix}_done.npy"
-    listing = "".join(f"{os.path.relpath(path, root)}\t{label}\n"
-                      for path, label in zip(paths, labels))
     entry = manifest["splits"].get(split, {})
-    same_files = os.path.exists(files_path) and os.path.exists(images_path) and \
-        read_text(files_path) == listing
-    if same_files and entry.get("complete"):
+    same = same_files(cache, split, root, paths, labels)
+    if same and entry.get("complete"):
         log(f"  {split}: prepared before ({entry['images']} images, {entry['skipped']} skipped)")
         return 0
-    if same_files and os.path.exists(done_path):
+    if same and os.path.exists(done_path):
         images = open_memmap(images_path, mode="r+")
         done = numpy.load(done_path)
         log(f"  {split}: resuming, {int(done.sum())} of {len(paths)} images were done before")
@@ -208,7 +227,7 @@ def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, l
                              shape=(len(paths), 3, size, size))
         done = numpy.zeros(len(paths), bool)
         write_atomically(done_path, lambda f: numpy.save(f, done))
-        write_text(files_path, listing)          # last: it says that the two files above belong
+        write_text(files_path, listing(root, paths, labels))  # last: says the two above belong
     manifest["splits"][split] = {"files": len(paths), "complete": False}
     write_manifest(cache, manifest)
 
@@ -270,9 +289,7 @@ def store_statistics(cache, manifest, log):
 def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print):
     """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
     returns the manifest. limit: decode at most this many files now (a later call goes on)."""
-    train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
-    train_paths, train_labels, classes = data.find_images(train_root)
-    val_paths, val_labels, _ = data.find_images(val_root, classes)
+    sources, classes = find_sources(data_dir)
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError as error:
@@ -285,11 +302,11 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print):
     manifest.update(size=size, source=os.path.abspath(data_dir), classes=classes)
     write_text(os.path.join(cache, "classes.txt"), "".join(name + "\n" for name in classes))
     workers = workers or os.cpu_count()
-    log(f"preparing {data_dir} into {cache}: {len(train_paths)} train and {len(val_paths)} val "
-        f"files, {len(classes)} classes, {size}x{size}, {workers} worker process(es)")
+    log(f"preparing {data_dir} into {cache}: {len(sources['train'][1])} train and "
+        f"{len(sources['val'][1])} val files, {len(classes)} classes, {size}x{size}, {workers} "
+        "worker process(es)")
     started, tried = time.perf_counter(), 0
-    for split, root, paths, labels in (("train", train_root, train_paths, train_labels),
-                                       ("val", val_root, val_paths, val_labels)):
+    for split, (root, paths, labels) in sources.items():
         left = None if limit is None else limit - tried
         tried += prepare_split(cache, manifest, split, root, paths, labels, workers, left, log)
     if manifest["splits"]["train"]["complete"] and not manifest.get("statistics"):
@@ -378,8 +395,15 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
     if is_cache(data_dir):
         return data_dir
     cache = cache or default_cache(data_dir, size)
-    if is_cache(cache) and is_complete(read_manifest(cache)):
-        log(f"data: using the cache {cache} (delete it to decode {data_dir} again)")
+    ready = is_cache(cache) and is_complete(read_manifest(cache))
+    if ready and may_prepare:        # the folder may have changed since: compare its file list
+        sources, _ = find_sources(data_dir)
+        ready = all(same_files(cache, split, *found) for split, found in sources.items())
+        if not ready:
+            log(f"data: the files under {data_dir} are not those the cache {cache} was made "
+                "from (added, removed or renamed): decoding them again")
+    if ready:
+        log(f"data: using the cache {cache}" + (", the files unchanged" if may_prepare else ""))
     elif not may_prepare:
         raise ValueError(f"the cache {cache} is not ready on this machine; keep {data_dir} on a "
                          "file system that every machine shares, or run python -m "

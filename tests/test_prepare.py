@@ -293,6 +293,27 @@ def test_training_on_a_raw_folder_prepares_its_cache_first(folder, tmp_path):
     assert prepare.is_complete(prepare.read_manifest(str(raw / f".alexnet-cache-{SIZE}")))
 
 
+def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_path):
+    raw, messages = tmp_path / "raw", []
+    shutil.copytree(folder, raw)
+    cache = prepare.cache_for(str(raw), SIZE, log=messages.append)
+    assert prepare.cache_for(str(raw), SIZE, log=messages.append) == cache
+    assert messages[-1] == f"data: using the cache {cache}, the files unchanged"
+    for split, count in (("train", 3), ("val", 2)):                  # a new class, a file less
+        (raw / split / "eel").mkdir()
+        for i in range(count):
+            noise("RGB", (40, 40), 50 + i).save(raw / split / "eel" / f"e{i}.png")
+    os.remove(raw / "train" / "dog" / "dog0.jpg")
+    prepare.cache_for(str(raw), SIZE, log=messages.append)
+    assert any("are not those the cache" in m for m in messages)
+    opened = prepare.open_cache(cache)
+    assert opened.classes == ["cat", "dog", "eel"]
+    assert len(opened.train) == 15 + 3 - 1 and len(opened.val) == 4 + 2
+    fresh = str(tmp_path / "fresh")                      # as if made from the folder as it is
+    prepare.prepare(str(raw), fresh, SIZE, log=messages.append)
+    assert_same_cache(cache, fresh)
+
+
 def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):
     assert train.main(["--data", prepared[0], "--preset", "small",
                        "--run-dir", str(tmp_path / "run")]) == 1
