@@ -185,6 +185,9 @@ def find_sources(data_dir):
     train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
     train_paths, train_labels, classes = data.find_images(train_root)
     val_paths, val_labels, _ = data.find_images(val_root, classes)
+    if len(classes) < 2:
+        raise ValueError(f"{train_root} has one class folder ({classes[0]}); a classifier needs "
+                         "two or more: one folder of images for each class")
     return {"train": (train_root, train_paths, train_labels),
             "val": (val_root, val_paths, val_labels)}, classes
 

@@ -756,16 +756,19 @@ class Run:
     def check_learning(self):
         """From the second evaluation on, warn once if the network has not begun to learn: its
         validation predictions are still those of a guess (top-1 error at chance and loss
-        within 3% of ln(classes), the loss of a uniform guess), or so is its training loss over
-        the second half of the interval since the previous evaluation. The validation loss
-        falls before the top-1 error does: on 20 cluttered classes it had fallen by 10% at the
-        second evaluation while the error was still 93.8% (chance: 95%)."""
+        between 0.97 and 1.5 times ln(classes), the loss of a uniform guess), or so is its
+        training loss over the second half of the interval since the previous evaluation. The
+        validation loss falls before the top-1 error does: on 20 cluttered classes it had
+        fallen by 10% at the second evaluation while the error was still 93.8% (chance: 95%).
+        Two other failures are told apart: a training loss above 1.5 ln(classes) (the
+        training diverges) and a low training loss with validation at chance (the network
+        learns its training images by heart)."""
         evals = [r for r in self.records if r["kind"] == "eval"]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
         classes = len(self.classes)
         chance = 1.0 - 1.0 / classes                    # the top-1 error of a guess
-        guess = 0.97 * math.log(classes)
+        guess, above = 0.97 * math.log(classes), 1.5 * math.log(classes)
         last = evals[-1]
         # At chance: no better than chance by 3 standard errors of a val set of this size.
         at_chance = last["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
@@ -773,22 +776,32 @@ class Run:
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
-        if at_chance and last["loss"] >= guess:
-            symptom = (f"validation top-1 error {last['top1_error']:.1%} is at chance "
-                       f"({chance:.1%}) and its loss {last['loss']:.3f} near ln({classes}) = "
-                       f"{math.log(classes):.3f}, the loss of a uniform guess")
-        elif recent_loss >= guess:
-            symptom = (f"training loss {recent_loss:.3f} is still near ln({classes}) = "
-                       f"{math.log(classes):.3f}, the loss of a uniform guess")
-        else:
-            return
-        lr = self.args.lr
+        lr, ln = self.args.lr, f"ln({classes}) = {math.log(classes):.3f}"
         causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})",
                   "labels that do not follow the images (look at a few files of each "
                   "train/<class> folder)"]
         if self.args.init != "kaiming":
             causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
                           "chance on small folders and narrow networks; try --init kaiming)")
+        if at_chance and guess <= last["loss"] <= above:
+            symptom = (f"validation top-1 error {last['top1_error']:.1%} is at chance "
+                       f"({chance:.1%}) and its loss {last['loss']:.3f} near {ln}, the loss of "
+                       "a uniform guess")
+        elif recent_loss > above:
+            symptom = f"training loss {recent_loss:.3g} is above {ln}, that of a uniform guess"
+            causes = [f"a learning rate too high for this data (--lr {lr:g}; start again with "
+                      f"{lr / 3:.2g} or {lr / 10:.2g})"]
+        elif recent_loss >= guess:
+            symptom = f"training loss {recent_loss:.3f} is still near {ln}, the loss of a guess"
+        elif at_chance:
+            symptom = (f"training loss is low ({recent_loss:.3f}) but the validation top-1 "
+                       f"error {last['top1_error']:.1%} is at chance ({chance:.1%}): it learns "
+                       "its training images by heart")
+            causes = [f"too few training images ({len(self.train):,} for {classes} classes)",
+                      "validation images unlike the training images (another source, or "
+                      "other labels)"]
+        else:
+            return
         message = (f"the network is not learning: after {self.step} steps "
                    f"({self.images_trained():,} images) the {symptom}. Likely causes: "
                    f"{'; '.join(causes)}.")

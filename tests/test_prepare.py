@@ -214,6 +214,15 @@ def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
     assert "bird" in error and "training set lacks" in error and error.count("\n") == 1
 
 
+def test_a_single_class_is_refused_in_one_sentence(tmp_path, capsys):
+    for split in ("train", "val"):
+        (tmp_path / split / "cat").mkdir(parents=True)
+        noise("RGB", (20, 20), 0).save(tmp_path / split / "cat" / "a.png")
+    assert train.main(["--data", str(tmp_path), "--run-dir", str(tmp_path / "run")]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'train'} has one class folder (cat); " \
+        "a classifier needs two or more: one folder of images for each class\n"
+
+
 # ---- sorting a flat validation folder ---------------------------------------------------------
 
 def flat_val_folder(root):

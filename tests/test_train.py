@@ -424,6 +424,30 @@ def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("warning: the network is not learning") == 1
 
 
+@pytest.mark.parametrize("val_error, val_loss, train_loss, says", [
+    (0.68, 1.12, 1.10, "validation top-1 error 68.0% is at chance (66.7%) and its loss 1.120 "
+                       "near ln(3) = 1.099"),
+    (0.66, 9e8, 394.0, "training loss 394 is above ln(3) = 1.099, that of a uniform guess. "
+                       "Likely causes: a learning rate too high for this data (--lr 0.01; start "
+                       "again with 0.0033 or 0.001)"),
+    (0.70, 3.39, 0.2, "training loss is low (0.200) but the validation top-1 error 70.0% is at "
+                      "chance (66.7%): it learns its training images by heart. Likely causes: "
+                      "too few training images (90 for 3 classes)"),
+    (0.30, 0.80, 0.5, None),                                       # learning: nothing to say
+], ids=["guessing", "diverging", "by-heart", "learning"])
+def test_the_not_learning_warning_tells_its_causes_apart(val_error, val_loss, train_loss, says):
+    said = []
+    run = types.SimpleNamespace(
+        classes=["a", "b", "c"], val=range(300), train=range(90), step=20, epoch=9,
+        args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 1800,
+        records=[{"kind": "eval", "step": 10, "top1_error": 0.66, "loss": 1.1},
+                 {"kind": "train", "step": 18, "loss": train_loss},
+                 {"kind": "eval", "step": 20, "top1_error": val_error, "loss": val_loss}],
+        record=lambda **fields: said.append(fields["message"]))
+    train.Run.check_learning(run)
+    assert said == [] if says is None else says in said[0], said
+
+
 def test_a_class_without_validation_images_is_named(tmp_path, capsys):
     synthetic.write_folder(str(tmp_path / "data"), 24, 6, size=40, classes=3, extension=".png")
     shutil.rmtree(tmp_path / "data" / "val" / "disk")
