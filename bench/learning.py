@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -64,6 +65,7 @@ def main(argv=None):
             width, height = map(int, size.split("x"))
             folders.write(folder, kind, classes, train, val, width, height, seed)
         run_dir = os.path.join(args.out, f"run-{name}")
+        shutil.rmtree(run_dir, ignore_errors=True)      # an earlier run's: train would refuse it
         command = [sys.executable, "-m", "alexnet.train", "--data", folder, "--run-dir", run_dir,
                    "--max-minutes", str(minutes), "--log-every", "50", *extra]
         print("$", " ".join(command), flush=True)
