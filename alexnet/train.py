@@ -95,7 +95,8 @@ def parse_args(argv=None):
                    f"{PAPER_BATCH}, halved down to {SMALLEST_BATCH} until an epoch has "
                    f"{STEPS_PER_EPOCH} steps)")
     p.add_argument("--lr", type=real(0.0, inclusive=False), default=0.01,
-                   help="initial learning rate (default 0.01)")
+                   help="initial learning rate (default 0.01); with --resume, the learning rate "
+                   "from there on (after a run diverged, say)")
     p.add_argument("--momentum", type=real(0.0, below=1.0), default=0.9,
                    help="SGD momentum, 0 <= m < 1 (default 0.9)")
     p.add_argument("--weight-decay", type=real(0.0), default=5e-4,
@@ -149,6 +150,7 @@ def parse_args(argv=None):
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if args.run_dir and os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
         p.error(f"argument --run-dir: {args.run_dir} is a file; name a folder")
+    args.new_lr = None
     if args.resume:
         check_resume_options(p, args, argv)
     return args
@@ -156,7 +158,8 @@ def parse_args(argv=None):
 
 def check_resume_options(parser, args, argv):
     """A resumed run goes on with its own settings (RUN_SETTINGS): refuse one typed with
-    another value rather than ignore it. --data and --cache may name the same data elsewhere."""
+    another value rather than ignore it. --data and --cache may name the same data elsewhere;
+    --lr sets the learning rate from the checkpoint on (args.new_lr)."""
     try:
         saved = checkpoint.read(args.resume, "meta")[1]["config"]
     except (OSError, ValueError) as error:
@@ -164,6 +167,7 @@ def check_resume_options(parser, args, argv):
     for action in parser._actions:         # parse again, keeping only the options typed
         action.default = argparse.SUPPRESS
     typed = vars(parser.parse_args(argv))
+    args.new_lr = typed.pop("lr", None)
     for key in RUN_SETTINGS:
         if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
             parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
@@ -508,6 +512,10 @@ class Run:
                              f"training images, but the data has {len(self.train):,}; resume "
                              "with the data it was trained on")
         self.schedule.load_state_dict(meta["schedule"])
+        if self.args.new_lr is not None:
+            self.optimizer.lr = self.args.new_lr
+            log_line(f"learning rate {self.args.new_lr:g} from here on (--lr; the checkpoint's "
+                     f"was {meta['lr']:g}); the schedule divides it by 10 from there")
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
@@ -586,12 +594,15 @@ class Run:
 
     def check_loss(self, loss, step):
         if not math.isfinite(loss):
-            last = os.path.join(self.dir, "last.npz")
-            then = f"or resume from the last good checkpoint {last}" if os.path.exists(last) \
-                else "no checkpoint had been written yet"
-            raise FloatingPointError(
-                f"the loss became {loss} at step {step}: the learning rate "
-                f"{self.optimizer.lr:g} is probably too high; lower --lr ({then})")
+            lr = self.optimizer.lr
+            saved = [path for path in (os.path.join(self.dir, name) for name in
+                                       ("best.npz", "last.npz")) if os.path.exists(path)]
+            then = (f"resume from the checkpoint of the best validation error with a lower one: "
+                    f"python -m alexnet.train --resume {saved[0]} --lr {lr / 3:.2g}") if saved \
+                else f"start again with a lower --lr, such as {lr / 3:.2g} (no checkpoint had " \
+                     "been written yet)"
+            raise FloatingPointError(f"the loss became {loss} at step {step}: the learning rate "
+                                     f"{lr:g} is probably too high; {then}")
         if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
             log_line(f"warning: the first loss {loss:.3f} is far above ln({len(self.classes)}) = "
                      f"{math.log(len(self.classes)):.3f}: the initial weights are too large")

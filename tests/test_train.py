@@ -197,13 +197,16 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     first = ["--preset", "tiny", "--batch-size", "8", "--log-every", "1", "--eval-every", "1"]
     assert train.main(first + ["--data", "shapes", "--run-dir", "run", "--max-steps", "4"]) == 0
     with pytest.raises(SystemExit):
-        train.main(["--resume", "run", "--lr", "0.5"])
-    assert "argument --lr: 0.5 is not the resumed run's 0.01" in capsys.readouterr().err
+        train.main(["--resume", "run", "--momentum", "0.5"])
+    assert "argument --momentum: 0.5 is not the resumed run's 0.9" in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    assert train.main(["--resume", "../run", "--lr", "0.01", "--max-steps", "5"]) == 0
-    assert checkpoint.load("../run/last.npz")[2]["step"] == 5
+    assert train.main(["--resume", "../run", "--lr", "0.003", "--max-steps", "5"]) == 0
+    assert "learning rate 0.003 from here on (--lr; the checkpoint's was 0.01)" in \
+        capsys.readouterr().out                     # --lr is the one setting a resume may change
+    meta = checkpoint.load("../run/last.npz")[2]
+    assert meta["step"] == 5 and meta["lr"] == 0.003 and meta["config"]["lr"] == 0.01
     synthetic.write_folder("fewer", 16, 10, size=48, classes=3, extension=".png")
     assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "6"]) == 1
     assert "was trained on 40 training images, but the data has 16; resume with the data it " \
@@ -272,7 +275,9 @@ def test_a_nan_is_found_by_its_step_before_anything_is_saved(tmp_path, monkeypat
                               "--log-every", "5", stop]) == 1
     error = capsys.readouterr().err
     assert "the loss became nan at step 8" in error
-    assert f"resume from the last good checkpoint {run_dir / 'last.npz'}" in error
+    assert "the learning rate 0.01 is probably too high; resume from the checkpoint of the best " \
+        f"validation error with a lower one: python -m alexnet.train --resume " \
+        f"{run_dir / 'best.npz'} --lr 0.0033" in error
     assert checkpoint.load(str(run_dir / "last.npz"))[2]["step"] == 6      # epoch 1's save
 
 
