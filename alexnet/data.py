@@ -282,6 +282,10 @@ def find_images(root, classes=None):
         raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class>/<images>")
     found = sorted(d for d in os.listdir(root)
                    if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    for name in found:                     # classes.txt holds a name a line, files.txt a tab
+        if "\n" in name or "\t" in name:
+            raise ValueError(f"the class folder {os.path.join(root, name)!r} has a line break or "
+                             "tab in its name; rename it")
     if classes is None:
         classes = found
     else:

@@ -667,8 +667,7 @@ class Run:
                 else "no evaluation yet"
             log_line(f"done: {reason}; {self.step} steps in {format_time(self.elapsed())}; "
                      f"{best}; checkpoints in {self.dir}")
-        if self.writes:
-            plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
+        self.draw()
         return reason
 
     def stop_reason(self, stop):
@@ -732,12 +731,23 @@ class Run:
                      f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
         self.check_learning()
         self.save("last.npz", *(["best.npz"] if improved else []))
+        self.draw(logits)
+
+    def draw(self, logits=None):
+        """curves.png; after an evaluation (its logits) also conv1.png, predictions.png and
+        confusion.png. A picture that cannot be drawn is a warning: it is not worth the run."""
         if not self.writes:
             return
-        plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
-        plots.filter_grid(self.model.conv1a.weight.numpy(), self.model.conv1b.weight.numpy(),
-                          os.path.join(self.dir, "conv1.png"))
-        self.draw_predictions(logits)
+        try:
+            plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
+            if logits is not None:
+                plots.filter_grid(self.model.conv1a.weight.numpy(),
+                                  self.model.conv1b.weight.numpy(),
+                                  os.path.join(self.dir, "conv1.png"))
+                self.draw_predictions(logits)
+        except Exception as error:
+            log_line(f"warning: a picture in {self.dir} could not be drawn ({type(error).__name__}"
+                     f": {error})")
 
     def validate(self):
         """evaluate() of the validation set, each process classifying its share of it."""

@@ -125,6 +125,12 @@ def test_image_folder_skips_unreadable_files_by_name(tmp_path):
     assert any("4 images, 1 skipped" in m for m in messages)
 
 
+def test_a_class_folder_with_a_line_break_is_refused(tmp_path):
+    (tmp_path / "new\nline").mkdir()
+    with pytest.raises(ValueError, match="has a line break or tab in its name; rename it"):
+        data.find_images(str(tmp_path))
+
+
 def test_missing_folder_is_one_clear_sentence(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         data.find_images(str(tmp_path / "nope"))
@@ -279,6 +285,17 @@ def test_a_nan_is_found_by_its_step_before_anything_is_saved(tmp_path, monkeypat
         f"validation error with a lower one: python -m alexnet.train --resume " \
         f"{run_dir / 'best.npz'} --lr 0.0033" in error
     assert checkpoint.load(str(run_dir / "last.npz"))[2]["step"] == 6      # epoch 1's save
+
+
+def test_a_picture_that_cannot_be_drawn_does_not_end_the_run(tmp_path, capsys, monkeypatch):
+    def broken(*args):
+        raise ValueError("can't measure length of multiline text")
+
+    monkeypatch.setattr(train.plots, "confusion_matrix", broken)
+    run_dir = run_training(tmp_path, "drawn", "--epochs", "2")
+    assert records_of(run_dir)[-1]["reason"] == "all 2 epochs done"
+    assert capsys.readouterr().out.count(f"warning: a picture in {run_dir} could not be drawn "
+                                         "(ValueError: can't measure length") == 2
 
 
 def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
