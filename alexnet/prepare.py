@@ -36,11 +36,13 @@ of `file class` lines separated by spaces or a comma.
 """
 import argparse
 import concurrent.futures
+import contextlib
 import itertools
 import json
 import os
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 
@@ -48,8 +50,10 @@ import numpy
 from numpy.lib.format import open_memmap
 
 from alexnet import data
+from alexnet.model import PRESETS
 from alexnet.cli import Parser, format_time, whole
 from alexnet.checkpoint import write_atomically
+from minigrad import backend
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
@@ -107,7 +111,8 @@ _worker_images = None   # a worker process's own mapping of the array being fill
 
 def _start_worker(images_path):
     global _worker_images
-    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is for the parent, which saves progress
+    for sent in (signal.SIGINT, signal.SIGTERM):     # for the parent, which saves progress
+        signal.signal(sent, signal.SIG_IGN)
     _worker_images = numpy.load(images_path, mmap_mode="r+")
 
 
@@ -289,6 +294,24 @@ def store_statistics(cache, manifest, log):
     write_manifest(cache, manifest)
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """Within this block SIGTERM (a time limit, Slurm, kill) raises KeyboardInterrupt, as Ctrl-C
+    does, so that the rows decoded so far are saved. Only Python's main thread sets handlers."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print):
     """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
     returns the manifest. limit: decode at most this many files now (a later call goes on)."""
@@ -309,9 +332,10 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print):
         f"{len(sources['val'][1])} val files, {len(classes)} classes, {size}x{size}, {workers} "
         "worker process(es)")
     started, tried = time.perf_counter(), 0
-    for split, (root, paths, labels) in sources.items():
-        left = None if limit is None else limit - tried
-        tried += prepare_split(cache, manifest, split, root, paths, labels, workers, left, log)
+    with sigterm_as_ctrl_c():
+        for split, (root, paths, labels) in sources.items():
+            left = None if limit is None else limit - tried
+            tried += prepare_split(cache, manifest, split, root, paths, labels, workers, left, log)
     if manifest["splits"]["train"]["complete"] and not manifest.get("statistics"):
         store_statistics(cache, manifest, log)
     if is_complete(manifest):
@@ -497,6 +521,18 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
 
 # ---- command line -----------------------------------------------------------------------------
 
+SIZES = {name: preset.stored_size() for name, preset in PRESETS.items()}   # paper: 256, ...
+
+
+def preset_size(text):
+    """An argparse type: the stored size of one of the presets, refused in one sentence else."""
+    size = whole(1)(text)
+    if size not in SIZES.values():
+        sizes = ", ".join(f"{s} (--preset {n})" for n, s in SIZES.items())
+        raise argparse.ArgumentTypeError(f"{size} is not a preset's size: use {sizes}")
+    return size
+
+
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.prepare", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -505,8 +541,9 @@ def parse_args(argv=None):
                    "validation images")
     p.add_argument("--out", metavar="CACHE", help="folder the cache is written to (default "
                    "DIR/.alexnet-cache-<size>, where training looks first)")
-    p.add_argument("--size", type=whole(1), default=256, help="side of the stored images "
-                   "(default 256; 256 * input / 227 for other presets, e.g. 112 for 'small')")
+    p.add_argument("--size", type=preset_size, help="side of the stored images, a preset's: "
+                   f"{', '.join(f'{s} ({n})' for n, s in SIZES.items())} (default: the one "
+                   "python -m alexnet.train takes on this machine: 256 with a GPU, else 112)")
     p.add_argument("--workers", type=whole(1),
                    help="decoding processes (default: one per CPU core)")
     p.add_argument("--limit", type=whole(1), help="decode at most this many images now; the same "
@@ -514,7 +551,10 @@ def parse_args(argv=None):
     p.add_argument("--val-labels", metavar="FILE", help="sort the flat folder --data into class "
                    "folders from this list (LOC_val_solution.csv or 'file class' lines)")
     p.add_argument("--dry-run", action="store_true", help="with --val-labels: print the moves only")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.size is None:
+        args.size = SIZES["paper" if backend.gpu_count() else "small"]
+    return args
 
 
 def main(argv=None):

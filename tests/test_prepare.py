@@ -3,6 +3,7 @@ validation folder, training from the cache, and the batches made on either devic
 import io
 import os
 import shutil
+import signal
 
 import numpy
 import pytest
@@ -156,22 +157,27 @@ def test_mean_and_pca_of_the_cache_equal_direct_numpy(prepared):
 
 # ---- resuming ---------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("stop", ["ctrl-c", "sigterm"])
 def test_an_interrupted_preparation_resumes_with_the_missing_rows_only(folder, prepared, tmp_path,
-                                                                         monkeypatch):
+                                                                         monkeypatch, stop):
     monkeypatch.setattr(prepare, "CHUNK", 4)
     monkeypatch.setattr(prepare, "SAVE_EVERY", 0.0)
     load_image, decoded = data.load_image, []
 
     def interrupted_after_ten(path, size):
         if len(decoded) == 10:
-            raise KeyboardInterrupt
+            if stop == "ctrl-c":
+                raise KeyboardInterrupt
+            os.kill(os.getpid(), signal.SIGTERM)                 # a time limit, Slurm, kill
         decoded.append(os.path.basename(path))
         return load_image(path, size)
 
     cache = str(tmp_path / "cache")
     monkeypatch.setattr(data, "load_image", interrupted_after_ten)
+    handler = signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt):
         prepare.prepare(str(folder), cache, SIZE, workers=1, log=lambda message: None)
+    assert signal.getsignal(signal.SIGTERM) is handler               # given back
     done = numpy.load(os.path.join(cache, "train_done.npy"))
     paths = data.find_images(str(folder / "train"))[0]
     first = [os.path.basename(p) for p in numpy.array(paths)[done]]
@@ -203,6 +209,15 @@ def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_pa
     assert_same_cache(str(tmp_path / "cache"), prepared[0])
     assert prepare.main(command) == 0                            # a finished cache: no work
     assert "prepared before" in capsys.readouterr().out
+
+
+def test_a_size_no_preset_takes_is_refused_and_the_default_is_trains(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prepare.main(["--data", str(tmp_path), "--size", "99999"])    # was 2.7 TB of zeros
+    assert "argument --size: 99999 is not a preset's size: use 256 (--preset paper), 112 " \
+        "(--preset small), 39 (--preset tiny)" in capsys.readouterr().err
+    expected = PRESETS["paper" if backend.gpu_count() else "small"].stored_size()
+    assert prepare.parse_args(["--data", str(tmp_path)]).size == expected
 
 
 def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
