@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import shutil
+import sys
 import zipfile
 
 import numpy
@@ -45,13 +46,18 @@ def class_names(meta):
 
 def write_atomically(path, write):
     """Write through write(file) to a temporary file beside `path`, then rename it over `path`:
-    a crash leaves the old file, never half a new one."""
+    a crash leaves the old file, never half a new one; an error or Ctrl-C, not even the half."""
     tmp = f"{path}.tmp"
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def copy(source, path):
@@ -60,10 +66,18 @@ def copy(source, path):
         write_atomically(path, lambda out: shutil.copyfileobj(f, out))
 
 
-def resolve(path):
-    """The .npz file a checkpoint argument names: a file, or a run directory's last.npz."""
+def resolve(path, best_too=False):
+    """The .npz file a checkpoint argument names: a file, or a run directory's last.npz (with
+    best_too, its best.npz where it has no last.npz, said in one line on stderr)."""
     if os.path.isdir(path):
-        path = os.path.join(path, "last.npz")
+        last, best = (os.path.join(path, name) for name in ("last.npz", "best.npz"))
+        if best_too and not os.path.exists(last):
+            if not os.path.exists(best):
+                raise FileNotFoundError(f"{path} has neither last.npz nor best.npz; pass a run "
+                                        "directory of alexnet.train or one of its .npz files")
+            print(f"{path} has no last.npz: using its best.npz", file=sys.stderr)
+            return best
+        path = last
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .npz written by "
                                 "alexnet.train (last.npz or best.npz) or its run directory")
@@ -74,6 +88,11 @@ def read(path, prefix=""):
     """(arrays whose key starts with `prefix`, the prefix removed; meta dict) of a checkpoint.
     Only those arrays are read from the file (an .npz is read member by member)."""
     path = resolve(path)
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"         # an .npz is a zip archive
+    if not is_zip:              # numpy.load would read it as a pickle and suggest doing so unsafely
+        raise ValueError(f"{path} is not a checkpoint written by alexnet.train (.npz): it is not "
+                         "an .npz archive; pass a run's last.npz or best.npz, or its directory")
     try:
         with numpy.load(path, allow_pickle=False) as npz:
             arrays = {key[len(prefix):]: npz[key] for key in npz.files

@@ -1,9 +1,13 @@
-"""What the commands' option parsing shares: argparse types that refuse a bad value in one
-sentence naming it and the fix, a parser that prints that sentence without the usage block, and
-the time format of progress lines."""
+"""What the commands share: argparse types that refuse a bad value in one sentence naming it and
+the fix, a parser that prints that sentence without the usage block, how a command ends (an
+error, Ctrl-C, a closed pipe), its progress line on stderr, and the check that its output folder
+can be written."""
 import argparse
 import math
 import os
+import sys
+import tempfile
+import time
 
 from minigrad import backend
 
@@ -69,3 +73,64 @@ def format_time(seconds):
     seconds = int(seconds)
     return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 \
         else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def run_command(work, interrupted):
+    """The exit status of work(), a command's whole job, ended the project's way: a user's
+    mistake (OSError, ValueError) in one line `error: ...`, status 1; Ctrl-C in one line
+    `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
+    closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
+    in Python's signal module documentation does it."""
+    try:
+        status = work() or 0
+        sys.stdout.flush()                    # a pipe closed early shows here at the latest
+        return status
+    except BrokenPipeError:
+        # Python flushes stdout once more at exit and would report the same error there.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except (OSError, ValueError) as error:    # a missing file, a class mismatch, a full disk
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        return 130
+
+
+def writable_folder(path):
+    """`path`, created if missing, once a file could be created and removed there: a command
+    checks its output folder before the work, not after it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        reason = "a file of that name is there" if os.path.isfile(path) else error.strerror
+        raise OSError(f"cannot write to {path} ({reason or error}); pass --out with a writable "
+                      "folder") from None
+    return path
+
+
+class Progress:
+    """progress(done): images done of `total`, images/s and the time left, on stderr (stdout
+    holds the results). On a terminal one line is rewritten in place, at most 4 times a second;
+    elsewhere (a log file) a new line comes every 10 seconds. The last count ends the line."""
+
+    def __init__(self, what, total):
+        self.what, self.total = what, total
+        self.live = sys.stderr.isatty()
+        self.every = 0.25 if self.live else 10
+        self.started = self.last = time.perf_counter()
+
+    def __call__(self, done):
+        now = time.perf_counter()
+        if now - self.last < self.every and done < self.total:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        line = (f"  {self.what}: {done:,}/{self.total:,} images, {rate:.0f} img/s, "
+                f"ETA {format_time((self.total - done) / max(rate, 1e-9))}")
+        if self.live:                              # back to the line's start, erase its rest
+            line = f"\r{line}\033[K"
+        print(line, end="\n" if done == self.total or not self.live else "", file=sys.stderr,
+              flush=True)

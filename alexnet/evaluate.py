@@ -7,8 +7,10 @@ stores. --views 1 classifies the central crop, as the training loop's evaluation
 averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
 central crop, and their horizontal reflections.
 
-Also writes per_class.csv (class, name, images, top1_accuracy, top5_accuracy) and prints the ten
-(true, predicted) class pairs that are confused most often.
+Also prints the ten (true, predicted) class pairs that are confused most often, and writes
+per_class.csv (class, name, images, top1_accuracy, top5_accuracy), replacing the one of an earlier
+evaluation in the same folder (the last line says so). Progress goes to stderr, the report to
+stdout.
 """
 import argparse
 import csv
@@ -19,14 +21,15 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, prepare
-from alexnet.cli import Parser, devices_list, whole
+from alexnet.cli import Parser, Progress, devices_list, run_command, whole, writable_folder
 
 
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.evaluate", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
+                   "best.npz where it has none)")
     p.add_argument("--data", required=True, metavar="DIR", help="image folder with "
                    "val/<class>/*, a folder of class folders itself, or a cache made by "
                    "python -m alexnet.prepare (its val split)")
@@ -69,10 +72,12 @@ def probabilities(model, images, mean, size, views=1, batch_size=128):
     (data.ten_views: 1 is the central crop), with `mean` (3, S, S) subtracted."""
     model.eval()
     batches = []
+    progress = Progress("classifying", len(images))
     with minigrad.no_grad():
         for start in range(0, len(images), batch_size):
             crops = data.ten_views(images[start:start + batch_size], mean, size, count=views)
             batches.append(sum(softmax(model(x)) for x in crops) / views)   # (B, classes)
+            progress(start + len(batches[-1]))
     return numpy.concatenate(batches)
 
 
@@ -127,8 +132,10 @@ def write_per_class(path, classes, names, images, hits1, hits5):
 
 
 def run(args):
-    aug = checkpoint.load_augmentation(args.checkpoint)
-    model, meta = checkpoint.load_model(args.checkpoint, args.devices)
+    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    out = writable_folder(args.out or os.path.dirname(ckpt) or ".")   # before hours of work
+    aug = checkpoint.load_augmentation(ckpt)
+    model, meta = checkpoint.load_model(ckpt, args.devices)
     classes = meta["classes"]
     S, size = model.preset.stored_size(), model.preset.input_size
     if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped
@@ -139,39 +146,34 @@ def run(args):
     else:                                 # a folder of images, read into memory
         folder = image_folder(args.data)
         check_classes(folder, classes, args.checkpoint)
-        split, _, _ = data.load_folder(folder, S, classes)
+        split, _, _ = data.load_folder(folder, S, classes,
+                                       log=lambda line: print(line, file=sys.stderr))
     if len(split) == 0:
         raise ValueError(f"no image under {folder} could be read; see the files named above")
 
     probs = probabilities(model, split.images, aug.mean, size, args.views, args.batch_size)
     images, hits1, hits5, confusion = scores(probs, split.labels, len(classes))
     N = len(split)
-    print(f"{checkpoint.resolve(args.checkpoint)} (epoch {meta['epoch']}, step {meta['step']}) "
+    print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
           f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
     print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")
 
-    out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, "per_class.csv")
     names = checkpoint.class_names(meta)
-    write_per_class(path, classes, names, images, hits1, hits5)
-    print(f"per-class accuracy: {path}")
     pairs = most_confused(confusion)
     print("most confused (true -> predicted: images):" if pairs else "no image was confused")
     width = max((len(names[t]) for t, _, _ in pairs), default=0)
     for true, predicted, count in pairs:
         print(f"  {names[true]:<{width}} -> {names[predicted]}: {count}")
+    path = os.path.join(out, "per_class.csv")
+    replaced = os.path.exists(path)
+    write_per_class(path, classes, names, images, hits1, hits5)
+    print(f"per-class accuracy: {path}{' (replaced the earlier one)' if replaced else ''}")
 
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        run(args)
-    except (OSError, ValueError) as error:      # a missing file, a class mismatch, a full disk
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(lambda: run(args), "nothing was written (per_class.csv comes at the end)")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ the outputs of both towers, every other layer reads its own tower alone.
 
 The input is 227x227 (the paper says 224; 227 makes (227 - 11) / 4 + 1 = 55 exact).
 """
+import sys
 from dataclasses import dataclass
 
 import numpy
@@ -84,7 +85,7 @@ def default_devices():
     if count == 1:
         return 0, 0
     if not _announced_cpu:
-        print("alexnet: no GPU found, both towers run on the CPU (NumPy)")
+        print("alexnet: no GPU found, both towers run on the CPU (NumPy)", file=sys.stderr)
         _announced_cpu = True
     return "cpu", "cpu"
 

@@ -26,14 +26,13 @@ import csv
 import json
 import os
 import sys
-import time
 
 import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.cli import Parser, devices_list, format_time, whole
+from alexnet.cli import Parser, Progress, devices_list, run_command, whole, writable_folder
 from alexnet.train import load_data
 from minigrad import backend
 
@@ -47,7 +46,8 @@ def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.show", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
+                   "best.npz where it has none)")
     p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
                    "val/<class>/*, or a cache made by python -m alexnet.prepare (default: the "
                    "data the checkpoint was trained on)")
@@ -90,22 +90,6 @@ def rows_list(text):
 
 # ---- the network on many images -----------------------------------------------------------
 
-class Progress:
-    """A line every 10 seconds: images done, images/s, ETA."""
-
-    def __init__(self, what, total, log):
-        self.what, self.total, self.log = what, total, log
-        self.started = self.last = time.perf_counter()
-
-    def __call__(self, done):
-        now = time.perf_counter()
-        if now - self.last >= 10 or done == self.total:
-            rate = done / max(now - self.started, 1e-9)
-            self.log(f"  {self.what}: {done:,}/{self.total:,} images, {rate:.0f} img/s, "
-                     f"ETA {format_time((self.total - done) / max(rate, 1e-9))}")
-            self.last = now
-
-
 def forward(model, x):
     """Logits (B, classes) on the CPU, and the trace of every layer, of float32 crops x."""
     trace = {}
@@ -122,10 +106,10 @@ def features(model, trace):
             [a, backend.to_device(b, model.devices[0])], axis=1)
 
 
-def stream(model, split, aug, size, batch_size, workers, what, log):
+def stream(model, split, aug, size, batch_size, workers, what):
     """Yield (first row, logits, trace) for the central crops of split, batch after batch."""
     model.eval()
-    progress = Progress(what, len(split), log)
+    progress = Progress(what, len(split))
     start = 0
     for x, _ in data.batches(split, aug, size, batch_size, train=False, workers=workers,
                              device=model.devices[0]):
@@ -219,12 +203,12 @@ def crops(model, images, aug, size):
 
 # ---- the pictures ---------------------------------------------------------------------------
 
-def run(args, log=print):
-    model, meta = checkpoint.load_model(args.checkpoint, args.devices)
-    aug = checkpoint.load_augmentation(args.checkpoint)
+def run(args):
+    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    out = writable_folder(args.out or os.path.dirname(ckpt) or ".")    # before the work
+    model, meta = checkpoint.load_model(ckpt, args.devices)
+    aug = checkpoint.load_augmentation(ckpt)
     names = checkpoint.class_names(meta)           # readable; meta["classes"]: folders
-    out = args.out or os.path.dirname(checkpoint.resolve(args.checkpoint)) or "."
-    os.makedirs(out, exist_ok=True)
     wanted = set(args.only)
     written = []
     if wanted == {"activations"} and args.image:        # one image: no data set needed
@@ -234,7 +218,7 @@ def run(args, log=print):
     val = source.val
     predicted = numpy.empty(len(val), numpy.int64)
     for start, logits, _ in stream(model, val, aug, size, args.batch_size, args.workers,
-                                   "classifying the validation set", log):
+                                   "classifying the validation set"):
         predicted[start:start + len(logits)] = logits.argmax(axis=1)
     rows = pick(args, max(args.predictions, args.queries), predicted, val.labels)
     logits, trace = forward(model, crops(model, val.images[rows], aug, size))
@@ -253,21 +237,21 @@ def run(args, log=print):
     if "neighbours" in wanted:
         q = min(args.queries, len(rows))
         written += draw_neighbours(args, model, aug, source, rows[:q], shown[:q],
-                                   features(model, trace)[:q], names, out, log)
+                                   features(model, trace)[:q], names, out)
     if "activations" in wanted:
         written += draw_activations(model, aug, names, args.image, out,
                                     val.images[rows[:1]], source.name("val", int(rows[0])))
     return written
 
 
-def draw_neighbours(args, model, aug, source, rows, shown, query, classes, out, log):
+def draw_neighbours(args, model, aug, source, rows, shown, query, classes, out):
     """neighbours.png and neighbours.json for the val images `rows` (their crops `shown`, their
     fc7 features `query`): one pass over the training set."""
     size = model.preset.input_size
     k = min(args.neighbours, len(source.train))
     found = ((start, features(model, trace)) for start, _, trace in stream(
         model, source.train, aug, size, args.batch_size, args.workers,
-        f"fc7 features of the training set, {k} nearest to each of {len(rows)} queries", log))
+        f"fc7 features of the training set, {k} nearest to each of {len(rows)} queries"))
     distances, neighbours = nearest(query, found, k)
     images = data.central(source.train.images[neighbours.ravel()], size)  # (Q*k, 3, size, size)
     paths = [os.path.join(out, "neighbours.png"), os.path.join(out, "neighbours.json")]
@@ -328,13 +312,11 @@ def write_neighbours_json(path, source, queries, neighbours, distances, classes,
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
+
+    def draw():
         for path in run(args):
             print(f"wrote {path}")
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    return 0
+    return run_command(draw, "the pictures written so far stay, the others are not drawn")
 
 
 if __name__ == "__main__":

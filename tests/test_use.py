@@ -1,8 +1,10 @@
-"""python -m alexnet.evaluate, alexnet.predict and alexnet.filters on a tiny checkpoint."""
+"""python -m alexnet.evaluate, alexnet.predict and alexnet.filters on a tiny checkpoint, and how
+they and alexnet.show end: a user's mistake, Ctrl-C, a closed pipe."""
 import contextlib
 import csv
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -11,9 +13,9 @@ import numpy
 import pytest
 from PIL import Image
 
-from alexnet import (checkpoint, data, evaluate, filters, plots, predict, prepare, show,
+from alexnet import (checkpoint, cli, data, evaluate, filters, plots, predict, prepare, show,
                      synthetic, train)
-from alexnet.model import PRESETS
+from alexnet.model import PRESETS, AlexNet
 from minigrad import backend
 
 SIZE = PRESETS["tiny"].input_size                      # 35
@@ -32,6 +34,12 @@ def image_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("images")
     synthetic.write_folder(str(root), 30, 30, size=48, seed=1, extension=".png")
     return root
+
+
+@pytest.fixture(scope="module")
+def image(image_dir):
+    """One image file of image_dir."""
+    return str(sorted((image_dir / "val").glob("*/*.png"))[0])
 
 
 def counts(output, name):
@@ -75,7 +83,8 @@ def test_one_view_agrees_with_the_training_loops_evaluation(run_dir, image_dir, 
     ckpt = str(run_dir / "last.npz")
     assert evaluate.main(["--checkpoint", ckpt, "--data", str(image_dir), "--batch-size", "16",
                           "--out", str(tmp_path)]) == 0
-    output = capsys.readouterr().out
+    output, progress = capsys.readouterr()
+    assert re.search(r"classifying: 30/30 images, \d+ img/s, ETA 0m00s\n", progress)
     model, meta = checkpoint.load_model(ckpt)
     split, _, _ = data.load_folder(str(image_dir / "val"), STORED, meta["classes"])
     _, top1, top5, _ = train.evaluate(model, split, checkpoint.load_augmentation(ckpt), SIZE, 16)
@@ -91,13 +100,17 @@ def test_a_prepared_cache_evaluates_like_its_image_folder(run_dir, image_dir, tm
     assert prepare.main(["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"),
                          "--size", str(STORED), "--workers", "1"]) == 0
     ckpt = str(run_dir / "last.npz")
-    results = []
+    results, last_lines = [], []
     for source in (tmp_path / "cache", image_dir):
         capsys.readouterr()
         assert evaluate.main(["--checkpoint", ckpt, "--data", str(source), "--out", str(tmp_path)]) == 0
         output = capsys.readouterr().out
         results.append((counts(output, "top-1"), counts(output, "top-5")))
+        last_lines.append(output.splitlines()[-1])
     assert results[0] == results[1] and results[0][0][1] == 30
+    path = tmp_path / "per_class.csv"              # the second evaluation replaces the first's
+    assert last_lines == [f"per-class accuracy: {path}",
+                          f"per-class accuracy: {path} (replaced the earlier one)"]
 
 
 def test_ten_views_run_and_write_per_class_csv(run_dir, image_dir, capsys):
@@ -166,6 +179,58 @@ def test_a_checkpoint_without_the_mean_image_says_so(run_dir, image_dir, tmp_pat
     assert "mean image" in capsys.readouterr().err
 
 
+def test_progress_rewrites_one_line_at_most_four_times_a_second_on_a_terminal(monkeypatch,
+                                                                              capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = cli.Progress("reading", 1000)
+    for done in range(1, 1001):                    # far faster than 4 a second: only the last
+        progress(done)
+    line = capsys.readouterr().err
+    assert line.startswith("\r  reading: 1,000/1,000 images, ") and line.endswith("\033[K\n")
+    assert line.count("\r") == 1
+
+
+def refuse(*args, **kwargs):
+    raise AssertionError("the network ran before the output folder was checked")
+
+
+@pytest.mark.parametrize("command, argv", [
+    (evaluate, lambda images: ["--data", str(images)]),
+    (show, lambda images: []),
+], ids=["evaluate", "show"])
+def test_an_unwritable_out_is_refused_before_any_work(command, argv, run_dir, image_dir, tmp_path,
+                                                      monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setattr(AlexNet, "forward", refuse)
+    assert command.main(["--checkpoint", str(run_dir), "--out", str(blocker)] +
+                        argv(image_dir)) == 1
+    assert capsys.readouterr().err == (f"error: cannot write to {blocker} (a file of that name "
+                                       "is there); pass --out with a writable folder\n")
+
+
+def interrupt(*args, **kwargs):
+    raise KeyboardInterrupt            # what Ctrl-C raises in the middle of the work
+
+
+@pytest.mark.parametrize("command, argv, said", [
+    (evaluate, lambda images, out: ["--data", str(images), "--out", str(out)],
+     "nothing was written"),
+    (predict, lambda images, out: [str(images)], "the images printed above are classified"),
+    (show, lambda images, out: ["--out", str(out)], "the pictures written so far stay"),
+], ids=["evaluate", "predict", "show"])
+def test_ctrl_c_is_one_line_and_status_130(command, argv, said, run_dir, image_dir, tmp_path,
+                                           monkeypatch, capsys):
+    monkeypatch.setattr(AlexNet, "forward", interrupt)
+    try:
+        status = command.main(["--checkpoint", str(run_dir)] + argv(image_dir, tmp_path))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C ended in a traceback")
+    assert status == 130
+    assert capsys.readouterr().err.splitlines()[-1].startswith(f"interrupted: {said}")
+    assert list(tmp_path.iterdir()) == []          # no per_class.csv, no picture, no .tmp file
+
+
 # ---- predict and filters ----------------------------------------------------------------------
 
 def test_predict_prints_top5_per_image_and_names_unreadable_files(run_dir, tmp_path, capsys):
@@ -187,6 +252,65 @@ def test_predict_prints_top5_per_image_and_names_unreadable_files(run_dir, tmp_p
                    for line in lines[i + 1:i + 6])
         assert len(set(names)) == 5 and set(names) <= set(synthetic.CLASSES)
     assert "broken.jpg" in err and "cannot be read" in err
+
+
+def test_predict_ends_quietly_when_its_reader_stops(run_dir, image_dir):
+    read, write = os.pipe()
+    os.close(read)                          # the reader is gone, as `| head` leaves it
+    result = subprocess.run([sys.executable, "-m", "alexnet.predict", "--checkpoint", str(run_dir),
+                             str(image_dir / "val")], stdout=write, stderr=subprocess.PIPE,
+                            text=True)
+    os.close(write)
+    assert result.returncode == 141                          # 128 + SIGPIPE, as a shell says
+    assert "Traceback" not in result.stderr and "BrokenPipeError" not in result.stderr
+
+
+def test_predict_prints_only_predictions_on_stdout(run_dir, image):
+    result = subprocess.run([sys.executable, "-m", "alexnet.predict", "--checkpoint", str(run_dir),
+                             image], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.splitlines()[0] == image
+
+
+def test_predict_refuses_a_folder_without_images_and_a_url(run_dir, tmp_path, capsys):
+    url = "https://example.com/cat.jpg"
+    for argument, message in (
+            (str(tmp_path), f"no images found under {tmp_path} (extensions: .jpg, "),
+            (url, f"{url} is a URL, and predict reads only local files: download it first")):
+        assert predict.main(["--checkpoint", str(run_dir), argument]) == 1
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1
+
+
+def test_a_file_that_is_not_a_checkpoint_is_named_as_such(image, capsys):
+    assert predict.main(["--checkpoint", image, image]) == 1
+    error = capsys.readouterr().err
+    assert error.startswith(f"error: {image} is not a checkpoint written by alexnet.train (.npz): ")
+    assert "pickle" not in error and error.count("\n") == 1
+
+
+def test_a_run_directory_without_last_npz_uses_its_best_npz(run_dir, image, tmp_path, capsys):
+    assert predict.main(["--checkpoint", str(tmp_path), image]) == 1       # neither: both named
+    assert capsys.readouterr().err == (f"error: {tmp_path} has neither last.npz nor best.npz; "
+                                       "pass a run directory of alexnet.train or one of its .npz "
+                                       "files\n")
+    checkpoint.copy(str(run_dir / "best.npz"), str(tmp_path / "best.npz"))
+    assert predict.main(["--checkpoint", str(tmp_path), image]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(image) and err == f"{tmp_path} has no last.npz: using its best.npz\n"
+
+
+def test_an_interrupted_atomic_write_leaves_neither_a_half_file_nor_its_temporary(tmp_path):
+    path = tmp_path / "last.npz"
+    path.write_bytes(b"the old checkpoint")
+
+    def write(f):
+        f.write(b"half of a new one")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.write_atomically(str(path), write)
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
+    assert path.read_bytes() == b"the old checkpoint"
 
 
 # ---- readable class names ---------------------------------------------------------------------
