@@ -188,6 +188,8 @@ def find_sources(data_dir):
     """The image files of data_dir/train and data_dir/val: {split: (root, paths, labels)} and
     the classes (train's folders)."""
     train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
+    if not os.path.isdir(train_root):
+        raise FileNotFoundError(f"{data_dir} has no train/ folder: {layout_hint(data_dir)}")
     train_paths, train_labels, classes = data.find_images(train_root)
     val_paths, val_labels, _ = data.find_images(val_root, classes)
     if len(classes) < 2:
@@ -195,6 +197,28 @@ def find_sources(data_dir):
                          "two or more: one folder of images for each class")
     return {"train": (train_root, train_paths, train_labels),
             "val": (val_root, val_paths, val_labels)}, classes
+
+
+def layout_hint(data_dir):
+    """What a folder without train/ looks like instead, and what to do about it."""
+    expected = "expected DIR/train/<class>/<images> and DIR/val/<class>/<images>"
+    if not os.path.exists(data_dir):
+        return f"{data_dir} does not exist; {expected}"
+    if not os.path.isdir(data_dir):
+        return f"{data_dir} is a file; pass the folder that holds train/ and val/"
+    if os.path.basename(os.path.normpath(data_dir)) in ("train", "val"):
+        return f"it looks like a split itself; pass its parent, {os.path.dirname(data_dir) or '.'}"
+    folders = {name.lower(): name for name in os.listdir(data_dir)
+               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
+    for train, val in (("training", "validation"), ("training", "val"), ("train_set", "val_set")):
+        if train in folders:
+            return (f"rename {folders[train]}/ to train/" + (f" and {folders[val]}/ to val/"
+                                                            if val in folders else "") +
+                    f"; {expected}")
+    if any(data.images_below(os.path.join(data_dir, name)) for name in list(folders.values())[:3]):
+        return (f"its folders ({', '.join(sorted(folders.values())[:3])}, ...) hold images: "
+                "move each class folder into train/ and some of its images into val/<class>/")
+    return expected
 
 
 def listing(root, paths, labels):

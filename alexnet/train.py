@@ -782,8 +782,8 @@ class Run:
         validation loss falls before the top-1 error does: on 20 cluttered classes it had
         fallen by 10% at the second evaluation while the error was still 93.8% (chance: 95%).
         Two other failures are told apart: a training loss above 1.5 ln(classes) (the
-        training diverges) and a low training loss with validation at chance (the network
-        learns its training images by heart)."""
+        training diverges) and a training loss below half of ln(classes) with validation at
+        chance (the network learns its training images by heart)."""
         evals = [r for r in self.records if r["kind"] == "eval"]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
@@ -814,7 +814,7 @@ class Run:
                       f"{lr / 3:.2g} or {lr / 10:.2g})"]
         elif recent_loss >= guess:
             symptom = f"training loss {recent_loss:.3f} is still near {ln}, the loss of a guess"
-        elif at_chance:
+        elif at_chance and recent_loss < 0.5 * math.log(classes):
             symptom = (f"training loss is low ({recent_loss:.3f}) but the validation top-1 "
                        f"error {last['top1_error']:.1%} is at chance ({chance:.1%}): it learns "
                        "its training images by heart")

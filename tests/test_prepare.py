@@ -229,6 +229,23 @@ def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
     assert "bird" in error and "training set lacks" in error and error.count("\n") == 1
 
 
+def test_a_folder_of_another_layout_is_told_what_to_change(tmp_path):
+    for path in ("named/training/a", "named/validation/a", "flat/cat", "flat/dog", "d/train/a"):
+        (tmp_path / path).mkdir(parents=True)
+    noise("RGB", (20, 20), 0).save(tmp_path / "flat" / "cat" / "a.png")
+    (tmp_path / "file").write_text("")
+    hints = {"named": "rename training/ to train/ and validation/ to val/",
+             "flat": "its folders (cat, dog, ...) hold images: move each class folder into "
+                     "train/ and some of its images into val/<class>/",
+             "file": f"{tmp_path / 'file'} is a file; pass the folder that holds train/ and val/",
+             "d/train": f"it looks like a split itself; pass its parent, {tmp_path / 'd'}",
+             "nowhere": f"{tmp_path / 'nowhere'} does not exist"}
+    for folder, hint in hints.items():
+        with pytest.raises(FileNotFoundError) as raised:
+            prepare.find_sources(str(tmp_path / folder))
+        assert str(raised.value).startswith(f"{tmp_path / folder} has no train/ folder: {hint}")
+
+
 def test_a_single_class_is_refused_in_one_sentence(tmp_path, capsys):
     for split in ("train", "val"):
         (tmp_path / split / "cat").mkdir(parents=True)
