@@ -371,6 +371,10 @@ class Run:
                     setattr(args, key, saved[key])
             if args.epochs is None:               # the same length unless --epochs says more
                 args.epochs = saved.get("epochs")
+            for key in DATA_PATHS:
+                if getattr(args, key) and not os.path.exists(getattr(args, key)):
+                    raise ValueError(f"the {key} this run was trained on, {getattr(args, key)}, "
+                                     f"is not there any more; pass --{key} with where it is now")
         if args.preset == "auto":
             args.preset = "paper" if backend.gpu_count() else "small"
             why = "a GPU was found" if backend.gpu_count() else \
@@ -389,9 +393,12 @@ class Run:
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
         bad, aug = loaded.bad, loaded.aug
         if resume and resume[2]["classes"] != self.classes:
+            theirs, ours = resume[2]["classes"], self.classes
+            differ = [f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b][:3] or \
+                [f"{len(theirs)} classes vs {len(ours)}"]
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
-                             f"the data ({len(resume[2]['classes'])} vs {len(self.classes)}); "
-                             "resume with the data it was trained on")
+                             f"the data ({', '.join(differ)}); resume with the data it was "
+                             "trained on")
         self.check_classes()
         self.class_names = self.readable_names(resume)
         said = fit_recipe(args, len(self.train))

@@ -217,6 +217,18 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "6"]) == 1
     assert "was trained on 40 training images, but the data has 16; resume with the data it " \
         "was trained on" in capsys.readouterr().err
+    shutil.copytree("../shapes", "renamed")
+    classes = sorted(os.listdir("renamed/train"))
+    for split in ("train", "val"):
+        os.rename(f"renamed/{split}/{classes[-1]}", f"renamed/{split}/zebra")
+    assert train.main(["--resume", "../run", "--data", "renamed", "--max-steps", "6"]) == 1
+    assert f"other classes than the data ({classes[-1]} vs zebra); resume with the data it " \
+        "was trained on" in capsys.readouterr().err
+    os.rename("../shapes", "../moved")                    # the data moved: say where it went
+    assert train.main(["--resume", "../run", "--max-steps", "6"]) == 1
+    assert f"the data this run was trained on, {tmp_path / 'shapes'}, is not there any more; " \
+        "pass --data with where it is now" in capsys.readouterr().err
+    assert train.main(["--resume", "../run", "--data", "../moved", "--max-steps", "6"]) == 0
 
 
 def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_path):
