@@ -799,8 +799,10 @@ class Run:
         guess, above = 0.97 * math.log(classes), 1.5 * math.log(classes)
         last = evals[-1]
         # At chance: no better than chance by 3 standard errors of a val set of this size.
-        at_chance = last["top1_error"] >= chance - 3 * math.sqrt(chance * (1 - chance)
-                                                                 / len(self.val))
+        margin = 3 * math.sqrt(chance * (1 - chance) / len(self.val))
+        at_chance = last["top1_error"] >= chance - margin
+        error = (f"validation top-1 error {last['top1_error']:.1%} is at chance ({chance:.1%} "
+                 f"± {margin:.1%} on {len(self.val):,} images)")
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
@@ -812,9 +814,8 @@ class Run:
             causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
                           "chance on small folders and narrow networks; try --init kaiming)")
         if at_chance and guess <= last["loss"] <= above:
-            symptom = (f"validation top-1 error {last['top1_error']:.1%} is at chance "
-                       f"({chance:.1%}) and its loss {last['loss']:.3f} near {ln}, the loss of "
-                       "a uniform guess")
+            symptom = (f"{error} and its loss {last['loss']:.3f} near {ln}, the loss of a "
+                       "uniform guess")
         elif recent_loss > above:
             symptom = f"training loss {recent_loss:.3g} is above {ln}, that of a uniform guess"
             causes = [f"a learning rate too high for this data (--lr {lr:g}; start again with "
@@ -822,8 +823,7 @@ class Run:
         elif recent_loss >= guess:
             symptom = f"training loss {recent_loss:.3f} is still near {ln}, the loss of a guess"
         elif at_chance and recent_loss < 0.5 * math.log(classes):
-            symptom = (f"training loss is low ({recent_loss:.3f}) but the validation top-1 "
-                       f"error {last['top1_error']:.1%} is at chance ({chance:.1%}): it learns "
+            symptom = (f"training loss is low ({recent_loss:.3f}) but the {error}: it learns "
                        "its training images by heart")
             causes = [f"too few training images ({len(self.train):,} for {classes} classes)",
                       "validation images unlike the training images (another source, or "

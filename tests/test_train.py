@@ -458,30 +458,6 @@ def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("warning: the network is not learning") == 1
 
 
-@pytest.mark.parametrize("val_error, val_loss, train_loss, says", [
-    (0.68, 1.12, 1.10, "validation top-1 error 68.0% is at chance (66.7%) and its loss 1.120 "
-                       "near ln(3) = 1.099"),
-    (0.66, 9e8, 394.0, "training loss 394 is above ln(3) = 1.099, that of a uniform guess. "
-                       "Likely causes: a learning rate too high for this data (--lr 0.01; start "
-                       "again with 0.0033 or 0.001)"),
-    (0.70, 3.39, 0.2, "training loss is low (0.200) but the validation top-1 error 70.0% is at "
-                      "chance (66.7%): it learns its training images by heart. Likely causes: "
-                      "too few training images (90 for 3 classes)"),
-    (0.30, 0.80, 0.5, None),                                       # learning: nothing to say
-], ids=["guessing", "diverging", "by-heart", "learning"])
-def test_the_not_learning_warning_tells_its_causes_apart(val_error, val_loss, train_loss, says):
-    said = []
-    run = types.SimpleNamespace(
-        classes=["a", "b", "c"], val=range(300), train=range(90), step=20, epoch=9,
-        args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 1800,
-        records=[{"kind": "eval", "step": 10, "top1_error": 0.66, "loss": 1.1},
-                 {"kind": "train", "step": 18, "loss": train_loss},
-                 {"kind": "eval", "step": 20, "top1_error": val_error, "loss": val_loss}],
-        record=lambda **fields: said.append(fields["message"]))
-    train.Run.check_learning(run)
-    assert said == [] if says is None else says in said[0], said
-
-
 def test_a_class_without_validation_images_is_named(tmp_path, capsys):
     synthetic.write_folder(str(tmp_path / "data"), 24, 6, size=40, classes=3, extension=".png")
     shutil.rmtree(tmp_path / "data" / "val" / "disk")
@@ -513,18 +489,35 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, capsys):
     assert meta["step"] == 8 and "done: all 2 epochs done; 8 steps" in capsys.readouterr().out
 
 
-def check_learning_on(evals, train_losses, classes=20, val_images=500):
+def check_learning_on(evals, train_losses, classes=20, val_images=500, train_images=2000):
     """The warnings check_learning gives for a run's records (steps as in a real run)."""
     said = []
     run = types.SimpleNamespace(
         records=[dict(kind="eval", step=s, loss=l, top1_error=e) for s, l, e in evals] +
         [dict(kind="train", step=s, loss=l) for s, l in train_losses],
-        classes=[str(i) for i in range(classes)], val=range(val_images), step=evals[-1][0],
-        epoch=10,
+        classes=[str(i) for i in range(classes)], val=range(val_images),
+        train=range(train_images), step=evals[-1][0], epoch=10,
         args=types.SimpleNamespace(lr=0.01, init="kaiming"), images_trained=lambda: 19_840,
         record=lambda **fields: said.append(fields))
     train.Run.check_learning(run)
     return said
+
+
+@pytest.mark.parametrize("val_error, val_loss, train_loss, says", [
+    (0.68, 1.12, 1.10, "validation top-1 error 68.0% is at chance (66.7% ± 8.2% on 300 images) "
+                       "and its loss 1.120 near ln(3) = 1.099"),
+    (0.66, 9e8, 394.0, "training loss 394 is above ln(3) = 1.099, that of a uniform guess. "
+                       "Likely causes: a learning rate too high for this data (--lr 0.01; start "
+                       "again with 0.0033 or 0.001)"),
+    (0.70, 3.39, 0.2, "training loss is low (0.200) but the validation top-1 error 70.0% is at "
+                      "chance (66.7% ± 8.2% on 300 images): it learns its training images by "
+                      "heart. Likely causes: too few training images (90 for 3 classes)"),
+    (0.30, 0.80, 0.5, None),                                       # learning: nothing to say
+], ids=["guessing", "diverging", "by-heart", "learning"])
+def test_the_not_learning_warning_tells_its_causes_apart(val_error, val_loss, train_loss, says):
+    said = check_learning_on([(10, 1.1, 0.66), (20, val_loss, val_error)], [(18, train_loss)],
+                             classes=3, val_images=300, train_images=90)
+    assert said == [] if says is None else says in said[0]["message"], said
 
 
 def test_early_learning_is_not_taken_for_a_stall():
@@ -533,6 +526,7 @@ def test_early_learning_is_not_taken_for_a_stall():
     late = [(248, 2.933), (250, 2.914), (279, 2.781), (300, 2.706), (310, 2.652)]
     assert check_learning_on([(155, 2.993, 0.946), (310, 2.710, 0.938)], late) == []
     stalled = check_learning_on([(155, 2.996, 0.95), (310, 2.995, 0.948)], late)
-    assert len(stalled) == 1 and "at chance (95.0%) and its loss 2.995" in stalled[0]["message"]
+    assert len(stalled) == 1 and "at chance (95.0% ± 2.9% on 500 images) and its loss 2.995" \
+        in stalled[0]["message"]
     flat = check_learning_on([(155, 2.99, 0.90), (310, 2.98, 0.88)], [(300, 2.99), (310, 2.98)])
     assert len(flat) == 1 and "training loss 2.985 is still near ln(20)" in flat[0]["message"]
