@@ -28,7 +28,8 @@ from PIL import Image, ImageOps
 
 from minigrad import backend
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm")
 
 
 @dataclass
@@ -267,9 +268,14 @@ def find_class_names(folder):
 
 def images_below(folder):
     """Every image file below `folder` (none if it is missing), in sorted order, hidden files
-    and folders left out."""
-    found = []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    and folders left out. Linked folders are followed, as a linked class folder is, each real
+    folder once (a link to a folder above would loop)."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        if os.path.realpath(dirpath) in seen:
+            dirnames[:] = []
+            continue
+        seen.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
     return found

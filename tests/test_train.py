@@ -125,6 +125,18 @@ def test_image_folder_skips_unreadable_files_by_name(tmp_path):
     assert any("4 images, 1 skipped" in m for m in messages)
 
 
+def test_linked_folders_are_followed_once(tmp_path):
+    cat, elsewhere = tmp_path / "train" / "cat", tmp_path / "elsewhere"
+    cat.mkdir(parents=True)
+    elsewhere.mkdir()
+    Image.new("RGB", (8, 8)).save(cat / "a.jpg")
+    Image.new("RGB", (8, 8)).save(elsewhere / "b.jfif")          # a JPEG by another name
+    (cat / "more").symlink_to(elsewhere)                          # followed, as a class link is
+    (cat / "loop").symlink_to(cat)                                # seen before: not again
+    assert [os.path.relpath(p, cat) for p in data.images_below(str(cat))] == ["a.jpg",
+                                                                              "more/b.jfif"]
+
+
 def test_a_class_folder_with_a_line_break_is_refused(tmp_path):
     (tmp_path / "new\nline").mkdir()
     with pytest.raises(ValueError, match="has a line break or tab in its name; rename it"):
