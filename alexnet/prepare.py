@@ -50,9 +50,9 @@ import numpy
 from numpy.lib.format import open_memmap
 
 from alexnet import data
-from alexnet.model import PRESETS
-from alexnet.cli import Parser, format_time, whole
 from alexnet.checkpoint import write_atomically
+from alexnet.cli import Parser, format_time, whole
+from alexnet.model import PRESETS
 from minigrad import backend
 
 SPLITS = ("train", "val")
@@ -210,11 +210,10 @@ def layout_hint(data_dir):
         return f"it looks like a split itself; pass its parent, {os.path.dirname(data_dir) or '.'}"
     folders = {name.lower(): name for name in os.listdir(data_dir)
                if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
-    for train, val in (("training", "validation"), ("training", "val"), ("train_set", "val_set")):
-        if train in folders:
-            return (f"rename {folders[train]}/ to train/" + (f" and {folders[val]}/ to val/"
-                                                            if val in folders else "") +
-                    f"; {expected}")
+    if "training" in folders:
+        val = next((folders[name] for name in ("validation", "valid") if name in folders), None)
+        return (f"rename {folders['training']}/ to train/" +
+                (f" and {val}/ to val/" if val else "") + f"; {expected}")
     if any(data.images_below(os.path.join(data_dir, name)) for name in list(folders.values())[:3]):
         return (f"its folders ({', '.join(sorted(folders.values())[:3])}, ...) hold images: "
                 "move each class folder into train/ and some of its images into val/<class>/")
