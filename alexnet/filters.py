@@ -8,14 +8,15 @@ import argparse
 import sys
 
 from alexnet import checkpoint, plots
-from alexnet.cli import Parser, whole
+from alexnet.cli import Parser, run_command, whole
 
 
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.filters", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz)")
+                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
+                   "best.npz where it has none)")
     p.add_argument("--out", default="conv1.png", metavar="PNG", help="PNG to write (default conv1.png)")
     p.add_argument("--columns", type=whole(1), default=16, help="filters per row (default 16)")
     p.add_argument("--scale", type=whole(1), default=4, help="screen pixels per filter pixel "
@@ -23,19 +24,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def run(args):
+    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    conv1, _ = checkpoint.read(ckpt, "model.conv1")                     # keys a.weight, b.bias...
+    a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each
+    plots.filter_grid(a, b, args.out, columns=args.columns, scale=args.scale)
+    count, _, kh, kw = a.shape
+    print(f"wrote {args.out}: the {count} + {len(b)} conv1 filters ({kh}x{kw}) of {ckpt}, "
+          "tower a above tower b")
+
+
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        conv1, _ = checkpoint.read(args.checkpoint, "model.conv1")      # keys a.weight, b.bias...
-        a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each
-        plots.filter_grid(a, b, args.out, columns=args.columns, scale=args.scale)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    count, _, kh, kw = a.shape
-    print(f"wrote {args.out}: the {count} + {len(b)} conv1 filters ({kh}x{kw}) of "
-          f"{checkpoint.resolve(args.checkpoint)}, tower a above tower b")
-    return 0
+    return run_command(lambda: run(args), f"{args.out} was not written")
 
 
 if __name__ == "__main__":
