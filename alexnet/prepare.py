@@ -51,7 +51,7 @@ from numpy.lib.format import open_memmap
 
 from alexnet import data
 from alexnet.checkpoint import write_atomically
-from alexnet.cli import Parser, format_time, whole
+from alexnet.cli import Parser, format_time, run_command, whole
 from alexnet.model import PRESETS
 from minigrad import backend
 
@@ -207,7 +207,8 @@ def layout_hint(data_dir):
     if not os.path.isdir(data_dir):
         return f"{data_dir} is a file; pass the folder that holds train/ and val/"
     if os.path.basename(os.path.normpath(data_dir)) in ("train", "val"):
-        return f"it looks like a split itself; pass its parent, {os.path.dirname(data_dir) or '.'}"
+        parent = os.path.dirname(os.path.normpath(data_dir)) or "."
+        return f"it looks like a split itself; pass its parent, {parent}"
     folders = {name.lower(): name for name in os.listdir(data_dir)
                if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
     if "training" in folders:
@@ -438,22 +439,30 @@ def open_cache(cache, size=None):
                  bad, cache)
 
 
-def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=True):
+def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=True,
+              compare=False):
     """The cache to train from: data_dir itself when it is one, else `cache` (default
     default_cache(data_dir, size)), prepared first unless a finished one is there (or refused
-    in one sentence when not may_prepare: a process that must find it ready)."""
+    in one sentence when not may_prepare: a process that must find it ready). With `compare`
+    (a new training run) a finished cache is used only if it was made from the files data_dir
+    holds now, else decoded again where it can be written; without, it is used as it is (a
+    resumed run goes on with the data it was trained on)."""
     if is_cache(data_dir):
         return data_dir
     cache = cache or default_cache(data_dir, size)
     ready = is_cache(cache) and is_complete(read_manifest(cache))
-    if ready and may_prepare:        # the folder may have changed since: compare its file list
-        sources, _ = find_sources(data_dir)
-        ready = all(same_files(cache, split, *found) for split, found in sources.items())
-        if not ready:
-            log(f"data: the files under {data_dir} are not those the cache {cache} was made "
-                "from (added, removed or renamed): decoding them again")
+    if ready and compare and os.path.isdir(os.path.join(data_dir, "train")):
+        sources, _ = find_sources(data_dir)            # 1 s for 130,000 files
+        if not all(same_files(cache, split, *found) for split, found in sources.items()):
+            changed = f"the files under {data_dir} are not those the cache {cache} was made from"
+            if os.access(cache, os.W_OK):
+                log(f"data: {changed} (added, removed or renamed): decoding them again")
+                ready = False
+            else:
+                log(f"note: {changed}, and it cannot be written: training on it as it is (pass "
+                    "--cache with a writable folder to decode the files as they are now)")
     if ready:
-        log(f"data: using the cache {cache}" + (", the files unchanged" if may_prepare else ""))
+        log(f"data: using the cache {cache}")
     elif not may_prepare:
         raise ValueError(f"the cache {cache} is not ready on this machine; keep {data_dir} on a "
                          "file system that every machine shares, or run python -m "
@@ -580,22 +589,18 @@ def parse_args(argv=None):
     return args
 
 
+def run(args):
+    if args.val_labels:
+        sort_validation(args.val_labels, args.data, args.dry_run)
+    else:
+        prepare(args.data, args.out or default_cache(args.data, args.size), args.size,
+                args.workers, args.limit)
+
+
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        if args.val_labels:
-            sort_validation(args.val_labels, args.data, args.dry_run)
-        else:
-            prepare(args.data, args.out or default_cache(args.data, args.size), args.size,
-                    args.workers, args.limit)
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; the work done so far is saved: run the same command to go on",
-              file=sys.stderr)
-        return 130
-    return 0
+    return run_command(lambda: run(args), "the work done so far is saved: run the same "
+                       "command to go on")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,8 @@ def parse_args(argv=None):
                    f"{PAPER_BATCH}, halved down to {SMALLEST_BATCH} until an epoch has "
                    f"{STEPS_PER_EPOCH} steps)")
     p.add_argument("--lr", type=real(0.0, inclusive=False), default=0.01,
-                   help="initial learning rate (default 0.01); with --resume, the learning rate "
-                   "from there on (after a run diverged, say)")
+                   help="initial learning rate (default 0.01); with --resume and another value "
+                   "than the run's, the learning rate from there on (after a run diverged, say)")
     p.add_argument("--momentum", type=real(0.0, below=1.0), default=0.9,
                    help="SGD momentum, 0 <= m < 1 (default 0.9)")
     p.add_argument("--weight-decay", type=real(0.0), default=5e-4,
@@ -150,7 +150,7 @@ def parse_args(argv=None):
             setattr(args, key, os.path.abspath(getattr(args, key)))
     if args.run_dir and os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
         p.error(f"argument --run-dir: {args.run_dir} is a file; name a folder")
-    args.new_lr = None
+    args.new_lr = None          # not a setting: Run takes it off args before saving the config
     if args.resume:
         check_resume_options(p, args, argv)
     return args
@@ -159,7 +159,8 @@ def parse_args(argv=None):
 def check_resume_options(parser, args, argv):
     """A resumed run goes on with its own settings (RUN_SETTINGS): refuse one typed with
     another value rather than ignore it. --data and --cache may name the same data elsewhere;
-    --lr sets the learning rate from the checkpoint on (args.new_lr)."""
+    --lr with another value than the run's (a job script retypes the run's own) sets the
+    learning rate from the checkpoint on (args.new_lr)."""
     try:
         saved = checkpoint.read(args.resume, "meta")[1]["config"]
     except (OSError, ValueError) as error:
@@ -167,7 +168,8 @@ def check_resume_options(parser, args, argv):
     for action in parser._actions:         # parse again, keeping only the options typed
         action.default = argparse.SUPPRESS
     typed = vars(parser.parse_args(argv))
-    args.new_lr = typed.pop("lr", None)
+    if typed.get("lr", saved.get("lr")) != saved.get("lr"):
+        args.new_lr = typed.pop("lr")
     for key in RUN_SETTINGS:
         if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
             parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
@@ -219,11 +221,11 @@ def log_line(message):
         print(message, flush=True)
 
 
-def load_data(args, size, may_prepare=True):
+def load_data(args, size, may_prepare=True, compare=False):
     """The data of the settings `args` (data, cache, synthetic_train, synthetic_val, seed) as a
     prepare.Cache: the embedded data set drawn in memory when args.data is None (no augmentation
     statistics, no folder), else the cache of args.data, prepared first if need be (and if
-    may_prepare; else refused when it is not ready)."""
+    may_prepare; else refused when it is not ready; `compare`: prepare.cache_for)."""
     if args.data is None:
         log_line(f"data: embedded shapes data set, {args.synthetic_train} train / "
                  f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
@@ -231,19 +233,20 @@ def load_data(args, size, may_prepare=True):
         return prepare.Cache(data.Split(*splits["train"]), data.Split(*splits["val"]),
                              splits["classes"], aug=None, bad=[])
     cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log_line,
-                                                 may_prepare=may_prepare), size)
+                                                 may_prepare=may_prepare, compare=compare), size)
     log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
              f"memory-mapped from {cache.folder}")
     return cache
 
 
-RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")       # a folder with one of them holds a run
+RUN_FILES = ("last.npz", "best.npz")      # a folder with one of them holds a run to resume
 
 
 def run_directory(args):
     """Where this run writes, created and checked writable: --run-dir, else the resumed run's
     folder, else runs/<date>-<time> (-2, -3, ... for runs started in the same second). A new
-    run never writes into a folder that holds another run's checkpoints or metrics."""
+    run never writes into a folder that holds another run's checkpoints; the metrics.jsonl of
+    one that stopped before its first (a NaN loss, say) make way."""
     resumed = args.resume and (args.resume if os.path.isdir(args.resume) else
                                os.path.dirname(os.path.abspath(args.resume)))
     path = args.run_dir or resumed
@@ -263,6 +266,8 @@ def run_directory(args):
     if held and not (resumed and os.path.samefile(path, resumed)):
         raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
                          f"--resume {path}, or pass another --run-dir")
+    if not held and os.path.exists(os.path.join(path, "metrics.jsonl")):
+        os.remove(os.path.join(path, "metrics.jsonl"))          # a new run's curves start empty
     try:                                   # before hours of preparing a cache, not after
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, ".write-test"), "w"):
@@ -361,6 +366,7 @@ class Run:
 
     def __init__(self, args, group=None):
         self.args = args
+        self.new_lr = vars(args).pop("new_lr", None)        # --lr on --resume: not a setting
         self.group = group = group or distributed.Alone()
         self.writes = group.rank == 0             # the one process that writes the run directory
         resume = checkpoint.load(args.resume) if args.resume else None
@@ -371,10 +377,9 @@ class Run:
                     setattr(args, key, saved[key])
             if args.epochs is None:               # the same length unless --epochs says more
                 args.epochs = saved.get("epochs")
-            for key in DATA_PATHS:
-                if getattr(args, key) and not os.path.exists(getattr(args, key)):
-                    raise ValueError(f"the {key} this run was trained on, {getattr(args, key)}, "
-                                     f"is not there any more; pass --{key} with where it is now")
+            if args.data and not os.path.exists(args.data):     # a cache is made again
+                raise ValueError(f"the data this run was trained on, {args.data}, is not there "
+                                 "any more; pass --data with where it is now")
         if args.preset == "auto":
             args.preset = "paper" if backend.gpu_count() else "small"
             why = "a GPU was found" if backend.gpu_count() else \
@@ -387,7 +392,8 @@ class Run:
         # Rank 0 makes the run directory (one name for every rank).
         self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
         # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
-        loaded = load_data(args, preset.stored_size()) if group.rank == 0 else None
+        loaded = load_data(args, preset.stored_size(), compare=not resume) if group.rank == 0 \
+            else None
         group.barrier()
         loaded = loaded or load_data(args, preset.stored_size(), may_prepare=False)
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
@@ -519,10 +525,10 @@ class Run:
                              f"training images, but the data has {len(self.train):,}; resume "
                              "with the data it was trained on")
         self.schedule.load_state_dict(meta["schedule"])
-        if self.args.new_lr is not None:
-            self.optimizer.lr = self.args.new_lr
-            log_line(f"learning rate {self.args.new_lr:g} from here on (--lr; the checkpoint's "
-                     f"was {meta['lr']:g}); the schedule divides it by 10 from there")
+        if self.new_lr is not None:
+            self.optimizer.lr = self.new_lr
+            log_line(f"learning rate {self.new_lr:g} from here on (--lr; the checkpoint's was "
+                     f"{meta['lr']:g})")
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
@@ -602,12 +608,15 @@ class Run:
     def check_loss(self, loss, step):
         if not math.isfinite(loss):
             lr = self.optimizer.lr
-            saved = [path for path in (os.path.join(self.dir, name) for name in
-                                       ("best.npz", "last.npz")) if os.path.exists(path)]
-            then = (f"resume from the checkpoint of the best validation error with a lower one: "
-                    f"python -m alexnet.train --resume {saved[0]} --lr {lr / 3:.2g}") if saved \
-                else f"start again with a lower --lr, such as {lr / 3:.2g} (no checkpoint had " \
-                     "been written yet)"
+            best, last = (os.path.join(self.dir, name) for name in ("best.npz", "last.npz"))
+            resume = f"with a lower one: python -m alexnet.train --resume %s --lr {lr / 3:.2g}"
+            if os.path.exists(best):           # last.npz may be from after the blow-up began
+                then = "resume from the checkpoint of the best validation error " + resume % best
+            elif os.path.exists(last):
+                then = "resume from the last checkpoint " + resume % last
+            else:
+                then = (f"start again with a lower --lr, such as {lr / 3:.2g} (no checkpoint had "
+                        "been written yet)")
             raise FloatingPointError(f"the loss became {loss} at step {step}: the learning rate "
                                      f"{lr:g} is probably too high; {then}")
         if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
@@ -806,7 +815,7 @@ class Run:
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
-        lr, ln = self.args.lr, f"ln({classes}) = {math.log(classes):.3f}"
+        lr, ln = self.optimizer.lr, f"ln({classes}) = {math.log(classes):.3f}"
         causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})",
                   "labels that do not follow the images (look at a few files of each "
                   "train/<class> folder)"]

@@ -244,6 +244,8 @@ def test_a_folder_of_another_layout_is_told_what_to_change(tmp_path):
         with pytest.raises(FileNotFoundError) as raised:
             prepare.find_sources(str(tmp_path / folder))
         assert str(raised.value).startswith(f"{tmp_path / folder} has no train/ folder: {hint}")
+    with pytest.raises(FileNotFoundError, match=f"pass its parent, {tmp_path / 'd'}$"):
+        prepare.find_sources(f"{tmp_path / 'd' / 'train'}/")          # as a shell completes it
 
 
 def test_a_single_class_is_refused_in_one_sentence(tmp_path, capsys):
@@ -334,25 +336,35 @@ def test_training_on_a_raw_folder_prepares_its_cache_first(folder, tmp_path):
     assert prepare.is_complete(prepare.read_manifest(str(raw / f".alexnet-cache-{SIZE}")))
 
 
-def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_path):
+def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_path,
+                                                                     monkeypatch):
+    """For a new run (compare): a resumed run and show use the cache as it is."""
     raw, messages = tmp_path / "raw", []
     shutil.copytree(folder, raw)
-    cache = prepare.cache_for(str(raw), SIZE, log=messages.append)
-    assert prepare.cache_for(str(raw), SIZE, log=messages.append) == cache
-    assert messages[-1] == f"data: using the cache {cache}, the files unchanged"
+    cache = prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True)
     for split, count in (("train", 3), ("val", 2)):                  # a new class, a file less
         (raw / split / "eel").mkdir()
         for i in range(count):
             noise("RGB", (40, 40), 50 + i).save(raw / split / "eel" / f"e{i}.png")
     os.remove(raw / "train" / "dog" / "dog0.jpg")
-    prepare.cache_for(str(raw), SIZE, log=messages.append)
-    assert any("are not those the cache" in m for m in messages)
+    assert prepare.cache_for(str(raw), SIZE, log=messages.append) == cache    # no compare
+    assert prepare.open_cache(cache).classes == ["cat", "dog"]
+    monkeypatch.setattr(prepare.os, "access", lambda path, mode: False)      # read-only
+    prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True)
+    assert "and it cannot be written: training on it as it is" in messages[-2]
+    assert prepare.open_cache(cache).classes == ["cat", "dog"]
+    monkeypatch.undo()
+    prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True)
+    assert any("are not those the cache" in m and "decoding them again" in m for m in messages)
     opened = prepare.open_cache(cache)
     assert opened.classes == ["cat", "dog", "eel"]
     assert len(opened.train) == 15 + 3 - 1 and len(opened.val) == 4 + 2
     fresh = str(tmp_path / "fresh")                      # as if made from the folder as it is
     prepare.prepare(str(raw), fresh, SIZE, log=messages.append)
     assert_same_cache(cache, fresh)
+    shutil.rmtree(raw / "train")                         # the images deleted once decoded
+    assert prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True) == cache
+    assert messages[-1] == f"data: using the cache {cache}"
 
 
 def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):
