@@ -30,14 +30,16 @@ def _pair(v):
 
 
 def _as_tensor_like(value, like):
-    """A Python number or array as a Tensor on `like`'s device, of `like`'s dtype unless a
-    Python number needs more (NumPy's rule: float32 * 0.5 stays float32, int64 * 0.5 is
-    float64)."""
+    """A Python number or array as a Tensor on `like`'s device, of `like`'s dtype unless that
+    cannot hold it: NumPy's rule for a Python number (float32 * 0.5 stays float32, int64 * 0.5
+    is float64), and a float array or NumPy scalar with an integer or bool tensor."""
     if isinstance(value, Tensor):
         return value
     dtype = like.dtype
-    if type(value) in (bool, int, float):                # NumPy scalars keep like's dtype
+    if type(value) in (bool, int, float):
         dtype = numpy.result_type(dtype, value)
+    elif dtype.kind in "biu" and hasattr(value, "dtype"):      # a float32 tensor stays float32
+        dtype = numpy.result_type(dtype, value.dtype)
     with backend.device_scope(like.device):
         return Tensor(like.xp.asarray(value, dtype=dtype))
 
@@ -218,7 +220,8 @@ class GetItem(Function):
         xp = backend.get_array_module(gy)
         gx = xp.zeros(self.shape, dtype=gy.dtype)
         parts = self.index if isinstance(self.index, tuple) else (self.index,)
-        if all(isinstance(i, (int, slice, type(None), type(Ellipsis))) for i in parts):
+        if all(isinstance(i, (int, numpy.integer, slice, type(None), type(Ellipsis)))
+               for i in parts):
             gx[self.index] = gy            # basic indexing picks each element at most once
         else:
             xp.add.at(gx, self.index, gy)  # an index array may repeat an element: add, in turn

@@ -95,6 +95,7 @@ def test_operators_and_python_scalars(device, rng):
     assert (x * numpy.float64(2.5)).dtype == numpy.float32         # a NumPy scalar: x's dtype
     counts = Tensor(backend.to_device(numpy.arange(4), device))
     numpy.testing.assert_array_equal((counts * 0.5).numpy(), [0.0, 0.5, 1.0, 1.5])  # not 0s
+    numpy.testing.assert_array_equal((counts * numpy.float64(0.5)).numpy(), [0.0, 0.5, 1.0, 1.5])
     assert (counts + 1).dtype == counts.dtype
 
 
@@ -190,6 +191,7 @@ def test_shape_ops(device, rng):
     check_grad(lambda t: t.T, [x], device)
     check_grad(lambda t: t[1:, ::2, 1], [x], device)
     check_grad(lambda t: t[..., None, -1], [x], device)
+    check_grad(lambda t: t[numpy.int64(1), 1:], [x], device)
     repeated = numpy.array([0, 0, 1, 0])                 # the gradients of repeats add up
     check_grad(lambda t: t[repeated], [x], device)
     check_grad(lambda t: t[:, [2, 2, 0], 1:], [x], device)
