@@ -3,8 +3,9 @@
 #   env.json         device, driver, CUDA runtime, CuPy, NumPy and PyTorch versions, whether
 #                    CuPy compiles a kernel (where it finds the CUDA headers), whether PyTorch
 #                    sees the GPU and NCCL loads, git commit, date
-#   pytest.log       the tests that use a GPU (pytest --gpu-only: the CPU-only CI runs the rest),
-#                    with the reasons for skips
+#   pytest.log       the test suite, the tests that need a GPU first (pytest --gpu-first: a
+#                    time limit cuts the others, most of which CPU-only CI runs too), with the
+#                    reasons for skips
 #   report.md        bench/report.py: kernels against a copy, training step and layers beside
 #                    PyTorch, loader (report/*.json: the raw results)
 #   nccl.log         bench/allreduce.py: the paper network's gradients averaged through NCCL
@@ -112,6 +113,8 @@ if "gpu_error" not in env:  # CuPy compiles every kernel, its own too, against t
         image = cupy.arange(6, dtype=cupy.float32).reshape(1, 1, 2, 3)
         env["kernels_compile"] = float(cupy.sum(image * 2)) == 30.0 and \
             float(cuda.im2col(image, 1, 1, 1, 1, 0, 0).sum()) == 15.0
+        if not env["kernels_compile"]:
+            env["gpu_error"] = "a compiled kernel computed a wrong sum"
     except Exception as error:
         env["gpu_error"] = f"compiling a kernel: {type(error).__name__}: {error}"
 try:                        # without a CUDA build of PyTorch the report has no ratios
@@ -130,7 +133,7 @@ EOF
 case $STEPS in *" tests "*)
     # The full-size test trains the paper network for minutes: a run of its own, another time.
     step tests pytest.log "${TESTS_LIMIT:-180}" "$PY" -m pytest -q -rs --durations=15 \
-        --gpu-only -m "not full_size" ;; esac
+        --gpu-first -m "not full_size" ;; esac
 case $STEPS in *" report "*)
     step report report.log "${REPORT_LIMIT:-180}" "$PY" bench/report.py --device 0 \
         --out "$OUT/report.md" ;; esac

@@ -2,7 +2,9 @@
 
 With PYTHONPATH=tests/fakecupy the GPU tests run on two fake GPUs instead (tests/fakecupy: CuPy's
 rules on NumPy, the kernels through the CPU emulator); tests marked full_size are skipped there.
-`--gpu-only` runs just the tests that use a GPU (tests/test_selection.py checks the choice).
+`--gpu-only` runs just the tests that use a GPU whatever the machine (tests/test_selection.py
+checks the choice), `--gpu-first` runs them before the others (which on a GPU machine put the
+network on the GPU too).
 """
 import numpy
 import pytest
@@ -14,7 +16,9 @@ FAKE_GPUS = getattr(backend.cupy, "__version__", "").endswith("+fake")
 
 def pytest_addoption(parser):
     parser.addoption("--gpu-only", action="store_true", help="run only the tests that use a GPU "
-                     "(those skipped without one): on a GPU machine, the ones CPU-only CI cannot")
+                     "whatever the machine (those skipped without one)")
+    parser.addoption("--gpu-first", action="store_true", help="run those first, then the rest "
+                     "(on a GPU machine many of them use it too): a time limit cuts the rest")
 
 
 def uses_gpu(item):
@@ -33,6 +37,8 @@ def pytest_collection_modifyitems(config, items):
     if config.getoption("--gpu-only"):
         config.hook.pytest_deselected(items=[item for item in items if not uses_gpu(item)])
         items[:] = [item for item in items if uses_gpu(item)]
+    elif config.getoption("--gpu-first"):
+        items.sort(key=lambda item: not uses_gpu(item))        # stable: each part in its order
     if not FAKE_GPUS:
         return
     skip = pytest.mark.skip(reason="full-size training: hours with the fake GPUs' emulated kernels")
