@@ -391,13 +391,41 @@ class Run:
             check_batch_split(args.batch_size, group.size)
         # Rank 0 makes the run directory (one name for every rank).
         self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
+        try:
+            self.open_data(resume, preset)
+            self.build()
+        except BaseException:          # a run that never started leaves no empty runs/<date>
+            if self.writes and not (args.run_dir or args.resume or os.listdir(self.dir)):
+                os.rmdir(self.dir)
+            raise
+        self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
+        self.seconds = 0.0                    # training time before this process (resume)
+        self.records = []
+        if resume:
+            self._restore(*resume)
+        if self.writes:
+            with open(os.path.join(self.dir, "config.json"), "w") as f:
+                json.dump(vars(args), f, indent=2)
+            with open(os.path.join(self.dir, "classes.txt"), "w") as f:
+                f.writelines(name + "\n" for name in self.classes)
+        log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
+                 f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
+                 f"{self.optimizer.lr:g}; run directory {self.dir}")
+        if group.size > 1:
+            log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
+                     f" {args.batch_size // group.size} images of every batch each, gradients "
+                     "averaged every step")
+
+    def open_data(self, resume, preset):
+        """The training and validation sets, their classes and augmentation statistics, and the
+        recipe's settings for a set of that size (fit_recipe)."""
+        args, group = self.args, self.group
         # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
         loaded = load_data(args, preset.stored_size(), compare=not resume) if group.rank == 0 \
             else None
         group.barrier()
         loaded = loaded or load_data(args, preset.stored_size(), may_prepare=False)
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
-        bad, aug = loaded.bad, loaded.aug
         if resume and resume[2]["classes"] != self.classes:
             theirs, ours = resume[2]["classes"], self.classes
             differ = [f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b][:3] or \
@@ -415,12 +443,16 @@ class Run:
             raise ValueError(f"the validation set has {len(self.val)} images, fewer than the "
                              f"{group.size} processes: add validation images or start fewer")
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
-        self.aug = aug if aug is not None else data.Augmentation.of(self.train.images)
-
-        if bad and self.writes:
+        self.aug = loaded.aug if loaded.aug is not None else \
+            data.Augmentation.of(self.train.images)
+        if loaded.bad and self.writes:
             with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
-                f.writelines(f"{path}\t{reason}\n" for path, reason in bad)
+                f.writelines(f"{path}\t{reason}\n" for path, reason in loaded.bad)
 
+    def build(self):
+        """The network on its devices (this process's share of them under mpiexec), the same
+        initial weights on every process, SGD and the divide-by-10 schedule."""
+        args, group = self.args, self.group
         minigrad.manual_seed(args.seed)
         devices = args.devices if group.size == 1 else \
             replica_devices(args.devices, group.local_rank, group.local_size)
@@ -446,23 +478,6 @@ class Run:
         self.schedule = optim.ReduceLROnPlateau(self.optimizer,
                                                 patience=args.lr_patience * epoch_images,
                                                 max_reductions=args.lr_drops)
-        self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
-        self.seconds = 0.0                    # training time before this process (resume)
-        self.records = []
-        if resume:
-            self._restore(*resume)
-        if self.writes:
-            with open(os.path.join(self.dir, "config.json"), "w") as f:
-                json.dump(vars(args), f, indent=2)
-            with open(os.path.join(self.dir, "classes.txt"), "w") as f:
-                f.writelines(name + "\n" for name in self.classes)
-        log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
-                 f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
-                 f"{self.optimizer.lr:g}; run directory {self.dir}")
-        if group.size > 1:
-            log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
-                     f" {args.batch_size // group.size} images of every batch each, gradients "
-                     "averaged every step")
 
     def readable_names(self, resume):
         """The classes' names for people: from --class-names or such a file in --data, else

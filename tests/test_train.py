@@ -374,6 +374,14 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monke
                                                 "20261130-101500-3")]
 
 
+def test_a_run_that_never_started_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
+    synthetic.write_folder(str(tmp_path / "data"), 8, 2, size=40, classes=3, extension=".png")
+    monkeypatch.chdir(tmp_path)
+    assert train.main(["--data", "data", "--batch-size", "64"]) == 1     # more than the images
+    assert "fewer than one batch of 64" in capsys.readouterr().err
+    assert os.listdir(tmp_path / "runs") == []
+
+
 def test_a_run_directory_that_cannot_be_written_is_refused_before_the_data(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     (tmp_path / "empty").mkdir()                   # the data would be refused: it is not read
