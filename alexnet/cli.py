@@ -114,17 +114,19 @@ def writable_folder(path):
 class Progress:
     """progress(done): images done of `total`, images/s and the time left, on stderr (stdout
     holds the results). On a terminal one line is rewritten in place, at most 4 times a second;
-    elsewhere (a log file) a new line comes every 10 seconds. The last count ends the line."""
+    elsewhere (a log file) a new line comes every 10 seconds. The last count ends the line; a
+    call after it says nothing."""
 
     def __init__(self, what, total):
         self.what, self.total = what, total
         self.live = sys.stderr.isatty()
         self.every = 0.25 if self.live else 10
         self.started = self.last = time.perf_counter()
+        self.ended = False
 
     def __call__(self, done):
         now = time.perf_counter()
-        if now - self.last < self.every and done < self.total:
+        if self.ended or (now - self.last < self.every and done < self.total):
             return
         self.last = now
         rate = done / max(now - self.started, 1e-9)
@@ -134,3 +136,4 @@ class Progress:
             line = f"\r{line}\033[K"
         print(line, end="\n" if done == self.total or not self.live else "", file=sys.stderr,
               flush=True)
+        self.ended = done == self.total

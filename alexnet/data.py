@@ -314,10 +314,10 @@ def find_images(root, classes=None):
     return paths, numpy.array(labels, numpy.int64), list(classes)
 
 
-def load_folder(root, size, classes=None, workers=None, log=print):
-    """A Split of every readable image under root/<class>/, and the (path, reason) pairs of
-    the files that could not be read (skipped, never fatal)."""
-    paths, labels, classes = find_images(root, classes)
+def decode_files(paths, size, workers=None, on_read=None):
+    """(images (N, 3, size, size) uint8, good (N,) bool, [(path, reason)] of the files that
+    could not be read: their rows are not filled), decoded by `workers` threads; on_read(done)
+    after each file."""
     images = numpy.empty((len(paths), 3, size, size), numpy.uint8)
     good = numpy.ones(len(paths), bool)
     bad = []
@@ -331,8 +331,21 @@ def load_folder(root, size, classes=None, workers=None, log=print):
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
         for done, _ in enumerate(pool.map(read, range(len(paths))), 1):
-            if done % 500 == 0 or done == len(paths):
-                log(f"  {root}: {done}/{len(paths)} images read")
+            if on_read:
+                on_read(done)
+    return images, good, bad
+
+
+def load_folder(root, size, classes=None, workers=None, log=print):
+    """A Split of every readable image under root/<class>/, and the (path, reason) pairs of
+    the files that could not be read (skipped, never fatal)."""
+    paths, labels, classes = find_images(root, classes)
+
+    def said(done):
+        if done % 500 == 0 or done == len(paths):
+            log(f"  {root}: {done}/{len(paths)} images read")
+
+    images, good, bad = decode_files(paths, size, workers, said)
     if bad:
         log(f"  {root}: {int(good.sum())} images, {len(bad)} skipped "
             f"({', '.join(p for p, _ in bad[:3])}{', ...' if len(bad) > 3 else ''})")

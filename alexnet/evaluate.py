@@ -1,9 +1,10 @@
 """Evaluate a checkpoint: `python -m alexnet.evaluate --checkpoint CKPT --data DIR`.
 
 Reports the top-1 and top-5 error (section 6 of the paper) of DIR/val/<class>/* (or of
-DIR/<class>/* when DIR has no val folder, or of the val split when DIR is a prepared cache). Images are prepared as for training: the shorter side
-rescaled to S, the central S x S crop, minus the TRAINING set's mean image, which the checkpoint
-stores. --views 1 classifies the central crop, as the training loop's evaluation does; --views 10
+DIR/<class>/* when DIR has no val folder, or of the val split when DIR is a prepared cache). A
+folder is read FOLDER_CHUNK images at a time, never whole. Images are prepared as for training:
+the shorter side rescaled to S, the central S x S crop, minus the TRAINING set's mean image,
+which the checkpoint stores. --views 1 classifies the central crop, as the training loop's evaluation does; --views 10
 averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
 central crop, and their horizontal reflections.
 
@@ -22,6 +23,9 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, prepare
 from alexnet.cli import Parser, Progress, devices_list, run_command, whole, writable_folder
+
+
+FOLDER_CHUNK = 1024     # images of a folder decoded at a time (200 MB at 256x256)
 
 
 def parse_args(argv=None):
@@ -67,18 +71,35 @@ def check_classes(folder, classes, checkpoint_path, found=None):
             "images of its own classes")
 
 
-def probabilities(model, images, mean, size, views=1, batch_size=128):
+def probabilities(model, images, mean, size, views=1, batch_size=128, progress=None):
     """Softmax (N, classes) of uint8 images (N, 3, S, S), averaged over `views` views of each
-    (data.ten_views: 1 is the central crop), with `mean` (3, S, S) subtracted."""
+    (data.ten_views: 1 is the central crop), with `mean` (3, S, S) subtracted; progress(done)
+    after each batch (default: a progress line)."""
     model.eval()
     batches = []
-    progress = Progress("classifying", len(images))
+    progress = progress or Progress("classifying", len(images))
     with minigrad.no_grad():
         for start in range(0, len(images), batch_size):
             crops = data.ten_views(images[start:start + batch_size], mean, size, count=views)
             batches.append(sum(softmax(model(x)) for x in crops) / views)   # (B, classes)
             progress(start + len(batches[-1]))
-    return numpy.concatenate(batches)
+    return numpy.concatenate(batches) if batches else numpy.zeros((0, model.fc8.weight.shape[0]))
+
+
+def folder_probabilities(model, paths, labels, mean, size, views, batch_size, stored):
+    """probabilities() of image files, decoded FOLDER_CHUNK at a time (a folder is never in
+    memory whole: ImageNet's validation set would be 9.8 GB at 256); returns them with the
+    labels of the files that could be read, and the (path, reason) of those that could not."""
+    progress = Progress("reading and classifying", len(paths))
+    parts, kept, bad = [], [], []
+    for start in range(0, len(paths), FOLDER_CHUNK):
+        images, good, failed = data.decode_files(paths[start:start + FOLDER_CHUNK], stored)
+        parts.append(probabilities(model, images[good], mean, size, views, batch_size,
+                                   lambda done: progress(start + done)))
+        kept.append(labels[start:start + FOLDER_CHUNK][good])
+        bad += failed
+        progress(start + len(good))              # files that could not be read count as done
+    return numpy.concatenate(parts), numpy.concatenate(kept), sorted(bad)
 
 
 def softmax(logits):
@@ -142,18 +163,21 @@ def run(args):
         folder, cache = args.data, prepare.open_cache(args.data, S)
         check_classes(folder, classes, args.checkpoint, cache.classes)
         to_checkpoint = numpy.array([classes.index(name) for name in cache.classes])
-        split = data.Split(cache.val.images, to_checkpoint[cache.val.labels])   # same names
-    else:                                 # a folder of images, read into memory
+        labels = to_checkpoint[cache.val.labels]                                # same names
+        probs = probabilities(model, cache.val.images, aug.mean, size, args.views,
+                              args.batch_size)
+    else:                                 # a folder of images, decoded a chunk at a time
         folder = image_folder(args.data)
         check_classes(folder, classes, args.checkpoint)
-        split, _, _ = data.load_folder(folder, S, classes,
-                                       log=lambda line: print(line, file=sys.stderr))
-    if len(split) == 0:
+        paths, labels, _ = data.find_images(folder, classes)
+        probs, labels, bad = folder_probabilities(model, paths, labels, aug.mean, size,
+                                                  args.views, args.batch_size, S)
+        for path, reason in bad:
+            print(f"skipped {path}: {reason}", file=sys.stderr)
+    if len(labels) == 0:
         raise ValueError(f"no image under {folder} could be read; see the files named above")
-
-    probs = probabilities(model, split.images, aug.mean, size, args.views, args.batch_size)
-    images, hits1, hits5, confusion = scores(probs, split.labels, len(classes))
-    N = len(split)
+    images, hits1, hits5, confusion = scores(probs, labels, len(classes))
+    N = len(labels)
     print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
           f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
