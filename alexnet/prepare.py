@@ -451,8 +451,13 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
         return data_dir
     cache = cache or default_cache(data_dir, size)
     ready = is_cache(cache) and is_complete(read_manifest(cache))
-    if ready and compare and os.path.isdir(os.path.join(data_dir, "train")):
-        sources, _ = find_sources(data_dir)            # 1 s for 130,000 files
+    sources = None
+    if ready and compare:
+        try:
+            sources, _ = find_sources(data_dir)        # 1 s for 130,000 files
+        except (OSError, ValueError) as error:          # the images deleted once decoded
+            log(f"note: the cache {cache} is used as it is: {error}")
+    if sources:
         if not all(same_files(cache, split, *found) for split, found in sources.items()):
             changed = f"the files under {data_dir} are not those the cache {cache} was made from"
             if os.access(cache, os.W_OK):

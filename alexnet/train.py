@@ -158,18 +158,22 @@ def parse_args(argv=None):
 
 def check_resume_options(parser, args, argv):
     """A resumed run goes on with its own settings (RUN_SETTINGS): refuse one typed with
-    another value rather than ignore it. --data and --cache may name the same data elsewhere;
-    --lr with another value than the run's (a job script retypes the run's own) sets the
-    learning rate from the checkpoint on (args.new_lr)."""
+    another value rather than ignore it. --data and --cache may name the same data elsewhere.
+    --lr other than the last rate the run was given (its first, or one typed at an earlier
+    resume: a job script retypes its command at every requeue) sets the learning rate from the
+    checkpoint on (args.new_lr)."""
     try:
-        saved = checkpoint.read(args.resume, "meta")[1]["config"]
+        meta = checkpoint.read(args.resume, "meta")[1]
     except (OSError, ValueError) as error:
         parser.error(f"argument --resume: {error}")
+    saved = meta["config"]
     for action in parser._actions:         # parse again, keeping only the options typed
         action.default = argparse.SUPPRESS
     typed = vars(parser.parse_args(argv))
-    if typed.get("lr", saved.get("lr")) != saved.get("lr"):
-        args.new_lr = typed.pop("lr")
+    given = meta.get("lr_given", saved.get("lr"))
+    lr = typed.pop("lr", given)
+    if lr != given:
+        args.new_lr = lr
     for key in RUN_SETTINGS:
         if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
             parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
@@ -239,14 +243,14 @@ def load_data(args, size, may_prepare=True, compare=False):
     return cache
 
 
-RUN_FILES = ("last.npz", "best.npz")      # a folder with one of them holds a run to resume
+RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")       # a folder with one of them holds a run
 
 
 def run_directory(args):
     """Where this run writes, created and checked writable: --run-dir, else the resumed run's
     folder, else runs/<date>-<time> (-2, -3, ... for runs started in the same second). A new
-    run never writes into a folder that holds another run's checkpoints; the metrics.jsonl of
-    one that stopped before its first (a NaN loss, say) make way."""
+    run never writes into a folder that holds another run's checkpoints or metrics (a run
+    writes its first checkpoint at its first evaluation, hours in on ImageNet)."""
     resumed = args.resume and (args.resume if os.path.isdir(args.resume) else
                                os.path.dirname(os.path.abspath(args.resume)))
     path = args.run_dir or resumed
@@ -266,8 +270,6 @@ def run_directory(args):
     if held and not (resumed and os.path.samefile(path, resumed)):
         raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
                          f"--resume {path}, or pass another --run-dir")
-    if not held and os.path.exists(os.path.join(path, "metrics.jsonl")):
-        os.remove(os.path.join(path, "metrics.jsonl"))          # a new run's curves start empty
     try:                                   # before hours of preparing a cache, not after
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, ".write-test"), "w"):
@@ -367,6 +369,7 @@ class Run:
     def __init__(self, args, group=None):
         self.args = args
         self.new_lr = vars(args).pop("new_lr", None)        # --lr on --resume: not a setting
+        self.lr_given = args.lr                # the last rate typed (--lr), resumes compare to
         self.group = group = group or distributed.Alone()
         self.writes = group.rank == 0             # the one process that writes the run directory
         resume = checkpoint.load(args.resume) if args.resume else None
@@ -408,6 +411,9 @@ class Run:
                 json.dump(vars(args), f, indent=2)
             with open(os.path.join(self.dir, "classes.txt"), "w") as f:
                 f.writelines(name + "\n" for name in self.classes)
+            if self.bad:
+                with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
+                    f.writelines(f"{path}\t{reason}\n" for path, reason in self.bad)
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
                  f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
                  f"{self.optimizer.lr:g}; run directory {self.dir}")
@@ -445,9 +451,7 @@ class Run:
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = loaded.aug if loaded.aug is not None else \
             data.Augmentation.of(self.train.images)
-        if loaded.bad and self.writes:
-            with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
-                f.writelines(f"{path}\t{reason}\n" for path, reason in loaded.bad)
+        self.bad = loaded.bad
 
     def build(self):
         """The network on its devices (this process's share of them under mpiexec), the same
@@ -521,7 +525,7 @@ class Run:
                 "batch": self.batch, "step": self.step, "best_top1_error": self.best,
                 "lr": self.optimizer.lr, "schedule": self.schedule.state_dict(),
                 "seconds": self.elapsed(), "ranks": self.group.size, "random_states": states,
-                "config": vars(self.args)}
+                "lr_given": self.lr_given, "config": vars(self.args)}
         # The training set's mean image goes along: evaluation must subtract the training
         # set's, not the val set's.
         checkpoint.save(paths[0], self.model, self.optimizer, meta,
@@ -540,8 +544,9 @@ class Run:
                              f"training images, but the data has {len(self.train):,}; resume "
                              "with the data it was trained on")
         self.schedule.load_state_dict(meta["schedule"])
+        self.lr_given = meta.get("lr_given", self.args.lr)
         if self.new_lr is not None:
-            self.optimizer.lr = self.new_lr
+            self.optimizer.lr = self.lr_given = self.new_lr
             log_line(f"learning rate {self.new_lr:g} from here on (--lr; the checkpoint's was "
                      f"{meta['lr']:g})")
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
@@ -630,8 +635,8 @@ class Run:
             elif os.path.exists(last):
                 then = "resume from the last checkpoint " + resume % last
             else:
-                then = (f"start again with a lower --lr, such as {lr / 3:.2g} (no checkpoint had "
-                        "been written yet)")
+                then = (f"start again with a lower --lr, such as {lr / 3:.2g}, and another "
+                        "--run-dir (no checkpoint had been written yet)")
             raise FloatingPointError(f"the loss became {loss} at step {step}: the learning rate "
                                      f"{lr:g} is probably too high; {then}")
         if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:

@@ -362,9 +362,13 @@ def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_
     fresh = str(tmp_path / "fresh")                      # as if made from the folder as it is
     prepare.prepare(str(raw), fresh, SIZE, log=messages.append)
     assert_same_cache(cache, fresh)
-    shutil.rmtree(raw / "train")                         # the images deleted once decoded
-    assert prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True) == cache
-    assert messages[-1] == f"data: using the cache {cache}"
+    for image in (raw / "val").glob("*/*"):              # the images deleted once decoded,
+        image.unlink()                                   # their folders kept, then not
+    for deleted in (lambda: None, lambda: shutil.rmtree(raw / "train")):
+        deleted()
+        assert prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True) == cache
+        assert messages[-2].startswith(f"note: the cache {cache} is used as it is: ")
+        assert messages[-1] == f"data: using the cache {cache}"
 
 
 def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):

@@ -228,23 +228,27 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     meta = checkpoint.load("../run/last.npz")[2]
     assert meta["step"] == 6 and meta["lr"] == 0.003 and meta["config"]["lr"] == 0.01
     assert "new_lr" not in meta["config"]
+    assert train.main(["--resume", "../run", "--lr", "0.003", "--max-steps", "7"]) == 0
+    assert "from here on" not in capsys.readouterr().out     # a requeued job script's --lr
+    assert train.main(["--resume", "../run", "--lr", "0.01", "--max-steps", "7"]) == 0
+    assert "learning rate 0.01 from here on" in capsys.readouterr().out     # back up: new
     synthetic.write_folder("fewer", 16, 10, size=48, classes=3, extension=".png")
-    assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "7"]) == 1
+    assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "8"]) == 1
     assert "was trained on 40 training images, but the data has 16; resume with the data it " \
         "was trained on" in capsys.readouterr().err
     shutil.copytree("../shapes", "renamed", ignore=shutil.ignore_patterns(".alexnet-cache-*"))
     classes = sorted(os.listdir("renamed/train"))
     for split in ("train", "val"):
         os.rename(f"renamed/{split}/{classes[-1]}", f"renamed/{split}/zebra")
-    assert train.main(["--resume", "../run", "--data", "renamed", "--max-steps", "7"]) == 1
+    assert train.main(["--resume", "../run", "--data", "renamed", "--max-steps", "8"]) == 1
     assert f"other classes than the data ({classes[-1]} vs zebra); resume with the data it " \
         "was trained on" in capsys.readouterr().err
     os.rename("../shapes", "../moved")                    # the data moved: say where it went
-    assert train.main(["--resume", "../run", "--max-steps", "7"]) == 1
+    assert train.main(["--resume", "../run", "--max-steps", "8"]) == 1
     assert f"the data this run was trained on, {tmp_path / 'shapes'}, is not there any more; " \
         "pass --data with where it is now" in capsys.readouterr().err
-    assert train.main(["--resume", "../run", "--data", "../moved", "--max-steps", "7"]) == 0
-    assert checkpoint.load("../moved/../run/last.npz")[2]["step"] == 7
+    assert train.main(["--resume", "../run", "--data", "../moved", "--max-steps", "8"]) == 0
+    assert checkpoint.load("../moved/../run/last.npz")[2]["step"] == 8
 
 
 def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_path):
@@ -359,13 +363,13 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monke
     run_dir = run_training(tmp_path, "run", "--max-steps", "2")
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
-    assert f"{run_dir} already holds a run (last.npz): continue it with " \
+    assert f"{run_dir} already holds a run (last.npz, metrics.jsonl): continue it with " \
            f"--resume {run_dir}, or pass another --run-dir" in capsys.readouterr().err
     assert {name: os.path.getmtime(os.path.join(run_dir, name))
             for name in os.listdir(run_dir)} == before                     # nothing touched
-    os.remove(os.path.join(run_dir, "last.npz"))      # a run that stopped before any checkpoint
-    assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 0
-    assert [r["step"] for r in records_of(run_dir)] == [1, 1]          # its lines replaced
+    os.remove(os.path.join(run_dir, "last.npz"))      # a run before its first checkpoint
+    assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
+    assert f"{run_dir} already holds a run (metrics.jsonl)" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)                    # two runs started in the same second
     monkeypatch.setattr(train.time, "strftime", lambda pattern: "20261130-101500")
     args = train.parse_args([])
