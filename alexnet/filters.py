@@ -5,10 +5,11 @@ the full 0..255 range on its own, tower a's kernels in one block above tower b's
 the towers specialize: one learns mostly colourless edge detectors, the other colour blobs.
 """
 import argparse
+import os
 import sys
 
 from alexnet import checkpoint, plots
-from alexnet.cli import Parser, run_command, whole
+from alexnet.cli import Parser, run_command, whole, writable_folder
 
 
 def parse_args(argv=None):
@@ -25,6 +26,9 @@ def parse_args(argv=None):
 
 
 def run(args):
+    if os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} is a folder; name the .png file to write")
+    writable_folder(os.path.dirname(args.out) or ".")
     ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
     conv1, _ = checkpoint.read(ckpt, "model.conv1")                     # keys a.weight, b.bias...
     a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each

@@ -268,8 +268,12 @@ def run_directory(args):
                                  "pass --run-dir with a writable folder") from None
     held = [name for name in RUN_FILES if os.path.exists(os.path.join(path, name))]
     if held and not (resumed and os.path.samefile(path, resumed)):
-        raise ValueError(f"{path} already holds a run ({', '.join(held)}): continue it with "
-                         f"--resume {path}, or pass another --run-dir")
+        resume = path if "last.npz" in held else \
+            os.path.join(path, "best.npz") if "best.npz" in held else None
+        raise ValueError(f"{path} already holds a run ({', '.join(held)}): " +
+                         (f"continue it with --resume {resume}, or pass another --run-dir"
+                          if resume else "it may still be training (no checkpoint yet): pass "
+                          "another --run-dir"))
     try:                                   # before hours of preparing a cache, not after
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, ".write-test"), "w"):
@@ -434,11 +438,12 @@ class Run:
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
         if resume and resume[2]["classes"] != self.classes:
             theirs, ours = resume[2]["classes"], self.classes
-            differ = [f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b][:3] or \
-                [f"{len(theirs)} classes vs {len(ours)}"]
+            lacks, adds = ([c for c in a if c not in b][:3] for a, b in ((theirs, ours),
+                                                                        (ours, theirs)))
+            differ = "; ".join([f"the data lacks {', '.join(lacks)}"] * bool(lacks) +
+                               [f"has {', '.join(adds)}"] * bool(adds)) or "in another order"
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
-                             f"the data ({', '.join(differ)}); resume with the data it was "
-                             "trained on")
+                             f"the data ({differ}); resume with the data it was trained on")
         self.check_classes()
         self.class_names = self.readable_names(resume)
         said = fit_recipe(args, len(self.train))
@@ -540,9 +545,13 @@ class Run:
                                         "weight_decay": self.args.weight_decay, **velocities})
         trained_on = meta.get("train_images", len(self.train))
         if trained_on != len(self.train) or meta["batch"] > self.steps_per_epoch:
+            stale = "" if not self.args.data or prepare.is_cache(self.args.data) else (
+                " (if it is, its cache is older than the folder: python -m alexnet.prepare "
+                f"--data {self.args.data} --size {PRESETS[self.args.preset].stored_size()} "
+                "decodes the folder as it is now)")
             raise ValueError(f"the checkpoint {self.args.resume} was trained on {trained_on:,} "
                              f"training images, but the data has {len(self.train):,}; resume "
-                             "with the data it was trained on")
+                             f"with the data it was trained on{stale}")
         self.schedule.load_state_dict(meta["schedule"])
         self.lr_given = meta.get("lr_given", self.args.lr)
         if self.new_lr is not None:
@@ -842,13 +851,13 @@ class Run:
         if self.args.init != "kaiming":
             causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
                           "chance on small folders and narrow networks; try --init kaiming)")
-        if at_chance and guess <= last["loss"] <= above:
-            symptom = (f"{error} and its loss {last['loss']:.3f} near {ln}, the loss of a "
-                       "uniform guess")
-        elif recent_loss > above:
+        if recent_loss > above:             # first: a diverging run's val loss may look a guess's
             symptom = f"training loss {recent_loss:.3g} is above {ln}, that of a uniform guess"
             causes = [f"a learning rate too high for this data (--lr {lr:g}; start again with "
                       f"{lr / 3:.2g} or {lr / 10:.2g})"]
+        elif at_chance and guess <= last["loss"] <= above:
+            symptom = (f"{error} and its loss {last['loss']:.3f} near {ln}, the loss of a "
+                       "uniform guess")
         elif recent_loss >= guess:
             symptom = f"training loss {recent_loss:.3f} is still near {ln}, the loss of a guess"
         elif at_chance and recent_loss < 0.5 * math.log(classes):

@@ -235,14 +235,15 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     synthetic.write_folder("fewer", 16, 10, size=48, classes=3, extension=".png")
     assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "8"]) == 1
     assert "was trained on 40 training images, but the data has 16; resume with the data it " \
-        "was trained on" in capsys.readouterr().err
+        "was trained on (if it is, its cache is older than the folder: python -m " \
+        f"alexnet.prepare --data {elsewhere / 'fewer'} --size 39 decodes" in capsys.readouterr().err
     shutil.copytree("../shapes", "renamed", ignore=shutil.ignore_patterns(".alexnet-cache-*"))
     classes = sorted(os.listdir("renamed/train"))
     for split in ("train", "val"):
         os.rename(f"renamed/{split}/{classes[-1]}", f"renamed/{split}/zebra")
     assert train.main(["--resume", "../run", "--data", "renamed", "--max-steps", "8"]) == 1
-    assert f"other classes than the data ({classes[-1]} vs zebra); resume with the data it " \
-        "was trained on" in capsys.readouterr().err
+    assert f"other classes than the data (the data lacks {classes[-1]}; has zebra); resume " \
+        "with the data it was trained on" in capsys.readouterr().err
     os.rename("../shapes", "../moved")                    # the data moved: say where it went
     assert train.main(["--resume", "../run", "--max-steps", "8"]) == 1
     assert f"the data this run was trained on, {tmp_path / 'shapes'}, is not there any more; " \
@@ -369,7 +370,8 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monke
             for name in os.listdir(run_dir)} == before                     # nothing touched
     os.remove(os.path.join(run_dir, "last.npz"))      # a run before its first checkpoint
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
-    assert f"{run_dir} already holds a run (metrics.jsonl)" in capsys.readouterr().err
+    assert f"{run_dir} already holds a run (metrics.jsonl): it may still be training (no " \
+        "checkpoint yet): pass another --run-dir" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)                    # two runs started in the same second
     monkeypatch.setattr(train.time, "strftime", lambda pattern: "20261130-101500")
     args = train.parse_args([])
@@ -541,11 +543,12 @@ def check_learning_on(evals, train_losses, classes=20, val_images=500, train_ima
     (0.66, 9e8, 394.0, "training loss 394 is above ln(3) = 1.099, that of a uniform guess. "
                        "Likely causes: a learning rate too high for this data (--lr 0.01; start "
                        "again with 0.0033 or 0.001)"),
+    (0.66, 1.2, 3e8, "training loss 3e+08 is above ln(3) = 1.099"),  # val loss like a guess's
     (0.70, 3.39, 0.2, "training loss is low (0.200) but the validation top-1 error 70.0% is at "
                       "chance (66.7% ± 8.2% on 300 images): it learns its training images by "
                       "heart. Likely causes: too few training images (90 for 3 classes)"),
     (0.30, 0.80, 0.5, None),                                       # learning: nothing to say
-], ids=["guessing", "diverging", "by-heart", "learning"])
+], ids=["guessing", "diverging", "diverging-val-near-guess", "by-heart", "learning"])
 def test_the_not_learning_warning_tells_its_causes_apart(val_error, val_loss, train_loss, says):
     said = check_learning_on([(10, 1.1, 0.66), (20, val_loss, val_error)], [(18, train_loss)],
                              classes=3, val_images=300, train_images=90)

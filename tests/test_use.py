@@ -406,6 +406,15 @@ def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
         numpy.testing.assert_array_equal(drawn, numpy.asarray(expected))    # a above, b below
 
 
+def test_filters_refuses_an_out_it_cannot_write_in_one_sentence(run_dir, tmp_path, capsys):
+    (tmp_path / "file").write_text("")
+    for out, said in ((tmp_path, f"--out {tmp_path} is a folder; name the .png file to write"),
+                      (tmp_path / "file" / "conv1.png", f"cannot write to {tmp_path / 'file'}")):
+        assert filters.main(["--checkpoint", str(run_dir), "--out", str(out)]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {said}") and error.count("\n") == 1, error
+
+
 def test_the_modules_run_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "alexnet.predict", "--checkpoint",
                              str(tmp_path / "none.npz"), "a.png"], capture_output=True, text=True)
