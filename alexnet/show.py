@@ -157,7 +157,8 @@ class Source:
         if settings["data"] is not None and not os.path.exists(settings["data"]):
             raise FileNotFoundError(f"data folder {settings['data']} does not exist; pass --data "
                                     "with the folder or cache the checkpoint was trained on")
-        loaded = load_data(argparse.Namespace(**settings), stored_size)
+        loaded = load_data(argparse.Namespace(**settings), stored_size,     # progress: stderr
+                           log=lambda line: print(line, file=sys.stderr))
         self.train, self.val, self.cache = loaded.train, loaded.val, loaded.folder
         classes = meta["classes"]
         check_classes(settings["data"] or "the embedded data set", classes, args.checkpoint,
@@ -176,14 +177,10 @@ class Source:
 
 
 def pick(args, count, predicted, labels):
-    """Rows of the val split to show: --indices, or `count` drawn with --seed among all rows,
-    the misclassified or the correctly classified ones (--pick)."""
+    """Rows of the val split to show: --indices (check_indices), or `count` drawn with --seed
+    among all rows, the misclassified or the correctly classified ones (--pick)."""
     N = len(labels)
     if args.indices is not None:
-        bad = [i for i in args.indices if not 0 <= i < N]
-        if bad:
-            raise ValueError(f"--indices {bad[0]} is not a row of the validation set, which has "
-                             f"{N} images (rows 0 to {N - 1})")
         return numpy.array(args.indices)
     rows = {"random": numpy.arange(N), "errors": numpy.flatnonzero(predicted != labels),
             "correct": numpy.flatnonzero(predicted == labels)}[args.pick]
@@ -192,6 +189,14 @@ def pick(args, count, predicted, labels):
         raise ValueError(f"no validation image is {which}; use --pick random")
     rng = numpy.random.default_rng(args.seed)
     return rng.choice(rows, min(count, len(rows)), replace=False)
+
+
+def check_indices(indices, N):
+    """--indices must be rows of a validation set of N images: said before classifying it."""
+    bad = [i for i in indices or () if not 0 <= i < N]
+    if bad:
+        raise ValueError(f"--indices {bad[0]} is not a row of the validation set, which has "
+                         f"{N} images (rows 0 to {N - 1})")
 
 
 def crops(model, images, aug, size):
@@ -216,6 +221,7 @@ def run(args):
     S, size = model.preset.stored_size(), model.preset.input_size
     source = Source(args, meta, S)
     val = source.val
+    check_indices(args.indices, len(val))
     predicted = numpy.empty(len(val), numpy.int64)
     for start, logits, _ in stream(model, val, aug, size, args.batch_size, args.workers,
                                    "classifying the validation set"):

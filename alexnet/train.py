@@ -225,21 +225,23 @@ def log_line(message):
         print(message, flush=True)
 
 
-def load_data(args, size, may_prepare=True, compare=False):
+def load_data(args, size, may_prepare=True, compare=False, log=None):
     """The data of the settings `args` (data, cache, synthetic_train, synthetic_val, seed) as a
     prepare.Cache: the embedded data set drawn in memory when args.data is None (no augmentation
     statistics, no folder), else the cache of args.data, prepared first if need be (and if
-    may_prepare; else refused when it is not ready; `compare`: prepare.cache_for)."""
+    may_prepare; else refused when it is not ready; `compare`: prepare.cache_for). `log`: where
+    its lines go (default log_line: stdout)."""
+    log = log or log_line
     if args.data is None:
-        log_line(f"data: embedded shapes data set, {args.synthetic_train} train / "
-                 f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
+        log(f"data: embedded shapes data set, {args.synthetic_train} train / "
+            f"{args.synthetic_val} val images of {size}x{size}, drawn with seed {args.seed}")
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
         return prepare.Cache(data.Split(*splits["train"]), data.Split(*splits["val"]),
                              splits["classes"], aug=None, bad=[])
-    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log_line,
+    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log,
                                                  may_prepare=may_prepare, compare=compare), size)
-    log_line(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
-             f"memory-mapped from {cache.folder}")
+    log(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
+        f"memory-mapped from {cache.folder}")
     return cache
 
 

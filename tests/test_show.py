@@ -176,7 +176,9 @@ def test_bad_choices_are_one_sentence(run_dir, tmp_path, capsys, argv, message):
         status = exit.code
     assert status in (1, 2)
     error = capsys.readouterr().err
-    assert message in error and error.strip().count("\n") <= 1
+    said = [line for line in error.splitlines() if "error" in line]
+    assert len(said) == 1 and message in said[0], said            # after progress lines only
+    assert "classifying" not in error                             # refused before any work
 
 
 # ---- a cache: rows named by their files -------------------------------------------------------
