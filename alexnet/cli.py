@@ -97,17 +97,18 @@ def run_command(work, interrupted):
         return 130
 
 
-def writable_folder(path):
+def writable_folder(path, what="", option="--out"):
     """`path`, created if missing, once a file could be created and removed there: a command
-    checks its output folder before the work, not after it."""
+    checks its output folder before the work, not after it. The error names `what` the folder
+    is ("the run directory ") and the `option` that chooses another."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as error:
         reason = "a file of that name is there" if os.path.isfile(path) else error.strerror
-        raise OSError(f"cannot write to {path} ({reason or error}); pass --out with a writable "
-                      "folder") from None
+        raise OSError(f"cannot write to {what}{path} ({reason or error}); pass {option} with a "
+                      "writable folder") from None
     return path
 
 

@@ -47,7 +47,8 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
-from alexnet.cli import Parser, devices_list, existing_path, format_time, real, whole
+from alexnet.cli import (Parser, devices_list, existing_path, format_time, real, whole,
+                         writable_folder)
 from alexnet.evaluate import confusion, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet
 from minigrad import backend, distributed, optim, parallel
@@ -276,15 +277,7 @@ def run_directory(args):
                          (f"continue it with --resume {resume}, or pass another --run-dir"
                           if resume else "it may still be training (no checkpoint yet): pass "
                           "another --run-dir"))
-    try:                                   # before hours of preparing a cache, not after
-        os.makedirs(path, exist_ok=True)
-        with open(os.path.join(path, ".write-test"), "w"):
-            pass
-        os.remove(os.path.join(path, ".write-test"))
-    except OSError as error:
-        raise ValueError(f"cannot write to the run directory {path} ({error.strerror}); pass "
-                         "--run-dir with a writable folder") from None
-    return path
+    return writable_folder(path, "the run directory ", "--run-dir")   # before hours of caching
 
 
 def replica_devices(devices, local_rank, local_size):
