@@ -60,6 +60,14 @@ PRESETS = {
                    widths=(2, 4, 4, 4, 4), fc_width=6),
 }
 
+
+
+def auto_preset():
+    """--preset auto: the paper's network where there is a GPU, the small one on a CPU (the
+    paper's would take days there)."""
+    return "paper" if backend.gpu_count() else "small"
+
+
 # Section 5: "We initialized the neuron biases in the second, fourth, and fifth convolutional
 # layers, as well as in the fully-connected hidden layers, with the constant 1."
 PAPER_BIAS_ONE = ("conv2", "conv4", "conv5", "fc6", "fc7")

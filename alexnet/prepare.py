@@ -52,8 +52,7 @@ from numpy.lib.format import open_memmap
 from alexnet import data
 from alexnet.checkpoint import write_atomically
 from alexnet.cli import Parser, format_time, run_command, whole
-from alexnet.model import PRESETS
-from minigrad import backend
+from alexnet.model import PRESETS, auto_preset
 
 SPLITS = ("train", "val")
 MANIFEST = "manifest.json"
@@ -590,7 +589,7 @@ def parse_args(argv=None):
     p.add_argument("--dry-run", action="store_true", help="with --val-labels: print the moves only")
     args = p.parse_args(argv)
     if args.size is None:
-        args.size = SIZES["paper" if backend.gpu_count() else "small"]
+        args.size = SIZES[auto_preset()]
     return args
 
 

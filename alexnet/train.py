@@ -50,7 +50,7 @@ from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.cli import (Parser, devices_list, existing_path, format_time, real, whole,
                          writable_folder)
 from alexnet.evaluate import confusion, softmax, top_k_hits
-from alexnet.model import INITS, PRESETS, AlexNet
+from alexnet.model import INITS, PRESETS, AlexNet, auto_preset
 from minigrad import backend, distributed, optim, parallel
 from minigrad import functional as F
 from minigrad import random as mg_random
@@ -383,8 +383,8 @@ class Run:
                 raise ValueError(f"the data this run was trained on, {args.data}, is not there "
                                  "any more; pass --data with where it is now")
         if args.preset == "auto":
-            args.preset = "paper" if backend.gpu_count() else "small"
-            why = "a GPU was found" if backend.gpu_count() else \
+            args.preset = auto_preset()
+            why = "a GPU was found" if args.preset == "paper" else \
                 "no GPU: the paper network would take days on a CPU"
             log_line(f"preset: {args.preset} ({why})")
         preset = PRESETS[args.preset]
