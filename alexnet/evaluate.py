@@ -2,11 +2,11 @@
 
 Reports the top-1 and top-5 error (section 6 of the paper) of DIR/val/<class>/* (or of
 DIR/<class>/* when DIR has no val folder, or of the val split when DIR is a prepared cache). A
-folder is read 1,024 images at a time, never whole. Images are prepared as for training:
-the shorter side rescaled to S, the central S x S crop, minus the TRAINING set's mean image,
-which the checkpoint stores. --views 1 classifies the central crop, as the training loop's evaluation does; --views 10
-averages the softmax over the paper's ten views (section 4.1): the four corner crops and the
-central crop, and their horizontal reflections.
+folder is read 1,024 images at a time, never whole. Images are prepared as for training: the
+shorter side rescaled to S, the central S x S crop, minus the TRAINING set's mean image, which
+the checkpoint stores. --views 1 classifies the central crop, as the training loop's evaluation
+does; --views 10 averages the softmax over the paper's ten views (section 4.1): the four corner
+crops and the central crop, and their horizontal reflections.
 
 Also prints the ten (true, predicted) class pairs that are confused most often, and writes
 per_class.csv (class, name, images, top1_accuracy, top5_accuracy), replacing the one of an earlier

@@ -222,14 +222,16 @@ def layout_hint(data_dir):
 
 def listing(root, paths, labels):
     """What <split>_files.txt holds: each file's path under root and its label, a line each."""
-    return "".join(f"{os.path.relpath(path, root)}\t{label}\n" for path, label in zip(paths, labels))
+    return "".join(f"{os.path.relpath(path, root)}\t{label}\n"
+                   for path, label in zip(paths, labels))
 
 
 def same_files(cache, split, root, paths, labels):
     """Whether the cache's split was made from exactly these files and labels."""
     files_path = os.path.join(cache, f"{split}_files.txt")
-    return os.path.exists(files_path) and os.path.exists(os.path.join(cache, f"{split}_images.npy")) \
-        and read_text(files_path) == listing(root, paths, labels)
+    images_path = os.path.join(cache, f"{split}_images.npy")
+    return os.path.exists(files_path) and os.path.exists(images_path) and \
+        read_text(files_path) == listing(root, paths, labels)
 
 
 def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, log):

@@ -7,9 +7,9 @@ Python threads doing array work really run in parallel. `side_by_side(*calls)` i
 that does it; AlexNet.forward runs its two convolutional stages of each tower through it.
 
 Threads: on a machine with 2 or more cores, branches() calls (2: the towers) run at once, each
-with cores // branches() BLAS threads; outside side_by_side, BLAS uses every core. So the cores are neither
-idle nor oversubscribed. set_branches(1) runs the branches in turn. (threadpoolctl sets BLAS's
-thread count; without it BLAS keeps its own.)
+with cores // branches() BLAS threads; outside side_by_side, BLAS uses every core. So the cores
+are neither idle nor oversubscribed. set_branches(1) runs the branches in turn. (threadpoolctl
+sets BLAS's thread count; without it BLAS keeps its own.)
 
 Only the forward pass goes side by side. Measured on 2 cores, each tower's convolutions with
 one BLAS thread, side by side against in turn with two (small preset, batch 128; paper preset,
