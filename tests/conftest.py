@@ -35,8 +35,9 @@ def uses_gpu(item):
 
 def pytest_collection_modifyitems(config, items):
     if config.getoption("--gpu-only"):
-        config.hook.pytest_deselected(items=[item for item in items if not uses_gpu(item)])
-        items[:] = [item for item in items if uses_gpu(item)]
+        gpu = [uses_gpu(item) for item in items]
+        config.hook.pytest_deselected(items=[item for item, g in zip(items, gpu) if not g])
+        items[:] = [item for item, g in zip(items, gpu) if g]
     elif config.getoption("--gpu-first"):
         items.sort(key=lambda item: not uses_gpu(item))        # stable: each part in its order
     if not FAKE_GPUS:
