@@ -398,7 +398,7 @@ class Run:
             self.build()
         except BaseException:          # a run that never started leaves no empty runs/<date>
             if self.writes and not (args.run_dir or args.resume or os.listdir(self.dir)):
-                os.rmdir(self.dir)
+                os.removedirs(self.dir)               # and runs/ too, if nothing else is in it
             raise
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
         self.seconds = 0.0                    # training time before this process (resume)
@@ -697,10 +697,15 @@ class Run:
                     reason = reason or self.stop_reason(stop)
             if numbers:                        # checked before they are saved
                 self.read_window(numbers)
-        path = self.save("last.npz")
+            evaluated = [r["step"] for r in self.records if r["kind"] == "eval"]
+            if reason not in INTERRUPTED.values() and evaluated[-1:] != [self.step]:
+                self.evaluate_and_save(final=True)       # e.g. --max-minutes, mid-epoch
+            else:
+                self.save("last.npz")
         self.record(kind="stop", epoch=self.epochs_done(), step=self.step, reason=reason)
         if reason in INTERRUPTED.values():
-            log_line(f"{reason.split()[0]} at step {self.step}; saved {path}; continue with "
+            log_line(f"{reason.split()[0]} at step {self.step}; saved "
+                     f"{os.path.join(self.dir, 'last.npz')}; continue with "
                      f"python -m alexnet.train --resume {self.dir}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
@@ -752,24 +757,32 @@ class Run:
                  f"{averaging}  lr {fields['lr']:g}  "
                  f"ETA {'<=' if self.args.data else ''}{format_time(eta)}")
 
-    def evaluate_and_save(self):
-        """Evaluate, move the schedule, save checkpoints and plots."""
+    def evaluate_and_save(self, final=False):
+        """Evaluate, move the schedule, save checkpoints and plots. The `final` evaluation of a
+        run stopped between the regular ones (--max-steps, --max-minutes) leaves the schedule
+        and the not-learning check alone, so that a resumed run goes on as if it had not
+        happened."""
         tick = time.perf_counter()
         loss, top1, top5, logits = self.validate()
-        self.record(kind="eval", epoch=self.epoch, step=self.step, loss=loss, top1_error=top1,
-                    top5_error=top5, lr=self.optimizer.lr)
+        self.record(kind="eval", epoch=self.epochs_done(), step=self.step, loss=loss,
+                    top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
         improved = top1 < self.best
         self.best = min(self.best, top1)
-        log_line(f"eval epoch {self.epoch}: val loss {loss:.4f}  top-1 error {top1:.2%}  top-5 "
-                 f"error {top5:.2%}  ({len(self.val)} images, {time.perf_counter() - tick:.1f}s)"
-                 f"{'  best so far' if improved else ''}")
-        said = self.schedule.step(top1, self.images_trained())
-        if said == "reduced":
-            self.record(kind="lr", epoch=self.epoch, step=self.step, lr=self.optimizer.lr,
-                        reduction=self.schedule.reductions)
-            log_line(f"validation error stopped improving: learning rate now {self.optimizer.lr:g} "
-                     f"(reduction {self.schedule.reductions} of {self.args.lr_drops})")
-        self.check_learning()
+        top5 = f"  top-5 error {top5:.2%}" if len(self.classes) > 5 else ""    # else always 0
+        when = f"epoch {self.epoch}" if not final else \
+            f"at the stop (epoch {round(self.epochs_done(), 2):g})"
+        log_line(f"eval {when}: val loss {loss:.4f}  top-1 error {top1:.2%}{top5}  "
+                 f"({len(self.val)} images, "
+                 f"{time.perf_counter() - tick:.1f}s){'  best so far' if improved else ''}")
+        if not final:
+            said = self.schedule.step(top1, self.images_trained())
+            if said == "reduced":
+                self.record(kind="lr", epoch=self.epoch, step=self.step, lr=self.optimizer.lr,
+                            reduction=self.schedule.reductions)
+                log_line(f"validation error stopped improving: learning rate now "
+                         f"{self.optimizer.lr:g} (reduction {self.schedule.reductions} of "
+                         f"{self.args.lr_drops})")
+            self.check_learning()
         self.save("last.npz", *(["best.npz"] if improved else []))
         self.draw(logits)
 

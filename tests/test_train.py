@@ -364,11 +364,12 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monke
     run_dir = run_training(tmp_path, "run", "--max-steps", "2")
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
-    assert f"{run_dir} already holds a run (last.npz, metrics.jsonl): continue it with " \
-           f"--resume {run_dir}, or pass another --run-dir" in capsys.readouterr().err
+    assert f"{run_dir} already holds a run (last.npz, best.npz, metrics.jsonl): continue it " \
+           f"with --resume {run_dir}, or pass another --run-dir" in capsys.readouterr().err
     assert {name: os.path.getmtime(os.path.join(run_dir, name))
             for name in os.listdir(run_dir)} == before                     # nothing touched
-    os.remove(os.path.join(run_dir, "last.npz"))      # a run before its first checkpoint
+    for name in ("last.npz", "best.npz"):               # a run before its first checkpoint
+        os.remove(os.path.join(run_dir, name))
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
     assert f"{run_dir} already holds a run (metrics.jsonl): it may still be training (no " \
         "checkpoint yet): pass another --run-dir" in capsys.readouterr().err
@@ -385,7 +386,10 @@ def test_a_run_that_never_started_leaves_no_empty_folder(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     assert train.main(["--data", "data", "--batch-size", "64"]) == 1     # more than the images
     assert "fewer than one batch of 64" in capsys.readouterr().err
-    assert os.listdir(tmp_path / "runs") == []
+    assert os.listdir(tmp_path) == ["data"]                 # neither runs/<date> nor runs/
+    (tmp_path / "runs" / "older").mkdir(parents=True)
+    assert train.main(["--data", "data", "--batch-size", "64"]) == 1
+    assert os.listdir(tmp_path / "runs") == ["older"]         # a runs/ in use stays
 
 
 def test_a_run_directory_that_cannot_be_written_is_refused_before_the_data(tmp_path, capsys):
@@ -482,6 +486,36 @@ def test_the_final_line_says_why_the_run_stopped(tmp_path, capsys):
     assert "done: all 2 epochs done;" in out and "done: --max-steps 3 reached;" in out
 
 
+def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, capsys,
+                                                                    monkeypatch):
+    """--max-steps 3 of 4 steps an epoch, evaluations every 2 epochs: none had been made, so one
+    is made at the stop and best.npz written; it leaves the schedule as it was."""
+    run_dir = run_training(tmp_path, "steps", "--epochs", "5", "--eval-every", "2",
+                           "--max-steps", "3")
+    evals = [r for r in records_of(run_dir) if r["kind"] == "eval"]
+    assert [(r["step"], r["epoch"]) for r in evals] == [(3, 0.75)]
+    assert os.path.exists(os.path.join(run_dir, "best.npz"))
+    out = capsys.readouterr().out
+    assert "eval at the stop (epoch 0.75): val loss" in out
+    assert f"best validation top-1 error {evals[0]['top1_error']:.2%}" in out
+    _, _, meta = checkpoint.load(os.path.join(run_dir, "last.npz"))
+    assert meta["best_top1_error"] == evals[0]["top1_error"]
+    assert meta["schedule"] == {"best": float("inf"), "since": 0, "reductions": 0,
+                                "finished": False}           # as a run that never evaluated
+    step = train.Run.train_step
+
+    def ctrl_c_at_2(self, x, labels):
+        if self.step + 1 == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, x, labels)
+
+    monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
+    stopped = run_training(tmp_path, "stopped", "--epochs", "5", "--eval-every", "2")
+    assert records_of(stopped)[-1] == {**records_of(stopped)[-1], "step": 2,
+                                       "reason": "interrupted (Ctrl-C)"}
+    assert not os.path.exists(os.path.join(stopped, "best.npz"))    # stopped now, not evaluated
+
+
 def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
     run_dir = run_training(tmp_path, "stuck", "--epochs", "4", "--lr", "1e-9")
     warnings = [r for r in records_of(run_dir) if r["kind"] == "warning"]
@@ -496,8 +530,9 @@ def test_a_class_without_validation_images_is_named(tmp_path, capsys):
     shutil.rmtree(tmp_path / "data" / "val" / "disk")
     assert train.main(["--data", str(tmp_path / "data"), "--preset", "tiny", "--max-steps", "1",
                        "--run-dir", str(tmp_path / "run")]) == 0
-    assert "note: 1 of 3 classes have no val images (disk): their accuracy is not measured" \
-        in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "note: 1 of 3 classes have no val images (disk): their accuracy is not measured" in out
+    assert "top-1 error" in out and "top-5" not in out        # 3 classes: always in the top 5
 
 
 @pytest.mark.full_size          # the paper network when a GPU is present
