@@ -281,6 +281,12 @@ def images_below(folder):
     return found
 
 
+def loose_images(root):
+    """The image files directly in root, outside every class folder (not used), sorted."""
+    return sorted(name for name in os.listdir(root)
+                  if is_image_name(name) and os.path.isfile(os.path.join(root, name)))
+
+
 def find_images(root, classes=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
     Hidden files and folders are skipped; extensions match in any case."""
@@ -305,7 +311,7 @@ def find_images(root, classes=None):
         paths += found
         labels += [label] * len(found)
     if not paths:
-        if any(is_image_name(name) for name in os.listdir(root)):
+        if loose_images(root):
             raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"
                              "<image>); sort a flat folder such as ImageNet's val with python -m "
                              f"alexnet.prepare --val-labels LOC_val_solution.csv --data {root}")

@@ -357,6 +357,12 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, foun
     log(f"preparing {data_dir} into {cache}: {len(sources['train'][1])} train and "
         f"{len(sources['val'][1])} val files, {len(classes)} classes, {size}x{size}, {workers} "
         "worker process(es)")
+    for root, _, _ in sources.values():
+        loose = data.loose_images(root) if os.path.isdir(root) else []
+        if loose:
+            log(f"note: {len(loose)} image(s) directly in {root} ({', '.join(loose[:3])}"
+                f"{', ...' if len(loose) > 3 else ''}) are in no class folder and are not used; "
+                f"move each into {root}/<class>/")
     started, tried = time.perf_counter(), 0
     with sigterm_as_ctrl_c():
         for split, (root, paths, labels) in sources.items():
@@ -519,15 +525,11 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
         raise FileNotFoundError(f"label list {labels_path} does not exist")
     pairs = read_label_list(labels_path)
 
-    def images_in(folder):
-        return [f for f in os.listdir(folder)
-                if data.is_image_name(f) and os.path.isfile(os.path.join(folder, f))]
-
     def by_name_and_stem(names):                # LOC lists ImageId without its extension
         return {**{os.path.splitext(f)[0]: f for f in names}, **{f: f for f in names}}
 
-    loose = by_name_and_stem(images_in(val_dir))
-    placed = {label: by_name_and_stem(images_in(os.path.join(val_dir, label)))
+    loose = by_name_and_stem(data.loose_images(val_dir))
+    placed = {label: by_name_and_stem(data.loose_images(os.path.join(val_dir, label)))
               for label in {label for _, label in pairs}
               if os.path.isdir(os.path.join(val_dir, label))}
     moves, missing, in_place = [], [], 0

@@ -405,3 +405,17 @@ def test_a_flat_val_folder_is_sent_to_val_labels(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"the images in {flat} are not in class folders" in error
     assert "--val-labels LOC_val_solution.csv" in error
+
+
+def test_images_outside_the_class_folders_are_named(tmp_path, capsys):
+    root = tmp_path / "data"
+    synthetic.write_folder(str(root), 6, 3, size=32, seed=0, extension=".png")
+    for i in range(4):
+        noise("RGB", (20, 20), i).save(root / "train" / f"stray{i}.jpg")
+    assert prepare.main(["--data", str(root), "--out", str(tmp_path / "cache"),
+                         "--size", str(SIZE)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: 4 image(s) directly in {root / 'train'} (stray0.jpg, stray1.jpg, stray2.jpg, " \
+        f"...) are in no class folder and are not used; move each into {root / 'train'}/<class>/" \
+        in out
+    assert "directly in " + str(root / "val") not in out
