@@ -1,6 +1,7 @@
 """Evaluate a checkpoint: `python -m alexnet.evaluate --checkpoint CKPT --data DIR`.
 
-Reports the top-1 and top-5 error (section 6 of the paper) of DIR/val/<class>/* (or of
+Reports the top-1 and top-5 error (section 6 of the paper; top-5 with more than 5 classes only,
+as every class is in the top 5 of fewer) of DIR/val/<class>/* (or of
 DIR/<class>/* when DIR has no val folder, or of the val split when DIR is a prepared cache). A
 folder is read 1,024 images at a time, never whole. Images are prepared as for training: the
 shorter side rescaled to S, the central S x S crop, minus the TRAINING set's mean image, which
@@ -181,7 +182,8 @@ def run(args):
     print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
           f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
-    print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")
+    if len(classes) > 5:                # else every class is in the top 5: always 0%
+        print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")
 
     names = checkpoint.class_names(meta)
     pairs = most_confused(confusion)

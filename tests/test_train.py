@@ -14,7 +14,7 @@ from PIL import Image
 
 import minigrad
 from minigrad import backend
-from alexnet import checkpoint, data, synthetic, train
+from alexnet import checkpoint, data, evaluate, synthetic, train
 from conftest import FAKE_GPUS
 
 TINY = ["--preset", "tiny", "--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
@@ -533,6 +533,10 @@ def test_a_class_without_validation_images_is_named(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "note: 1 of 3 classes have no val images (disk): their accuracy is not measured" in out
     assert "top-1 error" in out and "top-5" not in out        # 3 classes: always in the top 5
+    assert evaluate.main(["--checkpoint", str(tmp_path / "run"), "--data",
+                          str(tmp_path / "data"), "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "top-1 error" in out and "top-5" not in out
 
 
 @pytest.mark.full_size          # the paper network when a GPU is present
