@@ -47,7 +47,7 @@ def benchmarks(device, quick):
     gpu = device != "cpu"
     on = ["--device", "0" if gpu else "cpu"]            # the one GPU they see (see gather)
     steps = ["--steps", "3", "--warmup", "1"] if quick else []
-    steps += ["--memory-steps", "5" if quick else "20"] if gpu else []
+    steps += ["--memory-steps", "5"] if gpu and quick else []     # else train_step's 50
     # On a GPU the kernels first: no PyTorch to start, and a time limit cuts the last run.
     runs = [("kernels", "kernels.py", ["--repeat", "5"] if quick else [])] if gpu else []
     runs += [("step_paper", "train_step.py", on + ["--preset", "paper", "--batch",
