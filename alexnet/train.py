@@ -35,6 +35,8 @@ last.npz / best.npz checkpoints, curves.png, conv1.png, predictions.png, confusi
 any image was unreadable) bad_files.txt.
 """
 import argparse
+import contextlib
+import io
 import json
 import math
 import os
@@ -301,13 +303,14 @@ def replica_devices(devices, local_rank, local_size):
     return placed
 
 
-def check_batch_split(batch_size, processes):
+def check_batch_split(batch_size, processes, resumed=False):
     """Data parallel: every process takes an equal part of each batch."""
     if batch_size % processes:
+        other = "(a resumed run keeps its batch)" if resumed else \
+            f"or pass a --batch-size that is a multiple of {processes}"
         raise ValueError(f"a batch of {batch_size} images does not split into {processes} "
                          f"equal parts, one per process: start a number of processes that "
-                         f"divides {batch_size}, or pass a --batch-size that is a multiple of "
-                         f"{processes}")
+                         f"divides {batch_size} {other}")
 
 
 def top_k_errors(logits, labels, ks=(1, 5)):
@@ -347,8 +350,9 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = INTERRUPTED[signum]
-        log_line(f"\n{self.requested}: stopping after this step (Ctrl-C again to abort "
-                 "without saving)")
+        again = "Ctrl-C again" if signum == signal.SIGINT else "a second signal"
+        log_line(f"\n{self.requested}: stopping after this step ({again} to abort without "
+                 "saving)")
 
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
@@ -390,7 +394,7 @@ class Run:
         preset = PRESETS[args.preset]
         self.size = preset.input_size
         if args.batch_size is not None:           # before hours of preparing a cache
-            check_batch_split(args.batch_size, group.size)
+            check_batch_split(args.batch_size, group.size, bool(resume))
         # Rank 0 makes the run directory (one name for every rank).
         self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
         try:
@@ -444,7 +448,7 @@ class Run:
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
-        check_batch_split(args.batch_size, group.size)         # the recipe's batch too
+        check_batch_split(args.batch_size, group.size, bool(resume))    # the recipe's too
         if len(self.val) < group.size:
             raise ValueError(f"the validation set has {len(self.val)} images, fewer than the "
                              f"{group.size} processes: add validation images or start fewer")
@@ -629,11 +633,16 @@ class Run:
         numbers.clear()
         return values
 
+    def command(self):
+        """The command that trains this run, for the ones the messages give."""
+        mpiexec = f"mpiexec -n {self.group.size} " if self.group.size > 1 else ""
+        return mpiexec + "python -m alexnet.train"
+
     def check_loss(self, loss, step):
         if not math.isfinite(loss):
             lr = self.optimizer.lr
             best, last = (os.path.join(self.dir, name) for name in ("best.npz", "last.npz"))
-            resume = f"with a lower one: python -m alexnet.train --resume %s --lr {lr / 3:.2g}"
+            resume = f"with a lower one: {self.command()} --resume %s --lr {lr / 3:.2g}"
             if os.path.exists(best):           # last.npz may be from after the blow-up began
                 then = "resume from the checkpoint of the best validation error " + resume % best
             elif os.path.exists(last):
@@ -706,7 +715,7 @@ class Run:
         if reason in INTERRUPTED.values():
             log_line(f"{reason.split()[0]} at step {self.step}; saved "
                      f"{os.path.join(self.dir, 'last.npz')}; continue with "
-                     f"python -m alexnet.train --resume {self.dir}")
+                     f"{self.command()} --resume {self.dir}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
                 else "no evaluation yet"
@@ -883,14 +892,39 @@ class Run:
         log_line(f"warning: {message}")
 
 
+def parse_args_together(group, argv):
+    """parse_args() on every process of the group. argparse ends a process where it finds an
+    error (or --help), which would leave the others waiting for it forever, and every process
+    would print it: here an error on any process ends them all, said once, by rank 0, in the
+    words of the first process that met it ("rank 1: ..." when rank 0 did not: a path that
+    exists on one machine only)."""
+    if group.size == 1:
+        return parse_args(argv)
+    said = io.StringIO()
+    with contextlib.redirect_stdout(said), contextlib.redirect_stderr(said):
+        try:
+            args, code = parse_args(argv), None
+        except SystemExit as exit:
+            args, code = None, exit.code
+    ends = group.allgather((code, said.getvalue()))
+    first = next((rank for rank, (code, _) in enumerate(ends) if code is not None), 0)
+    code, text = ends[first]
+    if group.rank == 0 and text:
+        print(f"rank {first}: " * bool(first) + text, end="",
+              file=sys.stderr if code else sys.stdout)
+    if code is not None:
+        raise SystemExit(code)
+    return args
+
+
 def main(argv=None):
     global _speaking
-    args = parse_args(argv)
     try:
         group = distributed.init()      # a group of one unless started by mpiexec
     except RuntimeError as error:       # started by mpiexec without mpi4py
         print(f"error: {error}", file=sys.stderr)
         return 1
+    args = parse_args_together(group, argv)
     _speaking = group.rank == 0
     if group.size > 1 and parallel.CORES == os.cpu_count():     # not bound to cores by mpiexec
         parallel.use_cores(parallel.CORES // group.local_size)     # share the machine's

@@ -28,6 +28,7 @@ both (bench/results/2026-11-29-data-parallel.md). A plain `python` run (not unde
 gets a group of one process whose calls do nothing, and needs no MPI installed.
 """
 import os
+import time
 import zlib
 
 import numpy
@@ -151,7 +152,12 @@ class Group(Alone):
         return self.comm.allgather(value)
 
     def barrier(self):
-        self.comm.Barrier()
+        """Wait until every rank is here. MPI's own Barrier keeps a core busy for as long as it
+        waits (MPICH polls), minutes while rank 0 prepares a data cache with every core: this
+        one asks every 10 ms and sleeps in between."""
+        request = self.comm.Ibarrier()
+        while not request.Test():
+            time.sleep(0.01)
 
     def abort(self, code=1):
         """End every rank's process at once: what a rank does when it cannot go on, so that

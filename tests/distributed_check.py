@@ -2,6 +2,7 @@
 process at batch B, on every rank. Rank 0 prints "K of K ranks ok" when every rank passed every
 check."""
 import sys
+import time
 
 import numpy
 
@@ -53,6 +54,15 @@ for (name, p), q in zip(whole.named_parameters(), shared.parameters()):
     mine = q.data.copy()
     group.broadcast([minigrad.Tensor(q.data)])           # rank 0's copy into q.data's buffer
     assert numpy.array_equal(mine, q.data), f"{name}: the replicas differ"
+# A rank that waits at the barrier while rank 0 works (prepares a data cache, say) sleeps: it
+# leaves the cores to rank 0 (MPI's own Barrier keeps one busy for as long as it waits).
+if group.rank == 0:
+    time.sleep(1.0)
+used = time.process_time()
+group.barrier()
+used = time.process_time() - used
+assert used < 0.25, f"rank {group.rank} used {used:.2f} s of CPU waiting 1 s at the barrier"
+
 passed = group.allreduce_sum(1)                        # every rank got here
 if group.rank == 0:
     print(f"{passed} of {group.size} ranks ok", flush=True)

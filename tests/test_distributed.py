@@ -189,6 +189,28 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_sentence(tmp_path):
     assert "data: " not in done.stdout              # refused before the data set was drawn
 
 
+def test_an_option_refused_on_one_rank_ends_every_rank_said_once(tmp_path):
+    """A path that exists on one machine only: rank 1's --data is not there. argparse ends the
+    process that meets an error where it stands; every rank now ends, and the refusal is said
+    once, naming its rank. --help is printed once."""
+    command = [sys.executable, "-m", "alexnet.train", *TINY, "--run-dir", "run"]
+    done = subprocess.run([mpiexec(), "-n", "1", *command, ":", "-n", "1", *command, "--data",
+                           "nowhere"], capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env=ENV)
+    assert done.returncode == 2
+    assert done.stderr == "rank 1: python -m alexnet.train: error: argument --data: nowhere " \
+        "does not exist (see --help)\n"
+    assert not (tmp_path / "run").exists()
+    helped = launch(2, ["--help"], tmp_path, timeout=60)
+    assert helped.returncode == 0 and helped.stdout.count("usage: ") == 1, helped.stdout
+
+
+def test_a_resumed_run_whose_batch_does_not_split_is_told_what_it_can_change():
+    with pytest.raises(ValueError, match="start a number of processes that divides 16 "
+                       r"\(a resumed run keeps its batch\)$"):
+        train.check_batch_split(16, 3, resumed=True)
+
+
 def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
     """SIGINT to mpiexec (which passes it to every rank): the run stops at one step on every
     rank, saves last.npz and says how to resume, once."""
@@ -204,6 +226,7 @@ def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
     out, err = process.communicate(timeout=60)
     assert process.returncode == 0, err
     assert out.count("interrupted at step") == 1, out
+    assert "continue with mpiexec -n 2 python -m alexnet.train --resume run" in out
     step = int(out.split("interrupted at step ")[1].split(";")[0])
     assert weights(tmp_path / "run" / "last.npz")[1]["step"] == step
 
