@@ -429,11 +429,14 @@ class Run:
         """The training and validation sets, their classes and augmentation statistics, and the
         recipe's settings for a set of that size (fit_recipe)."""
         args, group = self.args, self.group
-        # Rank 0 prepares a folder's cache (once); the others open it when it is ready.
-        loaded = load_data(args, preset.stored_size(), compare=not resume) if group.rank == 0 \
-            else None
-        group.barrier()
-        loaded = loaded or load_data(args, preset.stored_size(), may_prepare=False)
+        # Rank 0 prepares a folder's cache (once); the others open it when it is ready. The
+        # embedded data set is drawn by every rank at once, each on its share of the cores.
+        if group.rank == 0 or not args.data:
+            loaded = load_data(args, preset.stored_size(), compare=not resume)
+        if args.data:
+            group.barrier()
+            if group.rank > 0:
+                loaded = load_data(args, preset.stored_size(), may_prepare=False)
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
         if resume and resume[2]["classes"] != self.classes:
             theirs, ours = resume[2]["classes"], self.classes
