@@ -54,9 +54,12 @@ def write_atomically(path, write):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.filename is None:   # e.g. the disk is full
+            raise OSError(f"cannot write {path} ({error.strerror}); the file it would have "
+                          "replaced, if any, is as it was") from error
         raise
 
 

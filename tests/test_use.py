@@ -2,6 +2,7 @@
 they and alexnet.show end: a user's mistake, Ctrl-C, a closed pipe."""
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -335,6 +336,21 @@ def test_an_interrupted_atomic_write_leaves_neither_a_half_file_nor_its_temporar
     assert path.read_bytes() == b"the old checkpoint"
 
 
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
+    path = tmp_path / "last.npz"
+    path.write_bytes(b"the old checkpoint")
+
+    def write(f):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))       # what f.write raises
+
+    with pytest.raises(OSError) as raised:
+        checkpoint.write_atomically(str(path), write)
+    assert str(raised.value) == f"cannot write {path} (No space left on device); the file it " \
+        "would have replaced, if any, is as it was"
+    assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
+    assert path.read_bytes() == b"the old checkpoint"
+
+
 # ---- readable class names ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -468,3 +484,18 @@ def test_synthetic_names_a_folder_it_cannot_write(tmp_path, capsys):
     blocker.write_text("")
     assert synthetic.main(["--out", str(blocker), "--train", "1", "--val", "1", "--size", "16"]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot write {blocker}: ")
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_a_one_process_command_under_mpiexec_refuses_said_once(run_dir, tmp_path, capsys,
+                                                               monkeypatch, rank):
+    """mpiexec -n 2 python -m alexnet.evaluate: both would do the same work and write the same
+    per_class.csv. Both refuse; rank 0 says why."""
+    monkeypatch.setenv("PMI_RANK", str(rank))
+    monkeypatch.setenv("PMI_SIZE", "2")
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(tmp_path),
+                          "--out", str(tmp_path)]) == 2
+    said = "error: this command runs in one process: start it without mpiexec (only python -m " \
+        "alexnet.train works over several)\n"
+    assert capsys.readouterr().err == (said if rank == 0 else "")
+    assert not (tmp_path / "per_class.csv").exists()
