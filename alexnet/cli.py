@@ -9,7 +9,7 @@ import sys
 import tempfile
 import time
 
-from minigrad import backend
+from minigrad import backend, distributed
 
 
 def whole(lowest):
@@ -80,7 +80,14 @@ def run_command(work, interrupted):
     mistake (OSError, ValueError) in one line `error: ...`, status 1; Ctrl-C in one line
     `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
     closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
-    in Python's signal module documentation does it."""
+    in Python's signal module documentation does it. Under mpiexec (every process would do the
+    same work, and write the same files) it refuses, said once."""
+    rank, size = distributed.launched_as()
+    if size > 1:
+        if rank == 0:
+            print("error: this command runs in one process: start it without mpiexec (only "
+                  "python -m alexnet.train works over several)", file=sys.stderr)
+        return 2
     try:
         status = work() or 0
         sys.stdout.flush()                    # a pipe closed early shows here at the latest

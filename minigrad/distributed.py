@@ -186,6 +186,15 @@ def launched_by_mpi():
                                                "PMI_SIZE", "MPI_LOCALRANKID"))
 
 
+def launched_as():
+    """(rank, size) as mpiexec told them to this process in its environment, without MPI:
+    (0, 1) where it did not say (MPICH and Open MPI do)."""
+    def told(*names, default):
+        return int(next((os.environ[name] for name in names if name in os.environ), default))
+    return (told("PMI_RANK", "OMPI_COMM_WORLD_RANK", default=0),
+            told("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", default=1))
+
+
 def init():
     """The group of processes started together: a Group under mpiexec, else Alone. A plain
     `python` run never imports mpi4py, so it needs no MPI installed."""
