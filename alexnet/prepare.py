@@ -373,9 +373,10 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, foun
     if is_complete(manifest):
         splits = [manifest["splits"][split] for split in SPLITS]
         seconds = time.perf_counter() - started
-        log(f"{cache}: {sum(s['images'] for s in splits)} images, "
-            f"{sum(s['skipped'] for s in splits)} skipped "
-            f"(see {os.path.join(cache, 'bad_files.txt')}); {tried} decoded now in {seconds:.1f}s")
+        skipped = sum(s['skipped'] for s in splits)
+        listed = f" (see {os.path.join(cache, 'bad_files.txt')})" if skipped else ""
+        log(f"{cache}: {sum(s['images'] for s in splits)} images, {skipped} skipped{listed}; "
+            f"{tried} decoded now in {seconds:.1f}s")
     return manifest
 
 

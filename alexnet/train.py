@@ -865,9 +865,9 @@ class Run:
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
         lr, ln = self.optimizer.lr, f"ln({classes}) = {math.log(classes):.3f}"
-        causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})",
-                  "labels that do not follow the images (look at a few files of each "
-                  "train/<class> folder)"]
+        causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})"] + \
+            ["labels that do not follow the images (look at a few files of each train/<class> "
+             "folder)"] * bool(self.args.data)        # the embedded set's are right as drawn
         if self.args.init != "kaiming":
             causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
                           "chance on small folders and narrow networks; try --init kaiming)")

@@ -419,3 +419,4 @@ def test_images_outside_the_class_folders_are_named(tmp_path, capsys):
         f"...) are in no class folder and are not used; move each into {root / 'train'}/<class>/" \
         in out
     assert "directly in " + str(root / "val") not in out
+    assert "images, 0 skipped; " in out and "bad_files.txt" not in out     # nothing to look at
