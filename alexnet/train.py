@@ -709,11 +709,11 @@ class Run:
                     reason = reason or self.stop_reason(stop)
             if numbers:                        # checked before they are saved
                 self.read_window(numbers)
+            self.save("last.npz")              # first: a job's kill may follow its SIGTERM
             evaluated = [r["step"] for r in self.records if r["kind"] == "eval"]
-            if reason not in INTERRUPTED.values() and evaluated[-1:] != [self.step]:
+            final = reason not in INTERRUPTED.values() and evaluated[-1:] != [self.step]
+            if self.group.allgather(final)[0]:      # rank 0's records decide for every rank
                 self.evaluate_and_save(final=True)       # e.g. --max-minutes, mid-epoch
-            else:
-                self.save("last.npz")
         self.record(kind="stop", epoch=self.epochs_done(), step=self.step, reason=reason)
         if reason in INTERRUPTED.values():
             log_line(f"{reason.split()[0]} at step {self.step}; saved "
@@ -777,7 +777,8 @@ class Run:
         tick = time.perf_counter()
         loss, top1, top5, logits = self.validate()
         self.record(kind="eval", epoch=self.epochs_done(), step=self.step, loss=loss,
-                    top1_error=top1, top5_error=top5, lr=self.optimizer.lr)
+                    top1_error=top1, top5_error=top5, lr=self.optimizer.lr,
+                    **({"final": True} if final else {}))
         improved = top1 < self.best
         self.best = min(self.best, top1)
         top5 = f"  top-5 error {top5:.2%}" if len(self.classes) > 5 else ""    # else always 0
@@ -849,7 +850,7 @@ class Run:
         Two other failures are told apart: a training loss above 1.5 ln(classes) (the
         training diverges) and a training loss below half of ln(classes) with validation at
         chance (the network learns its training images by heart)."""
-        evals = [r for r in self.records if r["kind"] == "eval"]
+        evals = [r for r in self.records if r["kind"] == "eval" and not r.get("final")]
         if len(evals) < 2 or any(r["kind"] == "warning" for r in self.records):
             return
         classes = len(self.classes)
@@ -865,9 +866,10 @@ class Run:
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
         lr, ln = self.optimizer.lr, f"ln({classes}) = {math.log(classes):.3f}"
-        causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})"] + \
-            ["labels that do not follow the images (look at a few files of each train/<class> "
-             "folder)"] * bool(self.args.data)        # the embedded set's are right as drawn
+        causes = [f"the learning rate (--lr {lr:g}; try {lr / 3:.2g} or {lr * 3:.2g})"]
+        if self.args.data:                          # the embedded set's are right as drawn
+            causes.append("labels that do not follow the images (look at a few files of each "
+                          "train/<class> folder)")
         if self.args.init != "kaiming":
             causes.insert(0, f"the initialization (--init {self.args.init} is known to stall at "
                           "chance on small folders and narrow networks; try --init kaiming)")
@@ -909,6 +911,9 @@ def parse_args_together(group, argv):
             args, code = parse_args(argv), None
         except SystemExit as exit:
             args, code = None, exit.code
+        except Exception as error:              # e.g. a checkpoint without its settings
+            args, code = None, 1
+            print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
     ends = group.allgather((code, said.getvalue()))
     first = next((rank for rank, (code, _) in enumerate(ends) if code is not None), 0)
     code, text = ends[first]

@@ -381,6 +381,36 @@ def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monke
                                                 "20261130-101500-3")]
 
 
+class TwoRanks:
+    """Rank 0 of two, rank 1 having parsed its options to `theirs` ((exit code, output))."""
+    rank, size = 0, 2
+
+    def __init__(self, theirs):
+        self.theirs = theirs
+
+    def allgather(self, value):
+        return [value, self.theirs]
+
+
+def test_an_option_error_on_another_rank_is_said_by_rank_0_and_ends_this_one(capsys):
+    said = "python -m alexnet.train: error: argument --data: /node2 does not exist (see --help)\n"
+    with pytest.raises(SystemExit) as ended:
+        train.parse_args_together(TwoRanks((2, said)), TINY)
+    assert ended.value.code == 2 and capsys.readouterr().err == "rank 1: " + said
+    assert vars(train.parse_args_together(TwoRanks((None, "")), TINY)) == \
+        vars(train.parse_args(TINY))
+
+
+def test_an_exception_while_parsing_on_one_rank_ends_every_rank(monkeypatch, capsys):
+    def broken(argv):
+        raise KeyError("config")                     # a checkpoint without its settings
+
+    monkeypatch.setattr(train, "parse_args", broken)
+    with pytest.raises(SystemExit) as ended:
+        train.parse_args_together(TwoRanks((None, "")), TINY)
+    assert ended.value.code == 1 and capsys.readouterr().err == "error: KeyError: 'config'\n"
+
+
 def test_a_run_that_never_started_leaves_no_empty_folder(tmp_path, monkeypatch, capsys):
     synthetic.write_folder(str(tmp_path / "data"), 8, 2, size=40, classes=3, extension=".png")
     monkeypatch.chdir(tmp_path)
@@ -486,6 +516,16 @@ def test_the_final_line_says_why_the_run_stopped(tmp_path, capsys):
     assert "done: all 2 epochs done;" in out and "done: --max-steps 3 reached;" in out
 
 
+def test_last_npz_is_saved_before_the_evaluation_at_a_stop(tmp_path, monkeypatch):
+    def killed(self):
+        raise KeyboardInterrupt                  # the kill that follows a job's SIGTERM
+
+    monkeypatch.setattr(train.Run, "validate", killed)
+    assert train.main(TINY + ["--run-dir", str(tmp_path / "run"), "--epochs", "5",
+                              "--eval-every", "2", "--max-steps", "3"]) == 130
+    assert checkpoint.load(str(tmp_path / "run" / "last.npz"))[2]["step"] == 3
+
+
 def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, capsys,
                                                                     monkeypatch):
     """--max-steps 3 of 4 steps an epoch, evaluations every 2 epochs: none had been made, so one
@@ -562,11 +602,14 @@ def test_resuming_a_finished_run_trains_no_further(tmp_path, capsys):
     assert meta["step"] == 8 and "done: all 2 epochs done; 8 steps" in capsys.readouterr().out
 
 
-def check_learning_on(evals, train_losses, classes=20, val_images=500, train_images=2000):
-    """The warnings check_learning gives for a run's records (steps as in a real run)."""
+def check_learning_on(evals, train_losses, classes=20, val_images=500, train_images=2000,
+                      final_at=None):
+    """The warnings check_learning gives for a run's records (steps as in a real run); the
+    evaluation at step `final_at` is one made at a stop."""
     said = []
     run = types.SimpleNamespace(
-        records=[dict(kind="eval", step=s, loss=l, top1_error=e) for s, l, e in evals] +
+        records=[dict(kind="eval", step=s, loss=l, top1_error=e, **({"final": True} if s ==
+                 final_at else {})) for s, l, e in evals] +
         [dict(kind="train", step=s, loss=l) for s, l in train_losses],
         classes=[str(i) for i in range(classes)], val=range(val_images),
         train=range(train_images), step=evals[-1][0], epoch=10,
@@ -597,6 +640,14 @@ def test_the_not_learning_warning_tells_its_causes_apart(val_error, val_loss, tr
     said = check_learning_on([(10, 1.1, 0.66), (20, val_loss, val_error)], [(18, train_loss)],
                              classes=3, val_images=300, train_images=90)
     assert said == [] if says is None else says in said[0]["message"], said
+
+
+def test_an_evaluation_at_a_stop_does_not_count_for_the_not_learning_warning():
+    """Resumed after a --max-steps stop: its evaluation is in the records, but the warning
+    still waits for the second regular one, as in a run that was never stopped."""
+    guessing = [(10, 1.1, 0.68), (15, 1.1, 0.68)]
+    assert check_learning_on(guessing, [(14, 1.1)], classes=3, final_at=15) == []
+    assert check_learning_on(guessing, [(14, 1.1)], classes=3) != []
 
 
 def test_early_learning_is_not_taken_for_a_stall():
