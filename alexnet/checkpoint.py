@@ -57,9 +57,11 @@ def write_atomically(path, write):
     except BaseException as error:
         if os.path.exists(tmp):
             os.remove(tmp)
-        if isinstance(error, OSError) and error.filename is None:   # e.g. the disk is full
-            raise OSError(f"cannot write {path} ({error.strerror}); the file it would have "
-                          "replaced, if any, is as it was") from error
+        if isinstance(error, OSError) and error.errno and error.filename is None:  # disk full
+            named = OSError(f"cannot write {path} ({error.strerror}); the file it would have "
+                            "replaced, if any, is as it was")
+            named.errno = error.errno
+            raise named from error
         raise
 
 

@@ -350,6 +350,12 @@ def test_a_full_disk_names_the_file_it_could_not_write(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.npz"]
     assert path.read_bytes() == b"the old checkpoint"
 
+    def encode(f):
+        raise OSError("encoder error -2 when writing image file")        # Pillow's, no errno
+
+    with pytest.raises(OSError, match="^encoder error -2 when writing image file$"):
+        checkpoint.write_atomically(str(path), encode)
+
 
 # ---- readable class names ---------------------------------------------------------------------
 
