@@ -81,7 +81,7 @@ def run_command(work, interrupted):
     `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
     closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
     in Python's signal module documentation does it. Under mpiexec (every process would do the
-    same work, and write the same files) it refuses, said once."""
+    same work, and write the same files) it refuses, and rank 0 says why."""
     rank, size = distributed.launched_as()
     if size > 1:
         if rank == 0:

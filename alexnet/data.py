@@ -282,7 +282,7 @@ def images_below(folder):
 
 
 def loose_images(root):
-    """The image files directly in root, outside every class folder (not used), sorted."""
+    """The names of the image files directly in root (not in a folder below it), sorted."""
     return sorted(name for name in os.listdir(root)
                   if is_image_name(name) and os.path.isfile(os.path.join(root, name)))
 
