@@ -918,8 +918,8 @@ def parse_args_together(group, argv):
     first = next((rank for rank, (code, _) in enumerate(ends) if code is not None), 0)
     code, text = ends[first]
     if group.rank == 0 and text:
-        print(f"rank {first}: " * bool(first) + text, end="",
-              file=sys.stderr if code else sys.stdout)
+        prefix = f"rank {first}: " if first else ""
+        print(prefix + text, end="", file=sys.stderr if code else sys.stdout)
     if code is not None:
         raise SystemExit(code)
     return args
