@@ -796,7 +796,8 @@ class Run:
                          f"{self.optimizer.lr:g} (reduction {self.schedule.reductions} of "
                          f"{self.args.lr_drops})")
             self.check_learning()
-        self.save("last.npz", *(["best.npz"] if improved else []))
+        if improved or not final:       # a stop saved last.npz just before: again for its best
+            self.save("last.npz", *(["best.npz"] if improved else []))
         self.draw(logits)
 
     def draw(self, logits=None):
