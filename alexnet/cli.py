@@ -62,7 +62,22 @@ def existing_path(text):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a bad option ends in its one sentence, without the usage block."""
+    """argparse, but a bad option ends in its one sentence, without the usage block. A command
+    that runs in one process (all but train: under mpiexec every process would do the same work
+    and write the same files) refuses to start under mpiexec before it reads its options, so
+    that neither the refusal, nor --help, nor a bad option is said once per process: rank 0
+    says why, the others end quietly."""
+
+    def __init__(self, *args, one_process=True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.one_process = one_process
+
+    def parse_known_args(self, args=None, namespace=None):
+        rank, size = distributed.launched_as()
+        if self.one_process and size > 1:
+            self.exit(2, "error: this command runs in one process: start it without mpiexec "
+                      "(only python -m alexnet.train works over several)\n" if rank == 0 else None)
+        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -80,14 +95,7 @@ def run_command(work, interrupted):
     mistake (OSError, ValueError) in one line `error: ...`, status 1; Ctrl-C in one line
     `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
     closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
-    in Python's signal module documentation does it. Under mpiexec (every process would do the
-    same work, and write the same files) it refuses, and rank 0 says why."""
-    rank, size = distributed.launched_as()
-    if size > 1:
-        if rank == 0:
-            print("error: this command runs in one process: start it without mpiexec (only "
-                  "python -m alexnet.train works over several)", file=sys.stderr)
-        return 2
+    in Python's signal module documentation does it."""
     try:
         status = work() or 0
         sys.stdout.flush()                    # a pipe closed early shows here at the latest

@@ -74,7 +74,7 @@ INTERRUPTED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminate
 
 
 def parse_args(argv=None):
-    p = Parser(prog="python -m alexnet.train", description=__doc__,
+    p = Parser(prog="python -m alexnet.train", one_process=False, description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", metavar="DIR", type=existing_path, help="image folder with "
                    "train/<class>/* and val/<class>/*, or a cache made from one by python -m "

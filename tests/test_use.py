@@ -493,15 +493,22 @@ def test_synthetic_names_a_folder_it_cannot_write(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rank", [0, 1])
+@pytest.mark.parametrize("command", [evaluate, predict, show, filters, prepare, synthetic])
+@pytest.mark.parametrize("options", ["work", "--help", "a bad option"])
 def test_a_one_process_command_under_mpiexec_refuses_said_once(run_dir, tmp_path, capsys,
-                                                               monkeypatch, rank):
+                                                               monkeypatch, rank, command, options):
     """mpiexec -n 2 python -m alexnet.evaluate: both would do the same work and write the same
-    per_class.csv. Both refuse; rank 0 says why."""
+    per_class.csv. Both refuse before reading their options (so that --help or a bad option is not
+    said twice either); rank 0 says why."""
     monkeypatch.setenv("PMI_RANK", str(rank))
     monkeypatch.setenv("PMI_SIZE", "2")
-    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(tmp_path),
-                          "--out", str(tmp_path)]) == 2
+    argv = {"work": ["--checkpoint", str(run_dir), "--data", str(tmp_path), "--out",
+                     str(tmp_path)] if command is evaluate else ["--out", str(tmp_path)],
+            "--help": ["--help"], "a bad option": ["--no-such-option"]}[options]
+    with pytest.raises(SystemExit) as ended:
+        command.main(argv)
+    assert ended.value.code == 2
     said = "error: this command runs in one process: start it without mpiexec (only python -m " \
         "alexnet.train works over several)\n"
-    assert capsys.readouterr().err == (said if rank == 0 else "")
-    assert not (tmp_path / "per_class.csv").exists()
+    assert capsys.readouterr() == ("", said if rank == 0 else "")
+    assert os.listdir(tmp_path) == []
