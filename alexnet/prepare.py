@@ -13,7 +13,8 @@ square), into a cache folder that training maps into memory instead of reading i
     classes.txt         the class names in label order (the sorted folder names), one a line
     train_images.npy    uint8 (files, 3, S, S), memory-mapped; the first `images` rows are used
     train_labels.npy    int64 (images,): the labels of those rows
-    train_files.txt     path (below DIR/train) TAB label of every file found, in decoding order
+    train_files.txt     path (below DIR/train) TAB label TAB size in bytes of every file
+                        found, in decoding order
     val_*               the same for the validation split
     mean.npy            float32 (3, S, S): the per-pixel mean image of the training set
     pca.npz             eigenvalues (3,) and eigenvectors (3, 3) of its RGB covariance
@@ -221,9 +222,19 @@ def layout_hint(data_dir):
 
 
 def listing(root, paths, labels):
-    """What <split>_files.txt holds: each file's path under root and its label, a line each."""
-    return "".join(f"{os.path.relpath(path, root)}\t{label}\n"
+    """What <split>_files.txt holds: each file's path under root, its label and its size in
+    bytes (-1 if it cannot be read), a line each. The size tells a file replaced under the same
+    name from the one decoded (an image exported again is another size but for a few bytes in a
+    billion); unlike a time of change it survives a copy of the folder."""
+    return "".join(f"{os.path.relpath(path, root)}\t{label}\t{file_size(path)}\n"
                    for path, label in zip(paths, labels))
+
+
+def file_size(path):
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 def same_files(cache, split, root, paths, labels):
@@ -470,7 +481,7 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
         if not all(same_files(cache, split, *files) for split, files in found[0].items()):
             changed = f"the files under {data_dir} are not those the cache {cache} was made from"
             if os.access(cache, os.W_OK):
-                log(f"data: {changed} (added, removed or renamed): decoding them again")
+                log(f"data: {changed} (added, removed, renamed or replaced): decoding them again")
                 ready = False
             else:
                 log(f"note: {changed}, and it cannot be written: training on it as it is (pass "

@@ -371,6 +371,27 @@ def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_
         assert messages[-1] == f"data: using the cache {cache}"
 
 
+def test_a_file_replaced_under_its_name_is_decoded_again_a_copied_folder_is_not(folder, tmp_path):
+    """An image exported again under the same name (here cropped by a column) is another size
+    in bytes: the cache is made again. A copy of the folder (new times of change, the same
+    sizes) keeps its cache."""
+    raw, messages = tmp_path / "raw", []
+    shutil.copytree(folder, raw)
+    cache = prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True)
+    replaced = raw / "val" / "cat" / "v0.png"
+    Image.open(replaced).crop((1, 0, 45, 45)).save(replaced)
+    assert prepare.cache_for(str(raw), SIZE, log=messages.append, compare=True) == cache
+    assert any("renamed or replaced): decoding them again" in m for m in messages)
+    fresh = str(tmp_path / "fresh")
+    prepare.prepare(str(raw), fresh, SIZE, log=messages.append)
+    assert_same_cache(cache, fresh)
+    copied = tmp_path / "copied"
+    shutil.copytree(raw, copied, copy_function=shutil.copyfile)        # times not kept
+    del messages[:]
+    prepare.cache_for(str(copied), SIZE, log=messages.append, compare=True)
+    assert messages == [f"data: using the cache {copied / f'.alexnet-cache-{SIZE}'}"]
+
+
 def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):
     assert train.main(["--data", prepared[0], "--preset", "small",
                        "--run-dir", str(tmp_path / "run")]) == 1
