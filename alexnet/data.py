@@ -320,6 +320,19 @@ def find_images(root, classes=None):
     return paths, numpy.array(labels, numpy.int64), list(classes)
 
 
+def decode_into(images, indices, paths, size):
+    """Decode paths[k] into images[indices[k]]: (indices written, [(index, reason)] of the files
+    that could not be decoded: any file, skipped and recorded, never fatal)."""
+    written, failed = [], []
+    for i, path in zip(indices, paths):
+        try:
+            images[i] = load_image(path, size)
+            written.append(i)
+        except Exception as error:  # any undecodable file: record it and go on
+            failed.append((i, f"{type(error).__name__}: {error}"))
+    return written, failed
+
+
 def decode_files(paths, size, workers=None, on_read=None):
     """(images (N, 3, size, size) uint8, good (N,) bool, [(path, reason)] of the files that
     could not be read: their rows are not filled), decoded by `workers` threads; on_read(done)
@@ -327,32 +340,12 @@ def decode_files(paths, size, workers=None, on_read=None):
     images = numpy.empty((len(paths), 3, size, size), numpy.uint8)
     good = numpy.ones(len(paths), bool)
     bad = []
-
-    def read(i):
-        try:
-            images[i] = load_image(paths[i], size)
-        except Exception as error:  # any undecodable file: record it and go on
-            good[i] = False
-            bad.append((paths[i], f"{type(error).__name__}: {error}"))
-
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers or os.cpu_count()) as pool:
-        for done, _ in enumerate(pool.map(read, range(len(paths))), 1):
+        for done, (_, failed) in enumerate(pool.map(
+                lambda i: decode_into(images, [i], [paths[i]], size), range(len(paths))), 1):
+            for i, reason in failed:
+                good[i] = False
+                bad.append((paths[i], reason))
             if on_read:
                 on_read(done)
     return images, good, bad
-
-
-def load_folder(root, size, classes=None, workers=None, log=print):
-    """A Split of every readable image under root/<class>/, and the (path, reason) pairs of
-    the files that could not be read (skipped, never fatal)."""
-    paths, labels, classes = find_images(root, classes)
-
-    def said(done):
-        if done % 500 == 0 or done == len(paths):
-            log(f"  {root}: {done}/{len(paths)} images read")
-
-    images, good, bad = decode_files(paths, size, workers, said)
-    if bad:
-        log(f"  {root}: {int(good.sum())} images, {len(bad)} skipped "
-            f"({', '.join(p for p, _ in bad[:3])}{', ...' if len(bad) > 3 else ''})")
-    return Split(images[good], labels[good]), classes, sorted(bad)

@@ -93,19 +93,6 @@ def read_text(path):
 
 # ---- decoding (in worker processes) -----------------------------------------------------------
 
-def decode(images, indices, paths, size):
-    """Decode paths[k] into images[indices[k]]: (indices written, [(index, reason)] of the
-    files that could not be decoded)."""
-    written, failed = [], []
-    for i, path in zip(indices, paths):
-        try:
-            images[i] = data.load_image(path, size)
-            written.append(i)
-        except Exception as error:  # any undecodable file: record it and go on
-            failed.append((i, f"{type(error).__name__}: {error}"))
-    return written, failed
-
-
 _worker_images = None   # a worker process's own mapping of the array being filled
 
 
@@ -117,7 +104,7 @@ def _start_worker(images_path):
 
 
 def _decode_in_worker(indices, paths, size):
-    return decode(_worker_images, indices, paths, size)
+    return data.decode_into(_worker_images, indices, paths, size)
 
 
 def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
@@ -127,7 +114,7 @@ def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
     chunks = [todo[start:start + CHUNK] for start in range(0, len(todo), CHUNK)]
     if workers == 1:
         for chunk in chunks:
-            on_chunk(*decode(images, chunk, [paths[i] for i in chunk], size))
+            on_chunk(*data.decode_into(images, chunk, [paths[i] for i in chunk], size))
         return
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker,
                                                   initargs=(images_path,))
