@@ -5,7 +5,8 @@ Writes four pictures, the first two as in Figure 4 of the paper (section 6.1):
   predictions.png   validation images, each with the five classes the network finds most
                     probable as bars; the true class is written under the image, its bar red
   neighbours.png    validation images in the first column, and in each row the training images
-                    whose fc7 features (the 2 x 2048 units of the last hidden layer, both towers)
+                    whose fc7 features (the units of the last hidden layer, both towers: 2 x 2048
+                    in the paper preset)
                     are nearest in Euclidean distance. The paper: "If two images produce feature
                     activation vectors with a small Euclidean separation, we can say that the
                     higher levels of the neural network consider them to be similar."
@@ -99,7 +100,8 @@ def forward(model, x):
 
 
 def features(model, trace):
-    """The fc7 vectors (B, 4096) of a trace, both towers joined on tower a's device."""
+    """The fc7 vectors (B, 2 * fc width: 4096 in the paper preset) of a trace, both towers
+    joined on tower a's device."""
     a, b = (trace[name].data for name in FEATURES)
     with backend.device_scope(model.devices[0]):
         return backend.get_array_module(a).concatenate(

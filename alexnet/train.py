@@ -87,7 +87,8 @@ def parse_args(argv=None):
                    "first use (default DIR/.alexnet-cache-<size>)")
     p.add_argument("--preset", choices=["auto"] + list(PRESETS), default="auto",
                    help="network size: 'paper' (227x227 input, 61M parameters) or 'small' "
-                   "(99x99, same structure, narrower); auto: paper on a GPU, small on a CPU")
+                   "(99x99, same structure, narrower), or 'tiny' (the tests'); auto: paper on "
+                   "a GPU, small on a CPU")
     p.add_argument("--epochs", type=whole(1), help="at most this many passes over the training "
                    f"set (default {PAPER_EPOCHS} with --data as in the paper, more for a folder of "
                    f"under {RUN_IMAGES // PAPER_EPOCHS:,} images: enough for {RUN_IMAGES:,} "
@@ -106,7 +107,7 @@ def parse_args(argv=None):
                    help="weight decay (default 0.0005)")
     p.add_argument("--lr-patience", type=real(0.0, inclusive=False), metavar="EPOCHS",
                    help="divide the learning rate by 10 when the validation top-1 error has not "
-                   "improved for this many epochs of training (default: 3 epochs, or "
+                   "improved for this many epochs of training (default: 3 epochs, or at least "
                    f"{PATIENCE_EVALS * EVAL_IMAGES:,} images' worth on a smaller folder)")
     p.add_argument("--lr-drops", type=whole(0), default=3, help="divide the learning rate at "
                    "most this many times; at the next plateau training stops (default 3, as in "
@@ -446,7 +447,7 @@ class Run:
                                [f"has {', '.join(adds)}"] * bool(adds)) or "in another order"
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
                              f"the data ({differ}); resume with the data it was trained on")
-        self.check_classes()
+        self.note_missing_classes()
         self.class_names = self.readable_names(resume)
         said = fit_recipe(args, len(self.train))
         if said:
@@ -501,7 +502,7 @@ class Run:
             return names
         return checkpoint.class_names(resume[2]) if resume else self.classes
 
-    def check_classes(self):
+    def note_missing_classes(self):
         """One sentence for each class that some split lacks (prepare already refuses val
         classes that train lacks)."""
         for split, missing, consequence in (
@@ -655,6 +656,7 @@ class Run:
                         "--run-dir (no checkpoint had been written yet)")
             raise FloatingPointError(f"the loss became {loss} at step {step}: the learning rate "
                                      f"{lr:g} is probably too high; {then}")
+        # A guess's loss is ln(classes); twice that and more is no noise of the first batch.
         if step == 1 and loss > 2 * math.log(len(self.classes)) + 1:
             log_line(f"warning: the first loss {loss:.3f} is far above ln({len(self.classes)}) = "
                      f"{math.log(len(self.classes)):.3f}: the initial weights are too large")
@@ -779,7 +781,7 @@ class Run:
         self.record(kind="eval", epoch=self.epochs_done(), step=self.step, loss=loss,
                     top1_error=top1, top5_error=top5, lr=self.optimizer.lr,
                     **({"final": True} if final else {}))
-        improved = top1 < self.best
+        improved = top1 < self.best     # for best.npz any gain; the schedule asks 0.1% of it
         self.best = min(self.best, top1)
         top5 = f"  top-5 error {top5:.2%}" if len(self.classes) > 5 else ""    # else always 0
         when = f"epoch {self.epoch}" if not final else \

@@ -3,8 +3,8 @@
     import minigrad
     from minigrad import functional as F, nn, optim
 
-Read in this order: tensor.py (the engine), functional.py (every op), reference.py (the NumPy
-kernels), kernels/*.cu and cuda.py (the same kernels on a GPU), nn.py, optim.py.
+README.md, "Reading the code", gives the order to read it in, each file with the paper
+section it implements.
 """
 from minigrad import functional, nn, optim
 from minigrad.backend import gpu_count

@@ -3,7 +3,8 @@ share of each batch, and averages the gradients with the others before every upd
 
     group = distributed.init()                 # under mpiexec: one rank of many; else alone
     group.broadcast(model.parameters())        # every replica starts from rank 0's weights
-    loss = F.cross_entropy(model(x[group.rank::group.size]), ...)   # this rank's share
+    share = slice(group.rank * B // group.size, (group.rank + 1) * B // group.size)
+    loss = F.cross_entropy(model(x[share]), labels[share])   # this rank's B/K of the batch
     loss.backward()
     group.average_gradients(model.parameters())
     sgd.step()                                  # the same update on every rank

@@ -180,7 +180,8 @@ class Linear(Function):
         return y if b is None else y + b
 
     def backward(self, gy):
-        return gy @ self.W, gy.T @ self.x, gy.sum(axis=0)
+        gb = gy.sum(axis=0) if len(self.needs_grad) == 3 else None   # (out,), when there is a bias
+        return gy @ self.W, gy.T @ self.x, gb
 
 
 def linear(x, W, b=None):

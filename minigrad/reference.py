@@ -3,7 +3,8 @@
 These are the specification: `minigrad/kernels/*.cu` must compute exactly these functions, and
 the tests compare them. They are vectorized (no Python loop over pixels or channels; the only
 loops run over the offsets of a window: kh*kw for convolution and pooling, n for LRN) and kept
-as plain as possible.
+as plain as possible; they are also what the CPU trains with, so two of them trade some
+plainness for speed where a comment says so (LRN's power, pooling's arithmetic select).
 
 Layouts (N images, C channels, H x W pixels):
     im2col:   x (N, C, H, W)  ->  col (C*kh*kw, N*OH*OW), row (c*kh + i)*kw + j,
@@ -155,7 +156,8 @@ def lrn_forward(x, n, k, alpha, beta):
 def _negative_power(s, beta):
     """s ** -beta, for s > 0. The paper's beta = 0.75 goes through two square roots,
     s ** -0.75 = 1 / (sqrt(s) * sqrt(sqrt(s))), which NumPy vectorizes: a quarter of the time of
-    a general power (1.9 against 7.2 ms for 1.1M float32 values), within an ulp or two of it."""
+    a general power (1.9 against 7.2 ms for 1.1M float32 values), within 4 ulps of it (equal in
+    half of 2M values drawn from 1e-3 to 1e6)."""
     if beta == 0.75:
         root = numpy.sqrt(s)
         return 1 / (root * numpy.sqrt(root))
