@@ -546,15 +546,6 @@ class Run:
         self.model.load_state_dict(params)
         self.optimizer.load_state_dict({"lr": meta["lr"], "momentum": self.args.momentum,
                                         "weight_decay": self.args.weight_decay, **velocities})
-        trained_on = meta.get("train_images", len(self.train))
-        if trained_on != len(self.train) or meta["batch"] > self.steps_per_epoch:
-            stale = "" if not self.args.data or prepare.is_cache(self.args.data) else (
-                " (if it is, its cache is older than the folder: python -m alexnet.prepare "
-                f"--data {self.args.data} --size {PRESETS[self.args.preset].stored_size()} "
-                "decodes the folder as it is now)")
-            raise ValueError(f"the checkpoint {self.args.resume} was trained on {trained_on:,} "
-                             f"training images, but the data has {len(self.train):,}; resume "
-                             f"with the data it was trained on{stale}")
         self.schedule.load_state_dict(meta["schedule"])
         self.lr_given = meta.get("lr_given", self.args.lr)
         if self.new_lr is not None:
@@ -562,6 +553,15 @@ class Run:
             log_line(f"learning rate {self.new_lr:g} from here on (--lr; the checkpoint's was "
                      f"{meta['lr']:g})")
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
+        trained_on = meta.get("train_images", len(self.train))
+        if trained_on != len(self.train):   # files added or removed, and the cache made again
+            ends = self.batch >= self.steps_per_epoch      # the smaller epoch has no batch left
+            if ends:
+                self.epoch, self.batch = self.epoch + 1, 0
+            log_line(f"note: the checkpoint was trained on {trained_on:,} training images and "
+                     f"the data now has {len(self.train):,}: training goes on with the data as it "
+                     "is, " + ("from the next epoch" if ends else "the rest of the epoch in "
+                               "progress drawn from the new set"))
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
         ranks, K = meta.get("ranks", 1), self.group.size

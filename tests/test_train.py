@@ -207,8 +207,10 @@ def test_resume_after_a_reduction_keeps_the_schedule_bit_for_bit(tmp_path):
 
 def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, capsys):
     """Typed settings that differ from the run's are refused, not ignored; a relative --data
-    is found again from another folder; another training set is refused, not trained on (a
-    smaller one made the loop wait forever for a batch past its end)."""
+    is found again from another folder; other classes are refused; a training set of another
+    size (files added or removed, and the cache made again by a later run) is trained on, said
+    in a note: a smaller one whose epoch has no batch left at the checkpoint's place goes on
+    from the next epoch (it made the loop wait forever for a batch past its end)."""
     monkeypatch.chdir(tmp_path)
     synthetic.write_folder("shapes", 40, 10, size=48, classes=3, extension=".png")
     first = ["--preset", "tiny", "--batch-size", "8", "--log-every", "1", "--eval-every", "1"]
@@ -232,10 +234,19 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     assert train.main(["--resume", "../run", "--lr", "0.01", "--max-steps", "7"]) == 0
     assert "learning rate 0.01 from here on" in capsys.readouterr().out     # back up: new
     synthetic.write_folder("fewer", 16, 10, size=48, classes=3, extension=".png")
-    assert train.main(["--resume", "../run", "--data", "fewer", "--max-steps", "8"]) == 1
-    assert "was trained on 40 training images, but the data has 16; resume with the data it " \
-        "was trained on (if it is, its cache is older than the folder: python -m " \
-        f"alexnet.prepare --data {elsewhere / 'fewer'} --size 39 decodes" in capsys.readouterr().err
+    shutil.copytree("../run", "../copy")
+    assert checkpoint.load("../copy/last.npz")[2]["batch"] == 2       # of 5; "fewer" has 2
+    assert train.main(["--resume", "../copy", "--data", "fewer", "--max-steps", "9"]) == 0
+    out = capsys.readouterr().out
+    assert "note: the checkpoint was trained on 40 training images and the data now has 16: " \
+        "training goes on with the data as it is, from the next epoch" in out
+    assert checkpoint.load("../copy/last.npz")[2]["step"] == 9
+    synthetic.write_folder("more", 48, 10, size=48, classes=3, extension=".png")
+    shutil.rmtree("../copy")
+    shutil.copytree("../run", "../copy")
+    assert train.main(["--resume", "../copy", "--data", "more", "--max-steps", "9"]) == 0
+    assert "and the data now has 48: training goes on with the data as it is, the rest of the " \
+        "epoch in progress drawn from the new set" in capsys.readouterr().out
     shutil.copytree("../shapes", "renamed", ignore=shutil.ignore_patterns(".alexnet-cache-*"))
     classes = sorted(os.listdir("renamed/train"))
     for split in ("train", "val"):
