@@ -19,6 +19,7 @@ import os
 import shutil
 import sys
 import zipfile
+from shlex import quote
 
 import numpy
 
@@ -145,6 +146,6 @@ def load_augmentation(path):
                          f"statistics (data.{', data.'.join(missing)}): it was written before "
                          "checkpoints carried them; rewrite its run's last.npz with them, without "
                          "training, by python -m alexnet.train --resume "
-                         f"{os.path.dirname(path) or '.'} --max-steps "
+                         f"{quote(os.path.dirname(path) or '.')} --max-steps "
                          f"{meta['step'] if last else 'STEP (the step of that last.npz)'}")
     return Augmentation(**{name: arrays[name] for name in names})

@@ -161,7 +161,7 @@ def run(args):
     classes = meta["classes"]
     S, size = model.preset.stored_size(), model.preset.input_size
     if prepare.is_cache(args.data):       # a prepared cache: its val split, memory-mapped
-        folder, cache = args.data, prepare.open_cache(args.data, S)
+        folder, cache = args.data, prepare.open_cache(args.data, S, training=False)
         check_classes(folder, classes, args.checkpoint, cache.classes)
         to_checkpoint = numpy.array([classes.index(name) for name in cache.classes])
         labels = to_checkpoint[cache.val.labels]                                # same names

@@ -28,6 +28,8 @@ def parse_args(argv=None):
 def run(args):
     if os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} is a folder; name the .png file to write")
+    if not args.out.lower().endswith(".png"):       # the bytes are PNG's, whatever the name
+        raise ValueError(f"--out {args.out}: the filters are drawn as a PNG; name a .png file")
     writable_folder(os.path.dirname(args.out) or ".")
     ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
     conv1, _ = checkpoint.read(ckpt, "model.conv1")                     # keys a.weight, b.bias...

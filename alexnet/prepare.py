@@ -46,6 +46,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from shlex import quote
 
 import numpy
 from numpy.lib.format import open_memmap
@@ -425,19 +426,26 @@ def row_files(cache, split):
     return rows
 
 
-def open_cache(cache, size=None):
+def open_cache(cache, size=None, training=True):
     """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA;
-    `size`: the side the caller needs, refused in one sentence when the cache holds another."""
+    `size`: the side the caller needs, refused in one sentence when the cache holds another,
+    which says what else to do when `training` (another preset) or not (evaluating a
+    checkpoint: its image folder)."""
     manifest = read_manifest(cache)
+    source = quote(manifest["source"]) if "source" in manifest else "DIR"
     if not is_complete(manifest):
         raise ValueError(f"the cache {cache} is unfinished; finish it with python -m "
-                         f"alexnet.prepare --data {manifest.get('source', 'DIR')} --out {cache}")
-    if size is not None and manifest["size"] != size:
-        raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images "
-                         f"but this network needs {size}x{size}: make a cache of that size "
-                         f"beside it (python -m alexnet.prepare --data "
-                         f"{manifest.get('source', 'DIR')} --size {size} --out OTHER_FOLDER), "
-                         "or train the preset of this cache's size (256: --preset paper)")
+                         f"alexnet.prepare --data {source} --out {quote(cache)}")
+    stored = manifest["size"]
+    if size is not None and stored != size:
+        fits = [name for name, preset in PRESETS.items() if preset.stored_size() == stored]
+        instead = ("or pass the image folder itself as --data, decoded at the checkpoint's size"
+                   if not training else f"or train the preset of this cache's size (--preset "
+                   f"{fits[0]})" if fits else f"no preset takes {stored}x{stored} images")
+        raise ValueError(f"the cache {cache} holds {stored}x{stored} images but this network "
+                         f"needs {size}x{size}: make a cache of that size beside it (python -m "
+                         f"alexnet.prepare --data {source} --size {size} --out OTHER_FOLDER), "
+                         f"{instead}")
     with numpy.load(os.path.join(cache, "pca.npz")) as pca:
         aug = data.Augmentation(numpy.load(os.path.join(cache, "mean.npy")),
                                 pca["eigenvalues"], pca["eigenvectors"])
@@ -478,7 +486,8 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
     elif not may_prepare:
         raise ValueError(f"the cache {cache} is not ready on this machine; keep {data_dir} on a "
                          "file system that every machine shares, or run python -m "
-                         f"alexnet.prepare --data {data_dir} --out {cache} on each machine first")
+                         f"alexnet.prepare --data {quote(data_dir)} --out {quote(cache)} on each "
+                         "machine first")
     else:
         prepare(data_dir, cache, size, workers, log=log, found=found)    # not listed twice
     return cache

@@ -36,6 +36,7 @@ import collections
 import concurrent.futures
 import os
 import sys
+from shlex import quote
 
 import numpy
 
@@ -282,6 +283,9 @@ def main(argv=None):
     if args.classes > len(CLASSES):
         p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 1 to "
                 f"{len(CLASSES)}")
+    if os.path.isdir(args.out) and os.listdir(args.out):   # its files would stay among the new
+        print(f"error: {args.out} is not empty; pass --out with a new folder", file=sys.stderr)
+        return 1
     try:
         write_folder(args.out, args.train, args.val, args.size, args.seed, args.classes)
     except ValueError as error:
@@ -290,7 +294,8 @@ def main(argv=None):
         print(f"error: cannot write {args.out}: {error}", file=sys.stderr)
         return 1
     print(f"{args.out}: {args.train} train and {args.val} val images of {args.size}x{args.size}, "
-          f"{args.classes} classes; train on it with python -m alexnet.train --data {args.out}")
+          f"{args.classes} classes; train on it with python -m alexnet.train --data "
+          f"{quote(args.out)}")
     return 0
 
 

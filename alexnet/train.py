@@ -44,6 +44,7 @@ import signal
 import sys
 import time
 import traceback
+from shlex import quote
 
 import numpy
 
@@ -277,9 +278,10 @@ def run_directory(args):
         resume = path if "last.npz" in held else \
             os.path.join(path, "best.npz") if "best.npz" in held else None
         raise ValueError(f"{path} already holds a run ({', '.join(held)}): " +
-                         (f"continue it with --resume {resume}, or pass another --run-dir"
+                         (f"continue it with --resume {quote(resume)}, or pass another --run-dir"
                           if resume else "it may still be training (no checkpoint yet): pass "
-                          "another --run-dir"))
+                          "another --run-dir, or delete the folder if nothing writes to it any "
+                          "more"))
     return writable_folder(path, "the run directory ", "--run-dir")   # before hours of caching
 
 
@@ -648,9 +650,10 @@ class Run:
             best, last = (os.path.join(self.dir, name) for name in ("best.npz", "last.npz"))
             resume = f"with a lower one: {self.command()} --resume %s --lr {lr / 3:.2g}"
             if os.path.exists(best):           # last.npz may be from after the blow-up began
-                then = "resume from the checkpoint of the best validation error " + resume % best
+                then = "resume from the checkpoint of the best validation error " + \
+                    resume % quote(best)
             elif os.path.exists(last):
-                then = "resume from the last checkpoint " + resume % last
+                then = "resume from the last checkpoint " + resume % quote(last)
             else:
                 then = (f"start again with a lower --lr, such as {lr / 3:.2g}, and another "
                         "--run-dir (no checkpoint had been written yet)")
@@ -720,7 +723,7 @@ class Run:
         if reason in INTERRUPTED.values():
             log_line(f"{reason.split()[0]} at step {self.step}; saved "
                      f"{os.path.join(self.dir, 'last.npz')}; continue with "
-                     f"{self.command()} --resume {self.dir}")
+                     f"{self.command()} --resume {quote(self.dir)}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
                 else "no evaluation yet"

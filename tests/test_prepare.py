@@ -392,10 +392,21 @@ def test_a_file_replaced_under_its_name_is_decoded_again_a_copied_folder_is_not(
     assert messages == [f"data: using the cache {copied / f'.alexnet-cache-{SIZE}'}"]
 
 
-def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys):
+def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys, monkeypatch):
+    """It names the preset that takes the cache's size (not always the paper's)."""
     assert train.main(["--data", prepared[0], "--preset", "small",
                        "--run-dir", str(tmp_path / "run")]) == 1
-    assert "needs 112x112" in capsys.readouterr().err
+    assert f"holds {SIZE}x{SIZE} images but this network needs 112x112: make a cache of that " \
+        "size beside it (python -m alexnet.prepare --data " in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"112 --out OTHER_FOLDER\), or train the preset of "
+                       r"this cache's size \(--preset tiny\)$"):
+        prepare.open_cache(prepared[0], 112)
+    with pytest.raises(ValueError, match=r"or pass the image folder itself as --data, decoded at "
+                       r"the checkpoint's size$"):
+        prepare.open_cache(prepared[0], 256, training=False)
+    monkeypatch.delitem(prepare.PRESETS, "tiny")
+    with pytest.raises(ValueError, match=r"no preset takes 39x39 images$"):
+        prepare.open_cache(prepared[0], 112)
 
 
 # ---- batches on the device --------------------------------------------------------------------

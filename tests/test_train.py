@@ -351,8 +351,9 @@ def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
 @pytest.mark.parametrize("sent, said", [(signal.SIGINT, "interrupted"),
                                         (signal.SIGTERM, "terminated")], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said):
-    """SIGTERM is what timeout and job schedulers send before they kill: it saves too."""
-    run_dir = tmp_path / "interrupted"
+    """SIGTERM is what timeout and job schedulers send before they kill: it saves too. The
+    command it gives can be pasted into a shell, a space in the path and all."""
+    run_dir = tmp_path / "run interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "alexnet.train", *TINY, "--synthetic-train", "2000", "--epochs", "50",
          "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -364,25 +365,26 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
     process.send_signal(sent)
     output = "".join(lines) + process.communicate(timeout=60)[0]
     assert process.returncode == 0, output
-    assert f"{said} at step" in output and "--resume" in output
+    assert f"{said} at step" in output and f"--resume '{run_dir}'\n" in output
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
     assert records_of(run_dir)[-1]["reason"] == train.INTERRUPTED[sent]
 
 
 def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monkeypatch):
-    run_dir = run_training(tmp_path, "run", "--max-steps", "2")
+    run_dir = run_training(tmp_path, "a run", "--max-steps", "2")
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
     assert f"{run_dir} already holds a run (last.npz, best.npz, metrics.jsonl): continue it " \
-           f"with --resume {run_dir}, or pass another --run-dir" in capsys.readouterr().err
+           f"with --resume '{run_dir}', or pass another --run-dir" in capsys.readouterr().err
     assert {name: os.path.getmtime(os.path.join(run_dir, name))
             for name in os.listdir(run_dir)} == before                     # nothing touched
     for name in ("last.npz", "best.npz"):               # a run before its first checkpoint
         os.remove(os.path.join(run_dir, name))
     assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "1"]) == 1
     assert f"{run_dir} already holds a run (metrics.jsonl): it may still be training (no " \
-        "checkpoint yet): pass another --run-dir" in capsys.readouterr().err
+        "checkpoint yet): pass another --run-dir, or delete the folder if nothing writes to it " \
+        "any more" in capsys.readouterr().err
     monkeypatch.chdir(tmp_path)                    # two runs started in the same second
     monkeypatch.setattr(train.time, "strftime", lambda pattern: "20261130-101500")
     args = train.parse_args([])

@@ -432,7 +432,9 @@ def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
 def test_filters_refuses_an_out_it_cannot_write_in_one_sentence(run_dir, tmp_path, capsys):
     (tmp_path / "file").write_text("")
     for out, said in ((tmp_path, f"--out {tmp_path} is a folder; name the .png file to write"),
-                      (tmp_path / "file" / "conv1.png", f"cannot write to {tmp_path / 'file'}")):
+                      (tmp_path / "file" / "conv1.png", f"cannot write to {tmp_path / 'file'}"),
+                      (tmp_path / "conv1.jpg", f"--out {tmp_path / 'conv1.jpg'}: the filters are "
+                       "drawn as a PNG; name a .png file")):
         assert filters.main(["--checkpoint", str(run_dir), "--out", str(out)]) == 1
         error = capsys.readouterr().err
         assert error.startswith(f"error: {said}") and error.count("\n") == 1, error
@@ -486,11 +488,19 @@ def test_commands_refuse_bad_options_in_one_sentence(command, argv, message, cap
     assert stopped.value.code == 2 and message in error and "usage:" not in error
 
 
-def test_synthetic_names_a_folder_it_cannot_write(tmp_path, capsys):
+def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, capsys):
+    """A folder with files in it is refused: an earlier set's images would stay among the new
+    ones (10 class folders where 3 were asked for)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    assert synthetic.main(["--out", str(blocker), "--train", "1", "--val", "1", "--size", "16"]) == 1
+    small = ["--train", "1", "--val", "1", "--size", "16"]
+    assert synthetic.main(["--out", str(blocker), *small]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot write {blocker}: ")
+    assert synthetic.main(["--out", str(tmp_path / "a set"), *small]) == 0
+    assert capsys.readouterr().out.endswith(f"--data '{tmp_path / 'a set'}'\n")
+    assert synthetic.main(["--out", str(tmp_path / "a set"), *small]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'a set'} is not empty; pass --out " \
+        "with a new folder\n"
 
 
 @pytest.mark.parametrize("rank", [0, 1])
