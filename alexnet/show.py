@@ -159,10 +159,14 @@ class Source:
         if settings["data"] is not None and not os.path.exists(settings["data"]):
             raise FileNotFoundError(f"data folder {settings['data']} does not exist; pass --data "
                                     "with the folder or cache the checkpoint was trained on")
+        classes = meta["classes"]
+        train = os.path.join(settings["data"] or "", "train")
+        if settings["data"] and not prepare.is_cache(settings["data"]) and os.path.isdir(train):
+            check_classes(settings["data"], classes, args.checkpoint,    # before decoding it
+                          data.find_images(train)[2])
         loaded = load_data(argparse.Namespace(**settings), stored_size,     # progress: stderr
                            log=lambda line: print(line, file=sys.stderr))
         self.train, self.val, self.cache = loaded.train, loaded.val, loaded.folder
-        classes = meta["classes"]
         check_classes(settings["data"] or "the embedded data set", classes, args.checkpoint,
                       loaded.classes)
         to_checkpoint = numpy.array([classes.index(name) for name in loaded.classes])

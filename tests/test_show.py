@@ -206,3 +206,14 @@ def test_cache_rows_are_named_by_their_files_even_after_skipped_files(tmp_path):
     del manifest["splits"]["train"]["bad_rows"]         # a cache made before they were recorded
     (tmp_path / "cache" / "manifest.json").write_text(json.dumps(manifest))
     assert prepare.row_files(str(tmp_path / "cache"), "train") is None
+
+
+def test_a_folder_of_other_classes_is_refused_before_it_is_decoded(run_dir, tmp_path, capsys):
+    """Decoding a folder into its cache can take hours: its classes are checked first."""
+    synthetic.write_folder(str(tmp_path / "other"), 4, 2, size=32, extension=".png")
+    os.rename(tmp_path / "other" / "train" / synthetic.CLASSES[0], tmp_path / "other" / "train" /
+              "zebra")
+    assert show.main(["--checkpoint", str(run_dir / "last.npz"), "--data",
+                      str(tmp_path / "other"), "--out", str(tmp_path / "out")]) == 1
+    assert "has classes that checkpoint" in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path / "other")) == ["train", "val"]   # no cache was made
