@@ -19,6 +19,8 @@ square), into a cache folder that training maps into memory instead of reading i
     mean.npy            float32 (3, S, S): the per-pixel mean image of the training set
     pca.npz             eigenvalues (3,) and eigenvectors (3, 3) of its RGB covariance
     bad_files.txt       path TAB reason for every file that could not be decoded
+    prepare.lock        empty: the process preparing the cache holds a lock on it (flock), so
+                        that a second one at the same time waits for it
 
 Every image Pillow can decode is used, whatever its mode (data.load_image). A file that cannot
 be decoded (truncated, empty, not an image) is skipped and listed. It leaves no hole: when a split
@@ -38,6 +40,7 @@ of `file class` lines separated by spaces or a comma.
 import argparse
 import concurrent.futures
 import contextlib
+import fcntl
 import itertools
 import json
 import os
@@ -336,6 +339,21 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def locked(cache, log):
+    """The cache folder to this process alone within the block: a second process that prepares
+    it at the same time (two runs started at once on one folder) waits here, then finds done
+    what the first did. An advisory lock (flock) on cache/prepare.lock, which the system
+    releases when the file is closed or the process dies."""
+    with open(os.path.join(cache, "prepare.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process that prepares {cache}")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, found=None):
     """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
     returns the manifest. limit: decode at most this many files now (a later call goes on).
@@ -346,6 +364,12 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, foun
     except OSError as error:
         raise OSError(f"cannot create the cache folder {cache} ({error.strerror}); "
                       "pass a writable folder with --out (or --cache when training)") from None
+    with locked(cache, log):
+        return prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log)
+
+
+def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log):
+    """prepare()'s work, by the one process that holds the cache's lock."""
     manifest = read_manifest(cache) if is_cache(cache) else {"splits": {}}
     if manifest.get("size", size) != size:
         raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images, "

@@ -1,9 +1,12 @@
 """Preparing an image folder into a memory-mapped cache (alexnet/prepare.py), sorting a flat
 validation folder, training from the cache, and the batches made on either device."""
+import fcntl
 import io
 import os
 import shutil
 import signal
+import subprocess
+import sys
 
 import numpy
 import pytest
@@ -193,6 +196,23 @@ def test_an_interrupted_preparation_resumes_with_the_missing_rows_only(folder, p
     assert not set(decoded) & set(first)                         # nothing decoded twice
     assert len(decoded) == 18 - len(first) + 5                   # the rest of train, all of val
     assert_same_cache(cache, prepared[0])
+
+
+def test_a_second_process_preparing_the_same_cache_waits_for_the_first(folder, tmp_path):
+    """Two runs started at once on one folder: the second waited for nothing, and the two wrote
+    the same files at once (one failed renaming the other's manifest.json.tmp)."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    with open(cache / "prepare.lock", "a") as lock:      # as the first process holds it
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        second = subprocess.Popen([sys.executable, "-m", "alexnet.prepare", "--data", str(folder),
+                                   "--out", str(cache), "--size", str(SIZE), "--workers", "1"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert second.stdout.readline() == f"waiting for another process that prepares {cache}\n"
+        assert second.poll() is None
+    output = second.communicate(timeout=60)[0]
+    assert second.returncode == 0, output
+    assert prepare.is_complete(prepare.read_manifest(str(cache)))
 
 
 def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_path, capsys):
