@@ -72,18 +72,28 @@ def copy(source, path):
         write_atomically(path, lambda out: shutil.copyfileobj(f, out))
 
 
-def resolve(path, best_too=False):
-    """The .npz file a checkpoint argument names: a file, or a run directory's last.npz (with
-    best_too, its best.npz where it has no last.npz, said in one line on stderr)."""
+def resolve(path, best=False):
+    """The .npz file a checkpoint argument names: a file, or a run directory's last.npz (where
+    its training goes on from). With best (the commands that use a trained network: evaluate,
+    predict, show, filters), a run directory's best.npz, the weights of its lowest validation
+    error (last.npz may be from after they got worse, or from a run that diverged), or its
+    last.npz where it has no best.npz yet (a run stopped before its first evaluation); which one
+    is said in one line on stderr."""
     if os.path.isdir(path):
-        last, best = (os.path.join(path, name) for name in ("last.npz", "best.npz"))
-        if best_too and not os.path.exists(last):
-            if not os.path.exists(best):
-                raise FileNotFoundError(f"{path} has neither last.npz nor best.npz; pass a run "
-                                        "directory of alexnet.train or one of its .npz files")
-            print(f"{path} has no last.npz: using its best.npz", file=sys.stderr)
-            return best
-        path = last
+        last, best_path = (os.path.join(path, name) for name in ("last.npz", "best.npz"))
+        if not best:
+            path = last
+        elif os.path.exists(best_path):
+            print(f"using {best_path}, the run's weights that did best on its validation set",
+                  file=sys.stderr)
+            return best_path
+        elif os.path.exists(last):
+            print(f"using {last}: the run has no best.npz (it was not evaluated yet)",
+                  file=sys.stderr)
+            return last
+        else:
+            raise FileNotFoundError(f"{path} has neither best.npz nor last.npz; pass a run "
+                                    "directory of alexnet.train or one of its .npz files")
     if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist; pass a .npz written by "
                                 "alexnet.train (last.npz or best.npz) or its run directory")

@@ -1,7 +1,7 @@
-"""What the commands share: argparse types that refuse a bad value in one sentence naming it and
-the fix, a parser that prints that sentence without the usage block, how a command ends (an
-error, Ctrl-C, a closed pipe), its progress line on stderr, and the check that its output folder
-can be written."""
+"""What the commands share: the help of --checkpoint, argparse types that refuse a bad value in
+one sentence naming it and the fix, a parser that prints that sentence without the usage block,
+how a command ends (an error, Ctrl-C, a closed pipe), its progress line on stderr, and the check
+that its output folder can be written."""
 import argparse
 import math
 import os
@@ -10,6 +10,11 @@ import tempfile
 import time
 
 from minigrad import backend, distributed
+
+
+CHECKPOINT_HELP = (  # what checkpoint.resolve(path, best=True) accepts
+    "a .npz written by alexnet.train (best.npz, last.npz) or a run directory (its best.npz, or "
+    "its last.npz where it has no best.npz yet)")
 
 
 def whole(lowest):

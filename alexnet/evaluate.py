@@ -23,7 +23,8 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, prepare
-from alexnet.cli import Parser, Progress, devices_list, run_command, whole, writable_folder
+from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, devices_list, run_command, whole,
+                         writable_folder)
 
 
 FOLDER_CHUNK = 1024     # images of a folder decoded at a time (200 MB at 256x256)
@@ -32,9 +33,7 @@ FOLDER_CHUNK = 1024     # images of a folder decoded at a time (200 MB at 256x25
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.evaluate", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
-                   "best.npz where it has none)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("--data", required=True, metavar="DIR", help="image folder with "
                    "val/<class>/*, a folder of class folders itself, or a cache made by "
                    "python -m alexnet.prepare (its val split)")
@@ -154,7 +153,7 @@ def write_per_class(path, classes, names, images, hits1, hits5):
 
 
 def run(args):
-    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    ckpt = checkpoint.resolve(args.checkpoint, best=True)
     out = writable_folder(args.out or os.path.dirname(ckpt) or ".")   # before hours of work
     aug = checkpoint.load_augmentation(ckpt)
     model, meta = checkpoint.load_model(ckpt, args.devices)

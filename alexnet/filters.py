@@ -9,15 +9,13 @@ import os
 import sys
 
 from alexnet import checkpoint, plots
-from alexnet.cli import Parser, run_command, whole, writable_folder
+from alexnet.cli import CHECKPOINT_HELP, Parser, run_command, whole, writable_folder
 
 
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.filters", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
-                   "best.npz where it has none)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("--out", default="conv1.png", metavar="PNG", help="PNG to write (default conv1.png)")
     p.add_argument("--columns", type=whole(1), default=16, help="filters per row (default 16)")
     p.add_argument("--scale", type=whole(1), default=4, help="screen pixels per filter pixel "
@@ -31,7 +29,7 @@ def run(args):
     if not args.out.lower().endswith(".png"):       # the bytes are PNG's, whatever the name
         raise ValueError(f"--out {args.out}: the filters are drawn as a PNG; name a .png file")
     writable_folder(os.path.dirname(args.out) or ".")
-    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    ckpt = checkpoint.resolve(args.checkpoint, best=True)
     conv1, _ = checkpoint.read(ckpt, "model.conv1")                     # keys a.weight, b.bias...
     a, b = conv1["a.weight"], conv1["b.weight"]                         # (out, 3, kh, kw) each
     plots.filter_grid(a, b, args.out, columns=args.columns, scale=args.scale)

@@ -18,16 +18,14 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data
-from alexnet.cli import Parser, devices_list, run_command, whole
+from alexnet.cli import CHECKPOINT_HELP, Parser, devices_list, run_command, whole
 from alexnet.evaluate import softmax
 
 
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.predict", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
-                   "best.npz where it has none)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), "
                    "or folders of them")
     p.add_argument("--top", type=whole(1), default=5, metavar="K",
@@ -56,7 +54,7 @@ def image_files(arguments):
 
 def run(args):
     paths = image_files(args.images)
-    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    ckpt = checkpoint.resolve(args.checkpoint, best=True)
     aug = checkpoint.load_augmentation(ckpt)
     model, meta = checkpoint.load_model(ckpt, args.devices)
     names, folders = checkpoint.class_names(meta), meta["classes"]

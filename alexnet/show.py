@@ -33,7 +33,8 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, plots, prepare
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.cli import Parser, Progress, devices_list, run_command, whole, writable_folder
+from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, devices_list, run_command, whole,
+                         writable_folder)
 from alexnet.train import load_data
 from minigrad import backend
 
@@ -46,9 +47,7 @@ ACTIVATIONS = ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "p
 def parse_args(argv=None):
     p = Parser(prog="python -m alexnet.show", description=__doc__,
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, metavar="CKPT", help="a .npz written by "
-                   "alexnet.train (best.npz, last.npz) or a run directory (its last.npz, or "
-                   "best.npz where it has none)")
+    p.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
     p.add_argument("--data", metavar="DIR", help="image folder with train/<class>/* and "
                    "val/<class>/*, or a cache made by python -m alexnet.prepare (default: the "
                    "data the checkpoint was trained on)")
@@ -215,7 +214,7 @@ def crops(model, images, aug, size):
 # ---- the pictures ---------------------------------------------------------------------------
 
 def run(args):
-    ckpt = checkpoint.resolve(args.checkpoint, best_too=True)
+    ckpt = checkpoint.resolve(args.checkpoint, best=True)
     out = writable_folder(args.out or os.path.dirname(ckpt) or ".")    # before the work
     model, meta = checkpoint.load_model(ckpt, args.devices)
     aug = checkpoint.load_augmentation(ckpt)

@@ -177,7 +177,7 @@ def test_scores_count_ties_and_small_class_counts_as_argmax_does():
 def test_class_mismatch_is_one_sentence_naming_the_classes(run_dir, tmp_path, capsys):
     (tmp_path / "val" / "cat").mkdir(parents=True)
     Image.new("RGB", (40, 40), (200, 10, 10)).save(tmp_path / "val" / "cat" / "a.png")
-    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(tmp_path)]) == 1
+    assert evaluate.main(["--checkpoint", str(run_dir / "best.npz"), "--data", str(tmp_path)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "cat" in error and "was not trained on" in error
     assert synthetic.CLASSES[0] in error
@@ -186,7 +186,8 @@ def test_class_mismatch_is_one_sentence_naming_the_classes(run_dir, tmp_path, ca
 def test_user_errors_are_one_sentence_without_traceback(run_dir, image_dir, tmp_path, capsys):
     missing = str(tmp_path / "nope.npz")
     for main, argv in ((evaluate.main, ["--checkpoint", missing, "--data", str(image_dir)]),
-                       (evaluate.main, ["--checkpoint", str(run_dir), "--data", missing]),
+                       (evaluate.main, ["--checkpoint", str(run_dir / "best.npz"), "--data",
+                                        missing]),
                        (predict.main, ["--checkpoint", missing, "a.png"]),
                        (filters.main, ["--checkpoint", missing])):
         assert main(argv) == 1
@@ -229,8 +230,9 @@ def test_an_unwritable_out_is_refused_before_any_work(command, argv, run_dir, im
     monkeypatch.setattr(AlexNet, "forward", refuse)
     assert command.main(["--checkpoint", str(run_dir), "--out", str(blocker)] +
                         argv(image_dir)) == 1
-    assert capsys.readouterr().err == (f"error: cannot write to {blocker} (a file of that name "
-                                       "is there); pass --out with a writable folder\n")
+    assert capsys.readouterr().err.splitlines()[-1] == (f"error: cannot write to {blocker} (a "
+                                                        "file of that name is there); pass --out "
+                                                        "with a writable folder")
 
 
 def interrupt(*args, **kwargs):
@@ -312,15 +314,29 @@ def test_a_file_that_is_not_a_checkpoint_is_named_as_such(image, capsys):
     assert "pickle" not in error and error.count("\n") == 1
 
 
-def test_a_run_directory_without_last_npz_uses_its_best_npz(run_dir, image, tmp_path, capsys):
-    assert predict.main(["--checkpoint", str(tmp_path), image]) == 1       # neither: both named
-    assert capsys.readouterr().err == (f"error: {tmp_path} has neither last.npz nor best.npz; "
-                                       "pass a run directory of alexnet.train or one of its .npz "
+def test_a_run_directory_means_its_best_npz_named_on_stderr(run_dir, image, image_dir, tmp_path,
+                                                            capsys):
+    """predict and evaluate (show and filters too: one resolver) take a run directory's best.npz,
+    the weights of its lowest validation error, or its last.npz before its first evaluation."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert predict.main(["--checkpoint", str(run), image]) == 1            # neither: both named
+    assert capsys.readouterr().err == (f"error: {run} has neither best.npz nor last.npz; pass a "
+                                       "run directory of alexnet.train or one of its .npz "
                                        "files\n")
-    checkpoint.copy(str(run_dir / "best.npz"), str(tmp_path / "best.npz"))
-    assert predict.main(["--checkpoint", str(tmp_path), image]) == 0
+    for name in ("last.npz", "best.npz"):
+        checkpoint.copy(str(run_dir / name), str(run / name))
+    said = f"using {run / 'best.npz'}, the run's weights that did best on its validation set\n"
+    assert predict.main(["--checkpoint", str(run), image]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(image) and err == f"{tmp_path} has no last.npz: using its best.npz\n"
+    assert out.startswith(image) and err == said
+    assert evaluate.main(["--checkpoint", str(run), "--data", str(image_dir)]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{run / 'best.npz'} (epoch ") and err.startswith(said)
+    os.remove(run / "best.npz")
+    assert predict.main(["--checkpoint", str(run), image]) == 0
+    assert capsys.readouterr().err == (f"using {run / 'last.npz'}: the run has no best.npz (it "
+                                       "was not evaluated yet)\n")
 
 
 def test_an_interrupted_atomic_write_leaves_neither_a_half_file_nor_its_temporary(tmp_path):
