@@ -78,11 +78,18 @@ class Parser(argparse.ArgumentParser):
         self.one_process = one_process
 
     def parse_known_args(self, args=None, namespace=None):
+        self.refuse_mpiexec()
+        return super().parse_known_args(args, namespace)
+
+    def parse_known_intermixed_args(self, args=None, namespace=None):
+        self.refuse_mpiexec()       # newer Pythons' intermixed parsing skips parse_known_args
+        return super().parse_known_intermixed_args(args, namespace)
+
+    def refuse_mpiexec(self):
         rank, size = distributed.launched_as()
         if self.one_process and size > 1:
             self.exit(2, "error: this command runs in one process: start it without mpiexec "
                       "(only python -m alexnet.train works over several)\n" if rank == 0 else None)
-        return super().parse_known_args(args, namespace)
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -136,14 +143,16 @@ class Progress:
     """progress(done): images done of `total`, images/s and the time left, on stderr (stdout
     holds the results). On a terminal one line is rewritten in place, at most 4 times a second;
     elsewhere (a log file) a new line comes every 10 seconds. The last count ends the line; a
-    call after it says nothing."""
+    call after it says nothing, and so does every call when not `shown`. progress.say(line)
+    prints a line of its own on stderr, never into the progress line."""
 
-    def __init__(self, what, total):
+    def __init__(self, what, total, shown=True):
         self.what, self.total = what, total
         self.live = sys.stderr.isatty()
         self.every = 0.25 if self.live else 10
         self.started = self.last = time.perf_counter()
-        self.ended = False
+        self.ended = not shown
+        self.open = False                          # a live line drawn and not ended
 
     def __call__(self, done):
         now = time.perf_counter()
@@ -158,3 +167,10 @@ class Progress:
         print(line, end="\n" if done == self.total or not self.live else "", file=sys.stderr,
               flush=True)
         self.ended = done == self.total
+        self.open = self.live and not self.ended
+
+    def say(self, line):
+        if self.open:                              # erase the progress; its next count redraws it
+            line = f"\r\033[K{line}"
+            self.last, self.open = 0, False
+        print(line, file=sys.stderr, flush=True)

@@ -7,7 +7,12 @@ of each image with their softmax probabilities: a class's readable name, and its
 (the WordNet id on ImageNet) in brackets where the two differ. A folder stands for every image
 below it; a folder without images is refused, and so is a URL (nothing is downloaded). An
 image that cannot be read is named with the reason and skipped; the exit status is then 1.
-Predictions go to stdout, everything else to stderr; a reader that stops early (`| head`) ends
+Images are decoded (on every core) and classified --batch-size at a time, one forward pass per
+batch, and printed in the order given. Options may come after the images too.
+
+Predictions go to stdout, everything else to stderr: the checkpoint file a run directory
+stands for, and, for more images than one batch, a progress line (not when stdout is a
+terminal, where the predictions show the progress). A reader that stops early (`| head`) ends
 the command quietly.
 """
 import argparse
@@ -18,7 +23,7 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data
-from alexnet.cli import CHECKPOINT_HELP, Parser, devices_list, run_command, whole
+from alexnet.cli import CHECKPOINT_HELP, Parser, Progress, devices_list, run_command, whole
 from alexnet.evaluate import softmax
 
 
@@ -30,9 +35,11 @@ def parse_args(argv=None):
                    "or folders of them")
     p.add_argument("--top", type=whole(1), default=5, metavar="K",
                    help="classes to show per image (default 5)")
+    p.add_argument("--batch-size", type=whole(1), default=128, help="images decoded and "
+                   "classified at a time, in one forward pass (default 128)")
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
                    "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)    # options after the images too
 
 
 def image_files(arguments):
@@ -61,21 +68,29 @@ def run(args):
     labels = [name if name == folder else f"{name} ({folder})"
               for name, folder in zip(names, folders)]
     S, size = model.preset.stored_size(), model.preset.input_size
+    # On a terminal the predictions scrolling by are the progress; a progress line there would
+    # be written into them.
+    progress = Progress("reading and classifying", len(paths),
+                        shown=len(paths) > args.batch_size and not sys.stdout.isatty())
     failed = 0
-    for path in paths:
-        try:
-            image = data.load_image(path, S)                                   # (3, S, S) uint8
-        except Exception as error:  # any unreadable or undecodable file: name it and go on
-            print(f"{path}: cannot be read ({type(error).__name__}: {error}); skipped",
-                  file=sys.stderr, flush=True)
-            failed += 1
-            continue
-        with minigrad.no_grad():
-            probs = softmax(model(data.center_crop(image[None], aug.mean, size)))[0]
-        print(path)
-        for k in numpy.argsort(-probs)[:args.top]:
-            print(f"  {probs[k]:7.2%}  {labels[k]}")
+    for start in range(0, len(paths), args.batch_size):
+        batch = paths[start:start + args.batch_size]
+        images, good, bad = data.decode_files(batch, S)       # (B, 3, S, S) uint8, threaded
+        if good.any():
+            with minigrad.no_grad():
+                probs = iter(softmax(model(data.center_crop(images[good], aug.mean, size))))
+        reasons = dict(bad)
+        for path, readable in zip(batch, good):            # in the order given, as one by one
+            if not readable:
+                progress.say(f"{path}: cannot be read ({reasons[path]}); skipped")
+                failed += 1
+                continue
+            p = next(probs)                                                       # (classes,)
+            print(path)
+            for k in numpy.argsort(-p)[:args.top]:
+                print(f"  {p[k]:7.2%}  {labels[k]}")
         sys.stdout.flush()
+        progress(start + len(batch))
     if failed:
         print(f"{failed} of {len(paths)} images could not be read", file=sys.stderr)
     return 1 if failed else 0

@@ -215,6 +215,22 @@ def test_progress_rewrites_one_line_at_most_four_times_a_second_on_a_terminal(mo
     assert line.count("\r") == 1
 
 
+def test_a_line_said_during_progress_on_a_terminal_is_not_written_into_it(monkeypatch, capsys):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    progress = cli.Progress("reading", 10)
+    progress.last = 0                                   # long ago: the next count is drawn
+    progress(1)
+    progress.say("a.png: cannot be read")
+    progress(2)                                         # at once: the line was erased
+    lines = capsys.readouterr().err.split("\r")
+    assert lines[1].startswith("  reading: 1/10 images") and lines[2] == "\033[Ka.png: cannot " \
+        "be read\n" and lines[3].startswith("  reading: 2/10 images")
+    hidden = cli.Progress("reading", 10, shown=False)
+    hidden(10)
+    hidden.say("b.png: cannot be read")
+    assert capsys.readouterr().err == "b.png: cannot be read\n"
+
+
 def refuse(*args, **kwargs):
     raise AssertionError("the network ran before the output folder was checked")
 
@@ -280,6 +296,34 @@ def test_predict_prints_top5_per_image_and_names_unreadable_files(run_dir, tmp_p
     assert "broken.jpg" in err and "cannot be read" in err
 
 
+def test_predict_batches_print_what_one_image_at_a_time_prints(run_dir, image_dir, tmp_path,
+                                                                capsys):
+    """--batch-size images per forward pass, the lines and their order as with one at a time;
+    an unreadable file amid a batch is named and skipped, the others classified. More images
+    than a batch show a progress line on stderr."""
+    folder = tmp_path / "val"
+    shutil.copytree(image_dir / "val", folder)
+    broken = folder / sorted(os.listdir(folder))[1] / "broken.png"
+    broken.write_bytes(b"not an image")
+    outputs = []
+    for batch in ("1", "7", "128"):
+        assert predict.main(["--checkpoint", str(run_dir / "last.npz"), str(folder),
+                             "--batch-size", batch]) == 1
+        out, err = capsys.readouterr()
+        outputs.append(out)
+        assert f"{broken}: cannot be read (UnidentifiedImageError: " in err
+        assert err.endswith("1 of 31 images could not be read\n")
+        assert ("reading and classifying: 31/31 images" in err) == (batch != "128")
+    assert outputs[0] == outputs[1] == outputs[2]
+    assert outputs[0].count("\n") == 6 * 30 and str(broken) not in outputs[0]
+
+
+def test_predict_takes_its_options_after_the_images(run_dir, image, capsys):
+    assert predict.main([image, "--checkpoint", str(run_dir / "last.npz"), image, "--top",
+                         "2"]) == 0
+    assert capsys.readouterr().out.splitlines()[::3] == [image, image]
+
+
 def test_predict_ends_quietly_when_its_reader_stops(run_dir, image_dir):
     read, write = os.pipe()
     os.close(read)                          # the reader is gone, as `| head` leaves it
@@ -327,7 +371,7 @@ def test_a_run_directory_means_its_best_npz_named_on_stderr(run_dir, image, imag
     for name in ("last.npz", "best.npz"):
         checkpoint.copy(str(run_dir / name), str(run / name))
     said = f"using {run / 'best.npz'}, the run's weights that did best on its validation set\n"
-    assert predict.main(["--checkpoint", str(run), image]) == 0
+    assert predict.main([image, "--checkpoint", str(run)]) == 0
     out, err = capsys.readouterr()
     assert out.startswith(image) and err == said
     assert evaluate.main(["--checkpoint", str(run), "--data", str(image_dir)]) == 0
