@@ -4,6 +4,7 @@ top-5 predictions, nearest neighbours, the confusion matrix and every layer's ac
 Every function writes its PNG atomically (to a temporary file, then os.replace), so a viewer
 that reloads the file while training runs never sees half an image.
 """
+import functools
 import math
 import os
 
@@ -17,7 +18,36 @@ _TRAIN, _VAL, _VAL_TOP5 = (31, 119, 180), (255, 127, 14), (44, 160, 44)
 _AXIS, _GRID, _TEXT, _MARK = (60, 60, 60), (225, 225, 225), (20, 20, 20), (120, 120, 120)
 
 
+# TrueType fonts that draw more than ASCII, widest coverage first, by file name: for a bare name
+# ImageFont.truetype searches the system's font folders (/usr/share/fonts and
+# ~/.local/share/fonts, macOS's Library/Fonts, Windows' Fonts).
+_FONTS = ("NotoSansCJK-Regular.ttc",    # Latin, Greek, Cyrillic, Chinese, Japanese, Korean
+          "Arial Unicode.ttf",          # macOS: much the same
+          "DejaVuSans.ttf",             # most Linux systems: Latin, Greek, Cyrillic, symbols
+          "NotoSans-Regular.ttf",
+          "arial.ttf")                  # Windows: Latin, Greek, Cyrillic
+
+
+@functools.lru_cache(maxsize=None)
+def _font_file():
+    """The path of the first of _FONTS on this machine, or None (searched once: a search walks
+    the font folders)."""
+    for name in _FONTS:
+        try:
+            return ImageFont.truetype(name, 12).path
+        except (OSError, ImportError):     # not on this machine, or Pillow without FreeType
+            continue
+    return None
+
+
+@functools.lru_cache(maxsize=None)
 def _font(size):
+    """The font of text `size` pixels high: a TrueType font of _FONTS, so that class names such
+    as "café" (and "日本" with a CJK font) are drawn, not shown as empty boxes; else Pillow's own
+    (from Pillow 10.1 with FreeType: a TrueType font of ASCII only), else its fixed-size bitmap
+    font."""
+    if _font_file():
+        return ImageFont.truetype(_font_file(), size)
     try:
         return ImageFont.load_default(size)
     except TypeError:  # Pillow < 10.1 has only the fixed-size bitmap font

@@ -5,7 +5,7 @@ import os
 
 import numpy
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, show, synthetic, train
@@ -127,6 +127,33 @@ def test_confusion_picture_colours_each_cell_by_its_share_of_the_row(tmp_path):
     assert colour(2, 2) == plots._blend(numpy.array(0.5), plots._TRAIN).tolist()
     assert colour(0, 2) == [255, 255, 255]                            # never predicted
     assert colour(1, 1) == list(plots._GRID)                           # no images of "dog"
+
+
+def drawn(text, font):
+    """The pixels of `text` drawn in white on black."""
+    image = Image.new("L", (160, 24))
+    ImageDraw.Draw(image).text((2, 2), text, fill=255, font=font)
+    return numpy.asarray(image)
+
+
+def test_accented_class_names_are_drawn_not_boxed():
+    """Pillow's own TrueType font has ASCII only: "café" came out as "caf" and the box of a
+    missing glyph. The pictures draw with a font of the system's that has the letter."""
+    if plots._font_file() is None:
+        pytest.skip(f"none of {', '.join(plots._FONTS)} on this machine: Pillow's own font is used")
+    box = drawn("caf\ue000", plots._font(12))             # U+E000: private use, in no font
+    assert not numpy.array_equal(drawn("café", plots._font(12)), box)
+
+
+def test_without_a_system_font_pillows_own_draws(monkeypatch):
+    monkeypatch.setattr(plots, "_FONTS", ("no-such-font.ttf",))
+    plots._font_file.cache_clear()
+    plots._font.cache_clear()
+    try:
+        assert plots._font_file() is None and drawn("cat", plots._font(12)).any()
+    finally:                                     # the next test finds the system's font again
+        plots._font_file.cache_clear()
+        plots._font.cache_clear()
 
 
 def test_predictions_show_the_same_images_at_every_evaluation(run_dir, shown):
