@@ -19,17 +19,39 @@ the batches of one process. A batch is made on the device the network reads it o
 images go there, and the crops, mirrors and colour shifts are computed there from random draws
 made on the CPU.
 """
+import collections
 import concurrent.futures
 import os
 from dataclasses import dataclass, replace
 
 import numpy
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 from minigrad import backend
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
-                    ".ppm")
+
+def decoded_extensions():
+    """The extensions (lower case) of every file format this Pillow decodes, from its own
+    registry (PIL.Image.registered_extensions): .jpg, .png, .avif, .pgm, .tga, .jp2, ...
+    Left out: formats it only writes (.pdf, .palm) and those it recognizes but cannot decode
+    without a handler of one's own (its stubs: .h5, .grib, .bufr, .wmf). The common photo
+    formats come first, as a message that lists them should begin."""
+    def decodes(format):
+        if format == "MPO":                  # a multi-picture JPEG: the JPEG plugin opens it
+            return True
+        opener = Image.OPEN.get(format, (None,))[0]
+        return opener is not None and not (isinstance(opener, type) and
+                                           issubclass(opener, ImageFile.StubImageFile))
+    common = [".jpg", ".jpeg", ".png", ".webp"]
+    found = [extension for extension, format in Image.registered_extensions().items()
+             if decodes(format)]
+    return tuple(common + sorted(set(found) - set(common)))
+
+
+IMAGE_EXTENSIONS = decoded_extensions()
+_IMAGE_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)     # one lookup a name (ImageNet: 1.28M names)
+# Files that a file manager leaves in a folder; like hidden files, they go unmentioned.
+SYSTEM_FILES = ("thumbs.db", "desktop.ini")
 
 
 @dataclass
@@ -233,9 +255,15 @@ def to_rgb(image):
     return image.convert("RGB")
 
 
+def extension(name):
+    """A file name's extension in lower case (".jpeg" of "photo.JPEG"), "" when it has none."""
+    stem, _, last = name.rpartition(".")
+    return "." + last.lower() if stem else ""
+
+
 def is_image_name(name):
     """A visible file with an image extension, in any case (photo.JPEG, not .photo.jpg)."""
-    return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
+    return not name.startswith(".") and extension(name) in _IMAGE_EXTENSIONS
 
 
 # Files that give the classes (folder names) readable names, one "<folder> <name>" a line:
@@ -266,10 +294,11 @@ def find_class_names(folder):
     return next((path for path in paths if os.path.isfile(path)), None)
 
 
-def images_below(folder):
+def images_below(folder, others=None):
     """Every image file below `folder` (none if it is missing), in sorted order, hidden files
     and folders left out. Linked folders are followed, as a linked class folder is, each real
-    folder once (a link to a folder above would loop)."""
+    folder once (a link to a folder above would loop). others: a Counter to which the extension
+    ("" for none) of every other visible file is added, save SYSTEM_FILES."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         if os.path.realpath(dirpath) in seen:
@@ -277,8 +306,27 @@ def images_below(folder):
             continue
         seen.add(os.path.realpath(dirpath))
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found += [os.path.join(dirpath, f) for f in sorted(filenames) if is_image_name(f)]
+        prefix = os.path.join(dirpath, "")     # "dir/": no os.path.join a file (0.5 us each)
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            kind = extension(name)
+            if kind in _IMAGE_EXTENSIONS:
+                found.append(prefix + name)
+            elif others is not None and name.lower() not in SYSTEM_FILES:
+                others[kind] += 1
     return found
+
+
+def left_out(root, others):
+    """What to say of the files counted by extension in `others` (images_below's), which were
+    not read."""
+    count = sum(others.values())
+    kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in others.most_common(4))
+    files = f"{count} files under {root} are not images by their extension and were" \
+        if count > 1 else f"1 file under {root} is not an image by its extension and was"
+    return (f"{files} left out ({kinds}{', ...' if len(others) > 4 else ''}); give an image its "
+            "format's extension (.jpg, .png, ...) to use it")
 
 
 def loose_images(root):
@@ -287,9 +335,10 @@ def loose_images(root):
                   if is_image_name(name) and os.path.isfile(os.path.join(root, name)))
 
 
-def find_images(root, classes=None):
+def find_images(root, classes=None, log=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
-    Hidden files and folders are skipped; extensions match in any case."""
+    Hidden files and folders are skipped; extensions match in any case. log: told in one line
+    of the visible files that were left out for their extension (notes.txt, IMG_0001)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class>/<images>")
     found = sorted(d for d in os.listdir(root)
@@ -305,18 +354,22 @@ def find_images(root, classes=None):
         if unknown:
             raise ValueError(f"{root} has classes that the training set lacks: "
                              f"{', '.join(unknown[:5])}; every val class needs a train folder")
-    paths, labels = [], []
+    paths, labels, others = [], [], collections.Counter()
     for label, name in enumerate(classes):
-        found = images_below(os.path.join(root, name))
+        found = images_below(os.path.join(root, name), others)
         paths += found
         labels += [label] * len(found)
+    if paths and others and log:
+        log(f"note: {left_out(root, others)}")
     if not paths:
         if loose_images(root):
             raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"
                              "<image>); sort a flat folder such as ImageNet's val with python -m "
                              f"alexnet.prepare --val-labels LOC_val_solution.csv --data {root}")
-        raise ValueError(f"no images found under {root}/<class>/ (extensions: "
-                         f"{', '.join(IMAGE_EXTENSIONS)})")
+        if others:
+            raise ValueError(f"no images found under {root}/<class>/: {left_out(root, others)}")
+        raise ValueError(f"no images found under {root}/<class>/: no class folder holds a "
+                         "file; put the images of each class in a folder of its own there")
     return paths, numpy.array(labels, numpy.int64), list(classes)
 
 

@@ -22,8 +22,9 @@ square), into a cache folder that training maps into memory instead of reading i
     prepare.lock        empty: the process preparing the cache holds a lock on it (flock), so
                         that a second one at the same time waits for it
 
-Every image Pillow can decode is used, whatever its mode (data.load_image). A file that cannot
-be decoded (truncated, empty, not an image) is skipped and listed. It leaves no hole: when a split
+Every image Pillow can decode is used, whatever its mode (data.load_image): every file with an
+extension of a format it reads (data.IMAGE_EXTENSIONS); the other files are counted in one
+note. A file that cannot be decoded (truncated, empty, not an image) is skipped and listed. It leaves no hole: when a split
 is complete, the last good rows are copied into the rows of the failed files, so the good images
 are exactly the first `images` rows. That costs one row copy per bad file, whatever the size of
 the split, and a reader needs no mask: it takes images[:len(labels)].
@@ -175,14 +176,14 @@ class Progress:
         self.saved = time.perf_counter()
 
 
-def find_sources(data_dir):
+def find_sources(data_dir, log=print):
     """The image files of data_dir/train and data_dir/val: {split: (root, paths, labels)} and
-    the classes (train's folders)."""
+    the classes (train's folders). log: told of the files left out for their extension."""
     train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
     if not os.path.isdir(train_root):
         raise FileNotFoundError(f"{data_dir} has no train/ folder: {layout_hint(data_dir)}")
-    train_paths, train_labels, classes = data.find_images(train_root)
-    val_paths, val_labels, _ = data.find_images(val_root, classes)
+    train_paths, train_labels, classes = data.find_images(train_root, log=log)
+    val_paths, val_labels, _ = data.find_images(val_root, classes, log=log)
     if len(classes) < 2:
         raise ValueError(f"{train_root} has one class folder ({classes[0]}); a classifier needs "
                          "two or more: one folder of images for each class")
@@ -358,7 +359,7 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, foun
     """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
     returns the manifest. limit: decode at most this many files now (a later call goes on).
     found: what find_sources(data_dir) returned, when the caller has listed the folder."""
-    sources, classes = found or find_sources(data_dir)
+    sources, classes = found or find_sources(data_dir, log)
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError as error:
@@ -493,7 +494,7 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
     found = None
     if ready and compare:
         try:
-            found = find_sources(data_dir)              # 1 s for 130,000 files
+            found = find_sources(data_dir, log)         # 1 s for 130,000 files
         except (OSError, ValueError) as error:          # the images deleted once decoded
             log(f"note: the cache {cache} is used as it is: {error}")
     if found:

@@ -135,6 +135,8 @@ def test_good_images_are_used_and_bad_ones_listed_by_name(folder, prepared):
     with open(os.path.join(cache, "classes.txt")) as f:
         assert f.read() == "cat\ndog\n"
     assert any("19 images, 4 skipped (see" in m and "bad_files.txt" in m for m in messages)
+    assert f"note: 1 file under {folder / 'train'} is not an image by its extension and was left " \
+        "out (.txt: 1); give an image its format's extension (.jpg, .png, ...) to use it" in messages
 
     # The rows are the good files, each decoded as load_image does, with its own label; a bad
     # file's row was filled with a good one, so no row is blank.
@@ -409,7 +411,8 @@ def test_a_file_replaced_under_its_name_is_decoded_again_a_copied_folder_is_not(
     shutil.copytree(raw, copied, copy_function=shutil.copyfile)        # times not kept
     del messages[:]
     prepare.cache_for(str(copied), SIZE, log=messages.append, compare=True)
-    assert messages == [f"data: using the cache {copied / f'.alexnet-cache-{SIZE}'}"]
+    assert messages[0].startswith(f"note: 1 file under {copied / 'train'} is not an image")
+    assert messages[1:] == [f"data: using the cache {copied / f'.alexnet-cache-{SIZE}'}"]
 
 
 def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys, monkeypatch):

@@ -136,6 +136,30 @@ def test_linked_folders_are_followed_once(tmp_path):
                                                                               "more/b.jfif"]
 
 
+def test_every_format_pillow_decodes_is_read_and_other_files_are_named_once(tmp_path):
+    cat = tmp_path / "train" / "cat"
+    cat.mkdir(parents=True)
+    formats = Image.registered_extensions()
+    for name in ("a.avif", "b.PGM", "c.tga", "d.jpe", "e.jp2"):            # left out once
+        Image.new("RGB", (20, 20), (200, 10, 10)).save(cat / name,
+                                                       formats[os.path.splitext(name)[1].lower()])
+    for name in ("notes.txt", "list.txt", "IMG_0001", ".DS_Store", "._a.jpg", "Thumbs.db",
+                 "desktop.ini"):
+        (cat / name).write_text("not an image")
+    notes = []
+    paths, _, _ = data.find_images(str(tmp_path / "train"), log=notes.append)
+    assert [os.path.basename(p) for p in paths] == ["a.avif", "b.PGM", "c.tga", "d.jpe", "e.jp2"]
+    assert list(data.decode_files(paths, 16)[1]) == [True] * 5
+    assert notes == [f"note: 3 files under {tmp_path / 'train'} are not images by their "
+                     "extension and were left out (.txt: 2, no extension: 1); give an image its "
+                     "format's extension (.jpg, .png, ...) to use it"]
+    assert ".pdf" not in data.IMAGE_EXTENSIONS and ".h5" not in data.IMAGE_EXTENSIONS
+    for path in paths:
+        os.remove(path)
+    with pytest.raises(ValueError, match=r"^no images found under .*/train/<class>/: 3 files "):
+        data.find_images(str(tmp_path / "train"))
+
+
 def test_a_class_folder_with_a_line_break_is_refused(tmp_path):
     (tmp_path / "new\nline").mkdir()
     with pytest.raises(ValueError, match="has a line break or tab in its name; rename it"):
