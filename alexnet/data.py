@@ -271,20 +271,38 @@ def is_image_name(name):
 CLASS_NAME_FILES = ("LOC_synset_mapping.txt", "synset_words.txt")
 
 
-def read_class_names(path, classes):
-    """The readable name of each of `classes` from `path`, whose lines are "<folder> <name>";
-    a class the file does not name keeps its folder name."""
+def class_name_pair(line):
+    """(folder, name) of a line of a class-name file: split at its tab if it has one (a folder
+    name may hold spaces: "red circle<TAB>Rote Kreise"), else at its first run of spaces."""
+    folder, tab, name = line.partition("\t")
+    if not tab:
+        folder, name = (line.split(maxsplit=1) + [""])[:2]
+    return folder.strip(), name.strip()
+
+
+def read_class_names(path, classes, log=print):
+    """The readable name of each of `classes` from `path`, whose lines are "<folder> <name>",
+    or "<folder><TAB><name>" for a folder name with spaces; a class the file does not name keeps
+    its folder name. log: told in one line of the lines that name no class folder."""
     try:
         with open(path, encoding="utf-8-sig") as f:         # -sig: a BOM is not a name
-            pairs = [line.split(maxsplit=1) for line in f]
+            pairs = [class_name_pair(line) for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"class names {path} cannot be read ({error}); give a text file of "
                          "'<class folder> <name>' lines") from None
-    names = {pair[0]: pair[1].strip() for pair in pairs if len(pair) == 2}
+    names = {folder: name for folder, name in pairs if name}
     if not any(name in names for name in classes):
         raise ValueError(f"class names {path} names none of the {len(classes)} classes (the "
                          f"first is {classes[0]!r}); give the file whose lines start with the "
                          "class folders' names")
+    known = set(classes)
+    unknown = [folder for folder, _ in pairs if folder not in known]
+    if unknown:
+        spaced = any(" " in name for name in classes)
+        log(f"note: {len(unknown)} of the {len(pairs)} lines of {path} name no class folder "
+            f"({', '.join(map(repr, unknown[:3]))}{', ...' if len(unknown) > 3 else ''}) and are "
+            "not used" + ("; a folder name with spaces is followed by a tab, not a space"
+                          if spaced else ""))
     return [names.get(name, name) for name in classes]
 
 

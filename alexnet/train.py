@@ -498,7 +498,7 @@ class Run:
         those of the checkpoint resumed, else the folder names."""
         path = self.args.class_names or (self.args.data and data.find_class_names(self.args.data))
         if path:
-            names = data.read_class_names(path, self.classes)
+            names = data.read_class_names(path, self.classes, log_line)
             named = sum(name != folder for name, folder in zip(names, self.classes))
             log_line(f"class names: {named} of {len(self.classes)} classes named by {path}")
             return names

@@ -441,6 +441,8 @@ def test_class_names_are_found_in_the_data_folder_and_kept_in_the_checkpoint(nam
     root, classes, names, output = named_run
     assert f"class names: {len(classes) - 1} of {len(classes)} classes named by " \
         f"{root / 'images' / 'LOC_synset_mapping.txt'}" in output
+    assert f"note: 1 of the {len(classes)} lines of {root / 'images' / 'LOC_synset_mapping.txt'} " \
+        "name no class folder ('n0000') and are not used\n" in output
     _, _, meta = checkpoint.load(str(root / "run" / "last.npz"))
     assert meta["classes"] == classes and meta["class_names"] == names
     assert checkpoint.class_names({"classes": classes}) == classes    # an older checkpoint
@@ -473,6 +475,18 @@ def test_a_class_name_file_for_other_classes_is_refused_in_one_sentence(named_ru
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert error.startswith(f"error: class names {other} names none of the ") and \
         "give the file whose lines start with the class folders' names" in error
+
+
+def test_a_folder_name_with_spaces_is_followed_by_a_tab_and_unknown_lines_are_told(tmp_path):
+    path = tmp_path / "names.txt"
+    path.write_text("red circle\tRote Kreise\nblue square Blaue Quadrate\nn0000\ta cat\n\n")
+    notes = []
+    classes = ["blue square", "green", "red circle"]
+    assert data.read_class_names(str(path), classes, notes.append) == ["blue square", "green",
+                                                                       "Rote Kreise"]
+    assert notes == [f"note: 2 of the 3 lines of {path} name no class folder ('blue', 'n0000') "
+                     "and are not used; a folder name with spaces is followed by a tab, not a "
+                     "space"]
 
 
 def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
