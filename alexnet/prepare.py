@@ -182,6 +182,10 @@ def find_sources(data_dir, log=print):
     train_root, val_root = os.path.join(data_dir, "train"), os.path.join(data_dir, "val")
     if not os.path.isdir(train_root):
         raise FileNotFoundError(f"{data_dir} has no train/ folder: {layout_hint(data_dir)}")
+    if not os.path.isdir(val_root):
+        raise FileNotFoundError(f"{data_dir} has train/ but no val/ folder, which training "
+                                f"measures itself on: make {val_root}/<class>/ for each class and "
+                                "move some of its images (a tenth, say) from train/<class>/ there")
     train_paths, train_labels, classes = data.find_images(train_root, log=log)
     val_paths, val_labels, _ = data.find_images(val_root, classes, log=log)
     if len(classes) < 2:

@@ -251,6 +251,17 @@ def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
     assert "bird" in error and "training set lacks" in error and error.count("\n") == 1
 
 
+def test_a_folder_without_val_is_told_to_make_one(tmp_path):
+    for cls in ("cat", "dog"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        noise("RGB", (20, 20), 0).save(tmp_path / "train" / cls / "a.png")
+    with pytest.raises(FileNotFoundError) as raised:
+        prepare.find_sources(str(tmp_path))
+    assert str(raised.value) == f"{tmp_path} has train/ but no val/ folder, which training " \
+        f"measures itself on: make {tmp_path / 'val'}/<class>/ for each class and move some of " \
+        "its images (a tenth, say) from train/<class>/ there"
+
+
 def test_a_folder_of_another_layout_is_told_what_to_change(tmp_path):
     for path in ("named/training/a", "named/validation/a", "flat/cat", "flat/dog", "d/train/a"):
         (tmp_path / path).mkdir(parents=True)
