@@ -22,6 +22,7 @@ made on the CPU.
 import collections
 import concurrent.futures
 import os
+import unicodedata
 from dataclasses import dataclass, replace
 
 import numpy
@@ -370,7 +371,8 @@ def find_images(root, classes=None, log=None):
     else:
         unknown = sorted(set(found) - set(classes))
         if unknown:
-            raise ValueError(f"{root} has classes that the training set lacks: "
+            raise ValueError(spelled_otherwise(root, unknown, classes) or
+                             f"{root} has classes that the training set lacks: "
                              f"{', '.join(unknown[:5])}; every val class needs a train folder")
     paths, labels, others = [], [], collections.Counter()
     for label, name in enumerate(classes):
@@ -389,6 +391,29 @@ def find_images(root, classes=None, log=None):
         raise ValueError(f"no images found under {root}/<class>/: no class folder holds a "
                          "file; put the images of each class in a folder of its own there")
     return paths, numpy.array(labels, numpy.int64), list(classes)
+
+
+def spelled_otherwise(root, unknown, classes):
+    """What to say when a folder of `unknown` is named as one of `classes` but for its Unicode
+    normalization (an accent stored as one character, NFC, or as a letter and a combining mark,
+    NFD, as macOS writes "café"): the names differ, so the folders would be two classes. None
+    when none is."""
+    by_form = {unicodedata.normalize("NFC", name): name for name in classes}
+    for name in unknown:
+        known = by_form.get(unicodedata.normalize("NFC", name))
+        if known is not None:
+            return (f"the class folder {os.path.join(root, name)} ({normal_form(name)}) differs "
+                    f"from the training set's {known} ({normal_form(known)}) only in Unicode "
+                    f"normalization: {ascii(name)} and {ascii(known)}; rename it as the training "
+                    f"folder is written: python -c \"import os; os.rename("
+                    f"{ascii(os.path.join(root, name))}, {ascii(os.path.join(root, known))})\"")
+    return None
+
+
+def normal_form(name):
+    """NFC or NFD: how the accents of a name are stored (a name without any is both)."""
+    return next((form for form in ("NFC", "NFD") if unicodedata.is_normalized(form, name)),
+                "mixed")
 
 
 def decode_into(images, indices, paths, size):

@@ -251,6 +251,20 @@ def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
     assert "bird" in error and "training set lacks" in error and error.count("\n") == 1
 
 
+def test_a_val_class_in_another_unicode_normalization_is_named_as_such(tmp_path, capsys):
+    nfc, nfd = "caf\u00e9", "cafe\u0301"                         # as macOS writes the second
+    for split, cls in (("train", nfc), ("train", "dog"), ("val", nfd), ("val", "dog")):
+        (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
+        noise("RGB", (20, 20), 0).save(tmp_path / split / cls / "a.png")
+    assert prepare.main(["--data", str(tmp_path), "--out", str(tmp_path / "c")]) == 1
+    error = capsys.readouterr().err
+    val = tmp_path / "val"
+    assert error == f"error: the class folder {val / nfd} (NFD) differs from the training set's " \
+        f"{nfc} (NFC) only in Unicode normalization: 'cafe\\u0301' and 'caf\\xe9'; rename it as " \
+        "the training folder is written: python -c \"import os; os.rename(" \
+        f"{ascii(str(val / nfd))}, {ascii(str(val / nfc))})\"\n"
+
+
 def test_a_folder_without_val_is_told_to_make_one(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "train" / cls).mkdir(parents=True)
