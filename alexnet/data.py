@@ -425,8 +425,17 @@ def decode_into(images, indices, paths, size):
             images[i] = load_image(path, size)
             written.append(i)
         except Exception as error:  # any undecodable file: record it and go on
-            failed.append((i, f"{type(error).__name__}: {error}"))
+            failed.append((i, why_not_decoded(path, error)))
     return written, failed
+
+
+def why_not_decoded(path, error):
+    """The reason bad_files.txt gives for a file that load_image could not decode: the error,
+    or for a link to nothing (an image moved or deleted since the link was made) where it
+    points, rather than FileNotFoundError on the link's own name."""
+    if os.path.islink(path) and not os.path.exists(path):
+        return f"broken link to {os.readlink(path)}"
+    return f"{type(error).__name__}: {error}"
 
 
 def decode_files(paths, size, workers=None, on_read=None):

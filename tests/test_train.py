@@ -116,12 +116,14 @@ def test_image_folder_skips_unreadable_files_by_name(tmp_path):
         Image.new("RGB", (40, 30), colour).save(folder / "a.JPG")
         Image.new("L", (20, 50), 128).save(folder / "b.png")
     (tmp_path / "train" / "dog" / "broken.jpg").write_bytes(b"not an image")
+    (tmp_path / "train" / "dog" / "c.jpg").symlink_to(tmp_path / "moved.jpg")   # to nothing
     (tmp_path / "train" / ".hidden").mkdir()
     paths, labels, classes = data.find_images(str(tmp_path / "train"))
     images, good, bad = data.decode_files(paths, 16)
-    assert classes == ["cat", "dog"] and list(good) == [True, True, True, True, False]
+    assert classes == ["cat", "dog"] and list(good) == [True, True, True, True, False, False]
     assert images[good].shape == (4, 3, 16, 16) and list(labels[good]) == [0, 0, 1, 1]
-    assert [os.path.basename(path) for path, _ in bad] == ["broken.jpg"]
+    assert [os.path.basename(path) for path, _ in bad] == ["broken.jpg", "c.jpg"]
+    assert bad[1][1] == f"broken link to {tmp_path / 'moved.jpg'}"
 
 
 def test_linked_folders_are_followed_once(tmp_path):
