@@ -22,6 +22,7 @@ made on the CPU.
 import collections
 import concurrent.futures
 import os
+import threading
 import unicodedata
 from dataclasses import dataclass, replace
 
@@ -221,14 +222,42 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
 
 # ---- image folders ----------------------------------------------------------------------------
 
+class PixelLimitLifted:
+    """A context in which Pillow decodes an image of any number of pixels. Its guard against
+    decompression bombs (Image.MAX_IMAGE_PIXELS: a warning on stderr above 89 megapixels, an
+    error above 179) is for images from strangers; a user's own folder is trusted, and a
+    187-megapixel scan is an image to learn from. Pillow reads one global, so it is lifted
+    while any thread of this process is in the context and put back when the last one leaves:
+    other code keeps its guard outside our decoding."""
+
+    def __init__(self):
+        self.lock, self.inside, self.limit = threading.Lock(), 0, None
+
+    def __enter__(self):
+        with self.lock:
+            if self.inside == 0:
+                self.limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            self.inside += 1
+
+    def __exit__(self, *error):
+        with self.lock:
+            self.inside -= 1
+            if self.inside == 0:
+                Image.MAX_IMAGE_PIXELS = self.limit
+
+
+any_number_of_pixels = PixelLimitLifted()
+
+
 def load_image(path, size):
     """The image at `path` as uint8 (3, size, size): any mode to RGB, EXIF rotation applied,
-    the shorter side rescaled to `size`, then the central size x size crop (section 2).
+    the shorter side rescaled to `size`, then the central size x size crop (section 2). Images
+    of any size are decoded (any_number_of_pixels).
 
     A file Pillow cannot decode completely raises (OSError, ValueError, ...): a truncated JPEG
     is an error, not an image with a grey bottom, as long as ImageFile.LOAD_TRUNCATED_IMAGES
     keeps its default False. The file type comes from its content, not its name."""
-    with Image.open(path) as image:
+    with any_number_of_pixels, Image.open(path) as image:
         image.draft(None, (size, size))   # JPEG: decode at 1/2, 1/4 or 1/8 scale if still >= size
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import warnings
 
 import numpy
 import pytest
@@ -118,6 +119,21 @@ def test_awkward_images_decode_to_what_they_show(folder):
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False
     with pytest.raises(OSError):
         data.load_image(cat / "truncated.jpg", SIZE)
+
+
+def test_huge_images_are_decoded_quietly_and_pillow_keeps_its_guard_elsewhere(tmp_path,
+                                                                             monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)       # as 89 megapixels are
+    noise("RGB", (100, 100), 0).save(tmp_path / "scan.jpg")      # over twice: an error
+    noise("RGB", (40, 30), 1).save(tmp_path / "photo.png")       # over once: a warning
+    paths = [str(tmp_path / "scan.jpg"), str(tmp_path / "photo.png")] * 8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, good, bad = data.decode_files(paths, SIZE, workers=4)
+    assert good.all() and not bad
+    assert Image.MAX_IMAGE_PIXELS == 1000                        # put back for other code
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(tmp_path / "scan.jpg")
 
 
 def test_good_images_are_used_and_bad_ones_listed_by_name(folder, prepared):
