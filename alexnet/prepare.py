@@ -24,10 +24,11 @@ square), into a cache folder that training maps into memory instead of reading i
 
 Every image Pillow can decode is used, whatever its mode (data.load_image): every file with an
 extension of a format it reads (data.IMAGE_EXTENSIONS); the other files are counted in one
-note. A file that cannot be decoded (truncated, empty, not an image) is skipped and listed. It leaves no hole: when a split
-is complete, the last good rows are copied into the rows of the failed files, so the good images
-are exactly the first `images` rows. That costs one row copy per bad file, whatever the size of
-the split, and a reader needs no mask: it takes images[:len(labels)].
+note. A file that cannot be decoded (truncated, empty, not an image) is skipped and listed. It
+leaves no hole: when a split is complete, the last good rows are copied into the rows of the
+failed files, so the good images are exactly the first `images` rows. That costs one row copy
+per bad file, whatever the size of the split, and a reader needs no mask: it takes
+images[:len(labels)].
 
 The work is shared by --workers processes that write straight into the memory-mapped array. An
 interrupted run resumes: <split>_done.npy marks the rows written so far (saved every few seconds,
