@@ -93,10 +93,12 @@ def to_device(array, device):
     with device_scope(device):
         if source == "cpu":
             return cupy.asarray(array)
-        # GPU to GPU: an explicit peer copy of a contiguous buffer.
+        # GPU to GPU: an explicit peer copy of a contiguous buffer (ascontiguousarray makes a
+        # 0-d array 1-d, as NumPy's does: the copy takes the shape it had).
+        shape = array.shape
         with device_scope(source):
             array = cupy.ascontiguousarray(array)
-        out = cupy.empty(array.shape, array.dtype)
+        out = cupy.empty(shape, array.dtype)
         out.data.copy_from_device(array.data, array.nbytes)
         return out
 
