@@ -7,8 +7,8 @@ and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.
 The recipe is the paper's (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
 learning rate 0.01 divided by 10 when the validation error stops improving, three times, then
 stop; dropout 0.5, random 227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel
-mean subtraction. Two choices differ by default, both measured on folders of 50 to 300 images
-a class (README, Results):
+mean subtraction. Three choices differ by default, measured on folders of 30 to 300 images a
+class (README, Results):
 
   --init kaiming   He-normal weights. The paper's N(0, 0.01^2) weights and biases of 1 (--init
                    paper) leave the loss flat at ln(classes) on a small folder or a narrow
@@ -21,6 +21,10 @@ a class (README, Results):
                    3 times that (--lr-patience); and the run is long enough for the schedule to
                    finish (--epochs). On ImageNet all four are the paper's: batch 128, an
                    evaluation every epoch, patience 3 epochs, at most 90 epochs.
+  --clip-norm      below batch 128, the small preset's gradients are scaled down to a norm of
+                   at most 20 (CLIP_NORMS). Drawn shapes, flat or cluttered, never reach it
+                   (norms under 18 in 1,500 steps); a folder learned within a few steps can,
+                   where one step's gradient 20 to 2,000 times the usual starts a runaway to NaN.
 
 A run that has not begun to learn after its first evaluations says so, with what to try.
 
@@ -61,12 +65,15 @@ from minigrad import random as mg_random
 # Settings that define a run; on --resume they come from the checkpoint, not the command line.
 RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weight_decay", "init",
                 "dropout", "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
-                "eval_every")
+                "eval_every", "clip_norm")
 DATA_PATHS = ("data", "cache")  # of those, the ones a resume may point at the data moved elsewhere
 
 # How the recipe adapts to the size of the training set (the module docstring says why).
 PAPER_BATCH, SMALLEST_BATCH, STEPS_PER_EPOCH = 128, 16, 16
 EVAL_IMAGES = 10_000            # the least training between two evaluations (auto --eval-every)
+# Auto --clip-norm below a batch of PAPER_BATCH, per preset: above the largest gradient norm of
+# the preset's steps on realistic folders (measured: README, Results); not yet measured: off.
+CLIP_NORMS = {"small": 20.0}
 PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals without improvement
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
@@ -118,6 +125,12 @@ def parse_args(argv=None):
                    "folder; 'paper': N(0, 0.01^2) weights, biases 1 in conv2,4,5 fc6,7; "
                    "'caffe': biases 0.1, fc6,7 weights N(0, 0.005^2). Both stall at chance on "
                    "small folders and on the small preset")
+    p.add_argument("--clip-norm", type=real(0.0), metavar="N", help="scale each step's "
+                   "gradients down to a norm of at most N, 0 for never (not in the paper; "
+                   f"default: 0 at the paper's batch of {PAPER_BATCH} and above; below it, "
+                   "where a small folder's run could diverge, "
+                   f"{', '.join(f'{n:g} for the {p} preset' for p, n in CLIP_NORMS.items())}"
+                   ", else 0)")
     p.add_argument("--dropout", type=real(0.0, below=1.0), default=0.5, metavar="P",
                    help="probability of dropping a unit of fc6 and fc7 in training, 0 <= P < 1 "
                    "(default 0.5, as in the paper)")
@@ -201,6 +214,10 @@ def fit_recipe(args, train_images):
     elif args.batch_size > train_images:
         raise ValueError(f"the training set has {train_images} images, fewer than one batch of "
                          f"{args.batch_size}; lower --batch-size or leave it out")
+    if args.clip_norm is None:
+        args.clip_norm = CLIP_NORMS.get(args.preset, 0.0) if args.batch_size < PAPER_BATCH else 0.0
+        if args.clip_norm:
+            said.append(f"gradients clipped to a norm of {args.clip_norm:g}")
     interval = math.ceil(EVAL_IMAGES / train_images)     # epochs between evaluations
     if args.eval_every is None:
         args.eval_every = interval
@@ -608,8 +625,9 @@ class Run:
     # ---- the loop ---------------------------------------------------------------------------
     def train_step(self, x, labels):
         """One SGD step on this process's batch (its part of the batch, in data parallel).
-        Returns [loss, top-1 error] of the batch as one array on the network's first device,
-        and the clock marks (self.clock) before and after the gradients were averaged. Nothing
+        Returns [loss, top-1 error, 1 if the gradients were clipped else 0] of the batch as one
+        array on the network's first device, and the clock marks (self.clock) before and after
+        the gradients were averaged. Nothing
         is read back to the host here: reading a number of a GPU array waits until the GPU has
         done everything queued before it, and the host then has no step queued behind. Run.run
         reads the numbers of a window of steps at once, when it writes the progress line
@@ -621,15 +639,21 @@ class Run:
         averaging = [self.clock.mark()]
         self.group.average_gradients(self.model.parameters())
         averaging.append(self.clock.mark())
-        self.optimizer.step()
         xp = backend.get_array_module(logits.data)
+        clipped = xp.zeros((), xp.float64)
+        if self.args.clip_norm:         # the same on every process: the gradients are averaged
+            norm = optim.clip_grad_norm(self.model.parameters(), self.args.clip_norm)
+            clipped = backend.to_device(norm > self.args.clip_norm, logits.device)
+        self.optimizer.step()
         wrong = logits.data.argmax(axis=1) != backend.to_device(labels, logits.device)
-        return xp.stack((loss.data.astype(xp.float64), wrong.mean(dtype=xp.float64))), averaging
+        return xp.stack((loss.data.astype(xp.float64), wrong.mean(dtype=xp.float64),
+                         xp.asarray(clipped, xp.float64))), averaging
 
     def read_window(self, numbers):
-        """The [loss, top-1 error] of each step since the last reading (`numbers`, which is
-        emptied), averaged over the processes (each has an equal part of the batch, so the mean
-        of their losses is the loss of the whole batch) and checked, as a (steps, 2) array."""
+        """The [loss, top-1 error, clipped] of each step since the last reading (`numbers`, which
+        is emptied), averaged over the processes (each has an equal part of the batch, so the
+        mean of their losses is the loss of the whole batch) and checked, as a (steps, 3)
+        array."""
         xp = backend.get_array_module(numbers[0])
         values = backend.to_device(xp.stack(numbers), "cpu")          # waits for the device
         if self.group.size > 1:
@@ -757,11 +781,16 @@ class Run:
 
     def log_progress(self, window, values, eta):
         """The progress line and its metrics record: `window` holds the sums of the steps'
-        times and `values` their [loss, top-1 error] (read_window)."""
-        loss, top1 = values.mean(axis=0)
+        times and `values` their [loss, top-1 error, clipped] (read_window)."""
+        loss, top1, _ = values.mean(axis=0)
         fields = dict(loss=float(loss), top1_error=float(top1), lr=self.optimizer.lr,
                       images_per_s=window["images"] / window["time"],
                       data_share=window["data"] / window["time"])
+        clipped = ""
+        if self.args.clip_norm:                 # how often the guard acted, when it is on
+            fields["clipped_steps"] = int(round(values[:, 2].sum()))
+            clipped = f"  clipped {fields['clipped_steps']}/{len(values)}" * bool(
+                fields["clipped_steps"])
         averaging = ""
         if self.group.size > 1:       # images/s: of all processes; averaging: rank 0's share
             fields["averaging_share"] = window["averaging"] / window["time"]
@@ -771,7 +800,7 @@ class Run:
                  f"step {self.batch}/{self.steps_per_epoch}  "
                  f"loss {fields['loss']:.4f}  top-1 err {fields['top1_error']:.1%}  "
                  f"{fields['images_per_s']:.0f} img/s  data {fields['data_share']:.0%}"
-                 f"{averaging}  lr {fields['lr']:g}  "
+                 f"{averaging}{clipped}  lr {fields['lr']:g}  "
                  f"ETA {'<=' if self.args.data else ''}{format_time(eta)}")
 
     def evaluate_and_save(self, final=False):

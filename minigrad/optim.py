@@ -1,4 +1,5 @@
-"""Stochastic gradient descent with the paper's exact update, and its learning-rate schedule."""
+"""Stochastic gradient descent with the paper's exact update, its learning-rate schedule, and
+gradient norm clipping (not the paper's: a guard a run may opt into)."""
 import numpy
 
 from minigrad import backend, cuda
@@ -85,6 +86,36 @@ class SGD:
                                  "the checkpoint belongs to another model")
             self.velocity[i] = None if v is None else \
                 backend.to_device(numpy.array(v, p.dtype, order="C"), p.device)
+
+
+def clip_grad_norm(params, max_norm):
+    """Scale the gradients of `params` by one factor, so that their norm (the L2 norm of all of
+    them as one vector) is at most `max_norm`; a step whose gradients are within it is left as
+    it is, to the last bit. Returns the norm before scaling, in float64 on the first gradient's
+    device (a 0-d array on a GPU, not read back: that would wait for every kernel queued).
+
+    Not in the AlexNet paper. A guard against the runaway of one step (Pascanu, Mikolov and
+    Bengio 2013): a gradient a hundred times the usual, scaled down, cannot throw the weights
+    far enough that the next gradient is larger still."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return numpy.float64(0.0)
+    first = backend.device_of(grads[0])
+    squares = []
+    for g in grads:                  # each device sums its own; the sums meet on the first
+        with backend.device_scope(backend.device_of(g)):
+            flat = g.reshape(-1)
+            squares.append(backend.to_device(flat.dot(flat).astype(numpy.float64), first))
+    with backend.device_scope(first):
+        xp = backend.get_array_module(grads[0])
+        norm = xp.sqrt(xp.stack(squares).sum())
+        if xp is numpy and norm <= max_norm:     # on a GPU, deciding would wait: scale by 1
+            return norm
+        scale = xp.minimum(1.0, max_norm / norm)
+    for g in grads:
+        with backend.device_scope(backend.device_of(g)):
+            g *= backend.to_device(scale, backend.device_of(g)).astype(g.dtype)
+    return norm
 
 
 class ReduceLROnPlateau:

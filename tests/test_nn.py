@@ -96,6 +96,49 @@ def test_sgd_step_is_the_papers_formula(device, shape, dtype):
         numpy.testing.assert_array_equal(w.numpy(), expected)
 
 
+@pytest.mark.parametrize("devices", [("cpu", "cpu"), pytest.param(
+    (0, 1), marks=pytest.mark.skipif(backend.gpu_count() < 2, reason="needs two GPUs"))],
+    ids=["numpy", "two GPUs"])
+def test_clip_grad_norm_scales_all_gradients_by_one_factor(devices):
+    """Within the norm: the same bits. Above: every gradient times max_norm / norm, the norm
+    taken over all of them together (the towers' on two devices). The norm before is returned."""
+    rng = numpy.random.default_rng(0)
+    grads = [rng.standard_normal(shape).astype(numpy.float32)
+             for shape in ((4, 3, 5), (7,), (6, 2))]
+    params = [nn.Parameter(backend.to_device(numpy.zeros_like(g), d))
+              for g, d in zip(grads, devices * 2)]
+    norm = numpy.sqrt(sum((g.astype(numpy.float64) ** 2).sum() for g in grads))
+    for max_norm, factor in ((norm * 1.01, 1.0), (norm / 4, 0.25)):
+        for p, g in zip(params, grads):
+            p.grad = backend.to_device(g.copy(), p.device)
+        before = optim.clip_grad_norm(params, max_norm)
+        assert float(backend.to_device(before, "cpu")) == pytest.approx(norm, rel=1e-6)
+        for p, g in zip(params, grads):
+            assert backend.device_of(p.grad) == p.device
+            got = backend.to_device(p.grad, "cpu")
+            if factor == 1.0:
+                numpy.testing.assert_array_equal(got, g)
+            else:
+                numpy.testing.assert_allclose(got, g * factor, rtol=1e-6)
+    for p, g in zip(params, grads):
+        p.grad = backend.to_device(g.copy(), p.device)
+    params[1].grad = None                                          # no gradient: not counted
+    assert float(backend.to_device(optim.clip_grad_norm(params, 1e9), "cpu")) == pytest.approx(
+        numpy.sqrt(sum((g.astype(numpy.float64) ** 2).sum() for g in grads[::2])), rel=1e-6)
+
+
+def test_clip_grad_norm_on_a_gpu_scales_without_waiting(device):
+    """On a GPU the decision stays on the device: a gradient within the norm is scaled by
+    exactly 1 (the same bits), one beyond it down to the norm."""
+    for scale, max_norm in ((1.0, 10.0), (1e3, 10.0)):
+        g = numpy.full((3, 4), scale, numpy.float32)
+        p = nn.Parameter(backend.to_device(numpy.zeros_like(g), device))
+        p.grad = backend.to_device(g.copy(), device)
+        optim.clip_grad_norm([p], max_norm)
+        expected = g if scale == 1.0 else g * numpy.float32(max_norm / numpy.sqrt(12e6))
+        numpy.testing.assert_allclose(backend.to_device(p.grad, "cpu"), expected, rtol=1e-6)
+
+
 def test_load_state_dict_copies_and_sgd_updates_every_layout():
     """A loaded array is copied (training must not write into the caller's dict) in C order,
     and SGD updates a parameter of any layout in place (reshape(-1) would copy a Fortran one)."""

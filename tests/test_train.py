@@ -495,22 +495,44 @@ def test_every_option_is_checked_before_any_work(option, value, says, capsys):
     assert f"argument {option}: {says}" in error and "usage" not in error, error
 
 
-@pytest.mark.parametrize("images, batch, eval_every, patience, epochs", [
-    (1_281_167, 128, 1, 3, 90),        # ImageNet: the paper's recipe
-    (12_800, 128, 1, 3, 90),
-    (1_200, 64, 9, 27, 500),           # 10 classes of 120 images
-    (250, 16, 40, 120, 2400),          # 5 classes of 50
-    (10, 10, 1000, 3000, 60_000),      # fewer images than the smallest batch
+@pytest.mark.parametrize("images, batch, eval_every, patience, epochs, clip", [
+    (1_281_167, 128, 1, 3, 90, 0),     # ImageNet: the paper's recipe
+    (12_800, 128, 1, 3, 90, 0),
+    (1_200, 64, 9, 27, 500, 20),       # 10 classes of 120 images
+    (250, 16, 40, 120, 2400, 20),      # 5 classes of 50
+    (10, 10, 1000, 3000, 60_000, 20),  # fewer images than the smallest batch
 ])
-def test_the_recipe_fits_the_size_of_the_training_set(images, batch, eval_every, patience, epochs):
-    args = train.parse_args(["--data", "."])
-    train.fit_recipe(args, images)
-    assert (args.batch_size, args.eval_every, args.lr_patience, args.epochs) == \
-        (batch, eval_every, patience, epochs)
+def test_the_recipe_fits_the_size_of_the_training_set(images, batch, eval_every, patience, epochs,
+                                                      clip):
+    args = train.parse_args(["--data", ".", "--preset", "small"])
+    said = train.fit_recipe(args, images)
+    assert (args.batch_size, args.eval_every, args.lr_patience, args.epochs, args.clip_norm) == \
+        (batch, eval_every, patience, epochs, clip)
+    assert ("gradients clipped to a norm of 20" in said) == bool(clip)
+    paper = train.parse_args(["--data", ".", "--preset", "paper"])       # not measured yet
+    train.fit_recipe(paper, images)
+    assert paper.clip_norm == 0
     given = train.parse_args(["--data", ".", "--batch-size", "8", "--eval-every", "2",
-                              "--lr-patience", "5", "--epochs", "7"])
+                              "--lr-patience", "5", "--epochs", "7", "--clip-norm", "0"])
     assert train.fit_recipe(given, images) == []                    # what is given stays
-    assert (given.batch_size, given.eval_every, given.lr_patience, given.epochs) == (8, 2, 5, 7)
+    assert (given.batch_size, given.eval_every, given.lr_patience, given.epochs,
+            given.clip_norm) == (8, 2, 5, 7, 0)
+
+
+def test_clipping_acts_on_the_steps_and_is_counted(tmp_path, capsys):
+    """A norm of 1e-9 clips every step: the weights end where a learning rate of 1e-20 leaves
+    them (the initial ones), and each progress line counts the clipped steps (metrics.jsonl
+    too); with clipping off nothing is counted."""
+    same = ["--max-steps", "3", "--weight-decay", "0"]
+    clipped = run_training(tmp_path, "clipped", *same, "--clip-norm", "1e-9")
+    assert "  clipped 1/1  lr " in capsys.readouterr().out
+    assert [r["clipped_steps"] for r in records_of(clipped) if r["kind"] == "train"] == [1, 1, 1]
+    still = run_training(tmp_path, "still", *same, "--clip-norm", "0", "--lr", "1e-20")
+    assert "clipped" not in capsys.readouterr().out
+    assert all("clipped_steps" not in r for r in records_of(still))
+    moved = checkpoint.load(os.path.join(clipped, "last.npz"))[0]
+    for name, value in checkpoint.load(os.path.join(still, "last.npz"))[0].items():
+        numpy.testing.assert_allclose(moved[name], value, rtol=0, atol=1e-8)
 
 
 def test_a_batch_larger_than_the_training_set_is_one_sentence(tmp_path, capsys):
