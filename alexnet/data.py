@@ -25,6 +25,7 @@ import os
 import threading
 import unicodedata
 from dataclasses import dataclass, replace
+from shlex import quote
 
 import numpy
 from PIL import Image, ImageFile, ImageOps
@@ -51,6 +52,7 @@ def decoded_extensions():
 
 
 IMAGE_EXTENSIONS = decoded_extensions()
+SOME_EXTENSIONS = f"{', '.join(IMAGE_EXTENSIONS[:4])} and {len(IMAGE_EXTENSIONS) - 4} more"
 _IMAGE_EXTENSIONS = frozenset(IMAGE_EXTENSIONS)     # one lookup a name (ImageNet: 1.28M names)
 # Files that a file manager leaves in a folder; like hidden files, they go unmentioned.
 SYSTEM_FILES = ("thumbs.db", "desktop.ini")
@@ -420,7 +422,8 @@ def find_images(root, classes=None, log=None):
         if loose_images(root):
             raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"
                              "<image>); sort a flat folder such as ImageNet's val with python -m "
-                             f"alexnet.prepare --val-labels LOC_val_solution.csv --data {root}")
+                             "alexnet.prepare --val-labels LOC_val_solution.csv --data "
+                             f"{quote(root)}")
         if others:
             raise ValueError(f"no images found under {root}/<class>/: {left_out(root, others)}")
         raise ValueError(f"no images found under {root}/<class>/: no class folder holds a "

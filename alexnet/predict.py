@@ -53,8 +53,8 @@ def image_files(arguments):
         found = data.images_below(path) if os.path.isdir(path) else [path]
         if not found:
             raise ValueError(f"no images found under {path} (extensions: "
-                             f"{', '.join(data.IMAGE_EXTENSIONS)}); pass image files or folders "
-                             "that hold some")
+                             f"{data.SOME_EXTENSIONS}); pass image files or folders that hold "
+                             "some")
         paths += found
     return paths
 

@@ -579,8 +579,8 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
         else:
             missing.append(name)
     if not loose and not in_place:
-        raise ValueError(f"{val_dir} holds no images (extensions: "
-                         f"{', '.join(data.IMAGE_EXTENSIONS)}); pass the flat validation folder")
+        raise ValueError(f"{val_dir} holds no images (extensions: {data.SOME_EXTENSIONS}); pass "
+                         "the flat validation folder")
     if missing:
         raise FileNotFoundError(f"{len(missing)} files listed in {labels_path} are not in "
                                 f"{val_dir} (e.g. {', '.join(missing[:3])}); pass the folder "

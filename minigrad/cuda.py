@@ -2,8 +2,8 @@
 
 The six functions at the top are minigrad/reference.py's, with the same signatures, for CuPy
 arrays (float32 or float64; argmax int32), and the same results up to rounding (argmax is
-exact; LRN's power and the sums of col2im and pooling's backward round differently); minigrad.functional calls them on a
-GPU.
+exact; LRN's power and the sums of col2im and pooling's backward round differently);
+minigrad.functional calls them on a GPU.
 The seventh, sgd_update, is minigrad.optim.SGD's update of one parameter, in one kernel.
 
 A call goes in three steps, kept apart so that the first two can be tested without a GPU:
