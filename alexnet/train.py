@@ -640,14 +640,16 @@ class Run:
         self.group.average_gradients(self.model.parameters())
         averaging.append(self.clock.mark())
         xp = backend.get_array_module(logits.data)
-        clipped = xp.zeros((), xp.float64)
+        with backend.device_scope(logits.device):      # made there: no copy from the host
+            clipped = xp.zeros((), xp.float64)
         if self.args.clip_norm:         # the same on every process: the gradients are averaged
             norm = optim.clip_grad_norm(self.model.parameters(), self.args.clip_norm)
-            clipped = backend.to_device(norm > self.args.clip_norm, logits.device)
+            clipped = backend.to_device(norm > self.args.clip_norm, logits.device).astype(
+                xp.float64)
         self.optimizer.step()
         wrong = logits.data.argmax(axis=1) != backend.to_device(labels, logits.device)
-        return xp.stack((loss.data.astype(xp.float64), wrong.mean(dtype=xp.float64),
-                         xp.asarray(clipped, xp.float64))), averaging
+        return xp.stack((loss.data.astype(xp.float64), wrong.mean(dtype=xp.float64), clipped)), \
+            averaging
 
     def read_window(self, numbers):
         """The [loss, top-1 error, clipped] of each step since the last reading (`numbers`, which
@@ -788,9 +790,8 @@ class Run:
                       data_share=window["data"] / window["time"])
         clipped = ""
         if self.args.clip_norm:                 # how often the guard acted, when it is on
-            fields["clipped_steps"] = int(round(values[:, 2].sum()))
-            clipped = f"  clipped {fields['clipped_steps']}/{len(values)}" * bool(
-                fields["clipped_steps"])
+            count = fields["clipped_steps"] = int(round(values[:, 2].sum()))
+            clipped = f"  clipped {count}/{len(values)}" if count else ""
         averaging = ""
         if self.group.size > 1:       # images/s: of all processes; averaging: rank 0's share
             fields["averaging_share"] = window["averaging"] / window["time"]
