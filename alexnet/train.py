@@ -209,8 +209,9 @@ def fit_recipe(args, train_images):
             batch //= 2
         args.batch_size = min(batch, train_images)
         if args.batch_size != PAPER_BATCH:
-            said.append(f"batch {args.batch_size}, so that an epoch has "
-                        f"{train_images // args.batch_size} steps")
+            steps = train_images // args.batch_size
+            said.append(f"batch {args.batch_size}, so that an epoch has {steps} "
+                        f"{'step' if steps == 1 else 'steps'}")
     elif args.batch_size > train_images:
         raise ValueError(f"the training set has {train_images} images, fewer than one batch of "
                          f"{args.batch_size}; lower --batch-size or leave it out")
@@ -416,13 +417,15 @@ class Run:
         if args.batch_size is not None:           # before hours of preparing a cache
             check_batch_split(args.batch_size, group.size, bool(resume))
         # Rank 0 makes the run directory (one name for every rank).
+        made = not (args.resume or args.run_dir and os.path.exists(args.run_dir))
         self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
         try:
             self.open_data(resume, preset)
             self.build()
-        except BaseException:          # a run that never started leaves no empty runs/<date>
-            if self.writes and not (args.run_dir or args.resume or os.listdir(self.dir)):
-                os.removedirs(self.dir)               # and runs/ too, if nothing else is in it
+        except BaseException:          # a run that never started leaves no empty folder it made
+            if self.writes and made and not os.listdir(self.dir):
+                # runs/<date>, and runs/ too if nothing else is in it; --run-dir's alone
+                (os.rmdir if args.run_dir else os.removedirs)(self.dir)
             raise
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
         self.seconds = 0.0                    # training time before this process (resume)
