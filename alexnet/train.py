@@ -194,8 +194,10 @@ def check_resume_options(parser, args, argv):
         args.new_lr = lr
     for key in RUN_SETTINGS:
         if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
-            parser.error(f"argument --{key.replace('_', '-')}: {typed[key]} is not the resumed "
-                         f"run's {saved.get(key)}; --resume goes on with the run's settings: "
+            typed_value, value = (f"{v:g}" if isinstance(v, float) else v
+                                  for v in (typed[key], saved.get(key)))      # 5, not 5.0
+            parser.error(f"argument --{key.replace('_', '-')}: {typed_value} is not the resumed "
+                         f"run's {value}; --resume goes on with the run's settings: "
                          "leave the option out, or start a new run")
 
 

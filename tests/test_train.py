@@ -244,6 +244,9 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     with pytest.raises(SystemExit):
         train.main(["--resume", "run", "--momentum", "0.5"])
     assert "argument --momentum: 0.5 is not the resumed run's 0.9" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        train.main(["--resume", "run", "--lr-patience", "5"])
+    assert "argument --lr-patience: 5 is not the resumed run's 750; " in capsys.readouterr().err
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
