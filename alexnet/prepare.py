@@ -206,6 +206,9 @@ def layout_hint(data_dir):
     if os.path.basename(os.path.normpath(data_dir)) in ("train", "val"):
         parent = os.path.dirname(os.path.normpath(data_dir)) or "."
         return f"it looks like a split itself; pass its parent, {parent}"
+    split = os.path.dirname(os.path.abspath(data_dir))
+    if os.path.basename(split) in ("train", "val"):
+        return f"it looks like a class folder of {split}; pass {os.path.dirname(split)}"
     folders = {name.lower(): name for name in os.listdir(data_dir)
                if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
     if "training" in folders:

@@ -329,6 +329,8 @@ def test_a_folder_of_another_layout_is_told_what_to_change(tmp_path):
                      "train/ and some of its images into val/<class>/",
              "file": f"{tmp_path / 'file'} is a file; pass the folder that holds train/ and val/",
              "d/train": f"it looks like a split itself; pass its parent, {tmp_path / 'd'}",
+             "d/train/a": f"it looks like a class folder of {tmp_path / 'd' / 'train'}; pass "
+                          f"{tmp_path / 'd'}",
              "nowhere": f"{tmp_path / 'nowhere'} does not exist"}
     for folder, hint in hints.items():
         with pytest.raises(FileNotFoundError) as raised:
