@@ -267,6 +267,11 @@ def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, l
                 "preparing them again")
         if split == "train":
             manifest["statistics"] = False
+        # A new file, not the old one cut short: a training that maps the old one (another run
+        # on this folder) keeps reading it until it ends; rewritten in place, its next read of
+        # a row past the new end was a bus error, and the rows before it other images.
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(images_path)
         images = open_memmap(images_path, mode="w+", dtype=numpy.uint8,
                              shape=(len(paths), 3, size, size))
         done = numpy.zeros(len(paths), bool)

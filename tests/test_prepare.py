@@ -463,6 +463,24 @@ def test_a_folder_changed_since_its_cache_was_made_is_decoded_again(folder, tmp_
         assert messages[-1] == f"data: using the cache {cache}"
 
 
+def test_a_training_reading_a_cache_keeps_its_images_when_a_new_run_decodes_it_again(folder,
+                                                                                  tmp_path):
+    """A run that starts on a folder whose files changed decodes its cache again while another
+    may be training on it (memory-mapped): the new images go to a new file, and the old
+    mapping keeps reading the old ones (rewritten in place, it ended in a bus error)."""
+    raw = tmp_path / "raw"
+    shutil.copytree(folder, raw)
+    cache = prepare.cache_for(str(raw), SIZE, log=lambda line: None, compare=True)
+    training = prepare.open_cache(cache).train.images         # as a running training maps it
+    before = numpy.array(training)
+    inode = os.stat(os.path.join(cache, "train_images.npy")).st_ino
+    os.remove(raw / "train" / "dog" / "dog0.jpg")
+    prepare.cache_for(str(raw), SIZE, log=lambda line: None, compare=True)
+    assert os.stat(os.path.join(cache, "train_images.npy")).st_ino != inode
+    numpy.testing.assert_array_equal(training, before)
+    assert len(prepare.open_cache(cache).train.images) == len(before) - 1
+
+
 def test_a_file_replaced_under_its_name_is_decoded_again_a_copied_folder_is_not(folder, tmp_path):
     """An image exported again under the same name (here cropped by a column) is another size
     in bytes: the cache is made again. A copy of the folder (new times of change, the same
