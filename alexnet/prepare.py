@@ -42,6 +42,7 @@ of `file class` lines separated by spaces or a comma.
 import argparse
 import concurrent.futures
 import contextlib
+import errno
 import fcntl
 import itertools
 import json
@@ -357,14 +358,26 @@ def sigterm_as_ctrl_c():
 def locked(cache, log):
     """The cache folder to this process alone within the block: a second process that prepares
     it at the same time (two runs started at once on one folder) waits here, then finds done
-    what the first did. An advisory lock (flock) on cache/prepare.lock, which the system
-    releases when the file is closed or the process dies."""
-    with open(os.path.join(cache, "prepare.lock"), "a") as lock:
+    what the first did. A POSIX record lock (lockf) on cache/prepare.lock: it belongs to this
+    process alone, not to the decoding workers it forks (an flock would pass to them, and a
+    killed preparation's orphaned workers would hold it), and the system releases it when the
+    process ends, however. Where it cannot be had (a read-only cache, a file system without
+    locks) the work goes on without it."""
+    try:
+        lock = open(os.path.join(cache, "prepare.lock"), "a")
+    except OSError:                 # read-only: nothing will be written to compete for
+        yield
+        return
+    with lock:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another process that prepares {cache}")
-            fcntl.flock(lock, fcntl.LOCK_EX)
+            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno in (errno.EACCES, errno.EAGAIN):     # held by another process
+                log(f"waiting for another process that prepares {cache}")
+                fcntl.lockf(lock, fcntl.LOCK_EX)
+            else:                   # e.g. ENOLCK, EOPNOTSUPP: a file system without locks
+                log(f"note: {cache} cannot be locked ({error.strerror}): two runs preparing "
+                    "it at once would write over each other")
         yield
 
 

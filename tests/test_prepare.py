@@ -246,7 +246,7 @@ def test_a_second_process_preparing_the_same_cache_waits_for_the_first(folder, t
     cache = tmp_path / "cache"
     cache.mkdir()
     with open(cache / "prepare.lock", "a") as lock:      # as the first process holds it
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.lockf(lock, fcntl.LOCK_EX)
         second = subprocess.Popen([sys.executable, "-m", "alexnet.prepare", "--data", str(folder),
                                    "--out", str(cache), "--size", str(SIZE), "--workers", "1"],
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -258,6 +258,33 @@ def test_a_second_process_preparing_the_same_cache_waits_for_the_first(folder, t
     output = second.communicate(timeout=60)[0]
     assert second.returncode == 0, output
     assert prepare.is_complete(prepare.read_manifest(str(cache)))
+
+
+def test_the_lock_ends_with_its_process_not_with_the_workers_it_forked(folder, tmp_path):
+    """A preparation killed (kill -9, out of memory) leaves its decoding workers orphaned for a
+    while: the lock must not pass to them, or the next preparation waits for ever."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", f"""if True:
+        import os, sys, time
+        from alexnet import prepare
+        with prepare.locked({str(cache)!r}, print):
+            worker = os.fork()
+            if worker == 0:                          # a worker: it outlives its parent
+                time.sleep(60)
+                os._exit(0)
+            print(worker, flush=True)
+            time.sleep(60)"""], stdout=subprocess.PIPE, text=True)
+    worker = int(holder.stdout.readline())
+    holder.kill()
+    holder.wait()
+    try:                                      # a time limit: waiting for ever is the bug
+        said = subprocess.run([sys.executable, "-m", "alexnet.prepare", "--data", str(folder),
+                               "--out", str(cache), "--size", str(SIZE), "--workers", "1"],
+                              capture_output=True, text=True, timeout=60)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+    assert said.returncode == 0 and "waiting" not in said.stdout, said.stdout
 
 
 def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_path, capsys):
