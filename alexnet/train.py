@@ -67,6 +67,13 @@ RUN_SETTINGS = ("data", "cache", "preset", "batch_size", "lr", "momentum", "weig
                 "dropout", "seed", "synthetic_train", "synthetic_val", "lr_patience", "lr_drops",
                 "eval_every", "clip_norm")
 DATA_PATHS = ("data", "cache")  # of those, the ones a resume may point at the data moved elsewhere
+# Of those, the ones added later, with the value that runs made before them trained with.
+ADDED_SETTINGS = {"clip_norm": 0.0}
+
+
+def saved_setting(config, key):
+    """A run's setting `key` from its config.json (as its checkpoints keep it)."""
+    return config.get(key, ADDED_SETTINGS.get(key))
 
 # How the recipe adapts to the size of the training set (the module docstring says why).
 PAPER_BATCH, SMALLEST_BATCH, STEPS_PER_EPOCH = 128, 16, 16
@@ -193,9 +200,9 @@ def check_resume_options(parser, args, argv):
     if lr != given:
         args.new_lr = lr
     for key in RUN_SETTINGS:
-        if key in typed and key not in DATA_PATHS and typed[key] != saved.get(key):
+        if key in typed and key not in DATA_PATHS and typed[key] != saved_setting(saved, key):
             typed_value, value = (f"{v:g}" if isinstance(v, float) else v
-                                  for v in (typed[key], saved.get(key)))      # 5, not 5.0
+                                  for v in (typed[key], saved_setting(saved, key)))  # 5, not 5.0
             parser.error(f"argument --{key.replace('_', '-')}: {typed_value} is not the resumed "
                          f"run's {value}; --resume goes on with the run's settings: "
                          "leave the option out, or start a new run")
@@ -402,8 +409,9 @@ class Run:
         if resume:
             saved = resume[2]["config"]
             for key in RUN_SETTINGS:       # --data and --cache, if given, find the same data
-                if key in saved and not (key in DATA_PATHS and getattr(args, key)):
-                    setattr(args, key, saved[key])
+                known = key in saved or key in ADDED_SETTINGS
+                if known and not (key in DATA_PATHS and getattr(args, key)):
+                    setattr(args, key, saved_setting(saved, key))
             if args.epochs is None:               # the same length unless --epochs says more
                 args.epochs = saved.get("epochs")
             if args.data and not os.path.exists(args.data):     # a cache is made again

@@ -231,6 +231,23 @@ def test_resume_after_a_reduction_keeps_the_schedule_bit_for_bit(tmp_path):
     assert drops[0] == drops[1] and drops[0]
 
 
+def test_a_run_made_before_a_setting_existed_resumes_with_its_old_value(tmp_path, capsys):
+    """A run made before --clip-norm trained without clipping: its resume goes on without it
+    (the small preset's recipe would clip), and --clip-norm 0 is its own value, not refused."""
+    run_dir = str(tmp_path / "old")
+    small = ["--preset", "small", "--synthetic-train", "64", "--synthetic-val", "16",
+             "--batch-size", "16", "--log-every", "1", "--run-dir", run_dir]
+    assert train.main(small + ["--max-steps", "1"]) == 0
+    assert "gradients clipped to a norm of 20" in capsys.readouterr().out
+    path = os.path.join(run_dir, "last.npz")
+    arrays, meta = checkpoint.read(path)
+    assert meta["config"].pop("clip_norm") == 20.0                  # as an older run's
+    numpy.savez(path, meta=numpy.array(json.dumps(meta)), **arrays)
+    assert train.main(["--resume", run_dir, "--max-steps", "2", "--clip-norm", "0"]) == 0
+    assert checkpoint.read(path, "meta")[1]["config"]["clip_norm"] == 0.0
+    assert "gradients clipped" not in capsys.readouterr().out
+
+
 def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, capsys):
     """Typed settings that differ from the run's are refused, not ignored; a relative --data
     is found again from another folder; other classes are refused; a training set of another
