@@ -242,8 +242,12 @@ def same_files(cache, split, root, paths, labels):
     """Whether the cache's split was made from exactly these files and labels."""
     files_path = os.path.join(cache, f"{split}_files.txt")
     images_path = os.path.join(cache, f"{split}_images.npy")
-    return os.path.exists(files_path) and os.path.exists(images_path) and \
-        read_text(files_path) == listing(root, paths, labels)
+    if not (os.path.exists(files_path) and os.path.exists(images_path)):
+        return False
+    made, now = read_text(files_path), listing(root, paths, labels)
+    if made.count("\t") == made.count("\n"):     # one tab a line: made before sizes were listed
+        now = "".join(line.rsplit("\t", 1)[0] + "\n" for line in now.split("\n")[:-1])
+    return made == now
 
 
 def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, log):

@@ -508,6 +508,24 @@ def test_a_training_reading_a_cache_keeps_its_images_when_a_new_run_decodes_it_a
     assert len(prepare.open_cache(cache).train.images) == len(before) - 1
 
 
+def test_a_cache_listed_before_sizes_were_is_not_decoded_again(folder, tmp_path):
+    """A cache whose file lists have no sizes (made before they had) is compared by path and
+    label: decoding ImageNet again would take hours for nothing."""
+    raw, said = tmp_path / "raw", []
+    shutil.copytree(folder, raw)
+    cache = prepare.cache_for(str(raw), SIZE, log=said.append, compare=True)
+    for split in ("train", "val"):
+        listed = os.path.join(cache, f"{split}_files.txt")
+        lines = open(listed).read().split("\n")[:-1]
+        prepare.write_text(listed, "".join(line.rsplit("\t", 1)[0] + "\n" for line in lines))
+    del said[:]
+    assert prepare.cache_for(str(raw), SIZE, log=said.append, compare=True) == cache
+    assert said[-1] == f"data: using the cache {cache}" and not any("again" in m for m in said)
+    os.remove(raw / "train" / "dog" / "dog0.jpg")                 # a change is still seen
+    prepare.cache_for(str(raw), SIZE, log=said.append, compare=True)
+    assert any("decoding them again" in m for m in said)
+
+
 def test_a_file_replaced_under_its_name_is_decoded_again_a_copied_folder_is_not(folder, tmp_path):
     """An image exported again under the same name (here cropped by a column) is another size
     in bytes: the cache is made again. A copy of the folder (new times of change, the same
