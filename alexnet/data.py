@@ -391,14 +391,19 @@ def loose_images(root):
                   if is_image_name(name) and os.path.isfile(os.path.join(root, name)))
 
 
+def class_folders(root):
+    """The names of the folders in root, sorted, hidden ones left out: its classes."""
+    return sorted(d for d in os.listdir(root)
+                  if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+
+
 def find_images(root, classes=None, log=None):
     """(paths, labels, classes) of root/<class>/<image>; classes sorted by name unless given.
     Hidden files and folders are skipped; extensions match in any case. log: told in one line
     of the visible files that were left out for their extension (notes.txt, IMG_0001)."""
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class>/<images>")
-    found = sorted(d for d in os.listdir(root)
-                   if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+    found = class_folders(root)
     for name in found:                     # classes.txt holds a name a line, files.txt a tab
         if "\n" in name or "\t" in name:
             raise ValueError(f"the class folder {os.path.join(root, name)!r} has a line break or "

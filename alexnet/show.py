@@ -162,7 +162,7 @@ class Source:
         train = os.path.join(settings["data"] or "", "train")
         if settings["data"] and not prepare.is_cache(settings["data"]) and os.path.isdir(train):
             check_classes(settings["data"], classes, args.checkpoint,    # before decoding it
-                          data.find_images(train)[2])
+                          data.class_folders(train))
         loaded = load_data(argparse.Namespace(**settings), stored_size,     # progress: stderr
                            log=lambda line: print(line, file=sys.stderr))
         self.train, self.val, self.cache = loaded.train, loaded.val, loaded.folder

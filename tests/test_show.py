@@ -244,3 +244,16 @@ def test_a_folder_of_other_classes_is_refused_before_it_is_decoded(run_dir, tmp_
                       str(tmp_path / "other"), "--out", str(tmp_path / "out")]) == 1
     assert "has classes that checkpoint" in capsys.readouterr().err
     assert sorted(os.listdir(tmp_path / "other")) == ["train", "val"]   # no cache was made
+
+
+def test_a_cache_whose_images_were_deleted_is_still_shown(run_dir, tmp_path):
+    """The class check before decoding reads folder names only: a folder whose images were
+    deleted once decoded (its class folders kept) is shown from its cache."""
+    synthetic.write_folder(str(tmp_path / "raw"), 12, 4, size=48, seed=3, extension=".png")
+    checkpoint_classes = checkpoint.read(str(run_dir / "last.npz"), "meta")[1]["classes"]
+    assert sorted(os.listdir(tmp_path / "raw" / "train")) == sorted(checkpoint_classes)
+    prepare.cache_for(str(tmp_path / "raw"), STORED, log=lambda line: None)
+    for image in (tmp_path / "raw").glob("*/*/*.png"):
+        image.unlink()
+    assert show.main(["--checkpoint", str(run_dir / "last.npz"), "--data", str(tmp_path / "raw"),
+                      "--out", str(tmp_path / "out"), "--only", "confusion"]) == 0
