@@ -987,7 +987,7 @@ def main(argv=None):
         parallel.use_cores(parallel.CORES // group.local_size)     # share the machine's
     backend.reuse_freed_memory()        # the same large arrays every step: keep them (CPU)
     try:
-        Run(args, group).run()
+        reason = Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         return fail(group, f"error: {error}", 1)
     except KeyboardInterrupt:    # before training started, or a second Ctrl-C during it
@@ -999,7 +999,8 @@ def main(argv=None):
             raise
         traceback.print_exc()
         return fail(group, f"error: {type(error).__name__}: {error} (traceback above)", 1)
-    return 0
+    # Saved, but not done: 128 + the signal, as a shell reports it (`train && evaluate` stops).
+    return next((128 + signum for signum, said in INTERRUPTED.items() if said == reason), 0)
 
 
 def fail(group, message, code):

@@ -410,7 +410,7 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
             break
     process.send_signal(sent)
     output = "".join(lines) + process.communicate(timeout=60)[0]
-    assert process.returncode == 0, output
+    assert process.returncode == 128 + sent, output
     assert f"{said} at step" in output and f"--resume '{run_dir}'\n" in output
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
@@ -636,7 +636,8 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
         return step(self, x, labels)
 
     monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
-    stopped = run_training(tmp_path, "stopped", "--epochs", "5", "--eval-every", "2")
+    stopped = str(tmp_path / "stopped")
+    assert train.main(TINY + ["--run-dir", stopped, "--epochs", "5", "--eval-every", "2"]) == 130
     assert records_of(stopped)[-1] == {**records_of(stopped)[-1], "step": 2,
                                        "reason": "interrupted (Ctrl-C)"}
     assert not os.path.exists(os.path.join(stopped, "best.npz"))    # stopped now, not evaluated
