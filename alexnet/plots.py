@@ -400,11 +400,13 @@ def confusion_matrix(counts, classes, path, max_named=50):
     label_w = int(max(probe.textlength(n, font=small) for n in names)) + 10 if named else 0
     left, top = 30 + label_w, 54 + label_w
     side = C * cell
-    image = Image.new("RGB", (left + side + 90, top + side + 20), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
     errors = 1 - numpy.trace(counts) / max(1, counts.sum())
-    draw.text((image.width / 2, 8), f"confusion matrix: {int(counts.sum()):,} images, top-1 "
-              f"error {errors:.2%}", fill=_TEXT, font=_font(16), anchor="ma")
+    heading = f"confusion matrix: {int(counts.sum()):,} images, top-1 error {errors:.2%}"
+    # As wide as the heading too: a few classes with short names make a matrix narrower than it.
+    width = max(left + side + 90, int(probe.textlength(heading, font=_font(16))) + 20)
+    image = Image.new("RGB", (width, top + side + 20), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    draw.text((image.width / 2, 8), heading, fill=_TEXT, font=_font(16), anchor="ma")
     pixels = _blend(share, _TRAIN)                                  # (C, C, 3)
     pixels[totals[:, 0] == 0] = _GRID
     image.paste(Image.fromarray(pixels.repeat(cell, 0).repeat(cell, 1)), (left, top))

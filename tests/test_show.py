@@ -117,7 +117,8 @@ def test_confusion_picture_colours_each_cell_by_its_share_of_the_row(tmp_path):
     pixels = numpy.asarray(Image.open(path))
     width, height = png_size(path)
     cell = 40                                                          # the largest cell
-    left, top = width - 90 - 3 * cell, height - 20 - 3 * cell      # the matrix's corner
+    top = height - 20 - 3 * cell                                       # the matrix's corner
+    left = top - 24                              # 30 and 54 past the class names' labels
 
     def colour(t, p):                     # a corner of cell (t, p), away from the printed share
         return pixels[top + t * cell + 3, left + p * cell + 3].tolist()
@@ -127,6 +128,16 @@ def test_confusion_picture_colours_each_cell_by_its_share_of_the_row(tmp_path):
     assert colour(2, 2) == plots._blend(numpy.array(0.5), plots._TRAIN).tolist()
     assert colour(0, 2) == [255, 255, 255]                            # never predicted
     assert colour(1, 1) == list(plots._GRID)                           # no images of "dog"
+
+
+def test_confusion_picture_is_as_wide_as_its_heading(tmp_path):
+    """Two classes of short names make a matrix narrower than the heading above it, which was
+    cut at both ends."""
+    path = tmp_path / "confusion.png"
+    plots.confusion_matrix(numpy.array([[4, 12], [12, 4]]), ["a", "b"], str(path))
+    heading = numpy.asarray(Image.open(path).convert("L"))[:30]       # the heading's band
+    inked = numpy.flatnonzero((heading < 128).any(axis=0))
+    assert len(inked) and inked[0] >= 5 and inked[-1] < heading.shape[1] - 5
 
 
 def drawn(text, font):
