@@ -445,11 +445,14 @@ def spelled_otherwise(root, unknown, classes):
     for name in unknown:
         known = by_form.get(unicodedata.normalize("NFC", name))
         if known is not None:
+            # ascii(): the accents as escapes, which survive a copy and paste that normalizes;
+            # quote(): the code as one argument of the shell, whatever quotes or $ the path has.
+            code = (f"import os; os.rename({ascii(os.path.join(root, name))}, "
+                    f"{ascii(os.path.join(root, known))})")
             return (f"the class folder {os.path.join(root, name)} ({normal_form(name)}) differs "
                     f"from the training set's {known} ({normal_form(known)}) only in Unicode "
                     f"normalization: {ascii(name)} and {ascii(known)}; rename it as the training "
-                    f"folder is written: python -c \"import os; os.rename("
-                    f"{ascii(os.path.join(root, name))}, {ascii(os.path.join(root, known))})\"")
+                    f"folder is written: python -c {quote(code)}")
     return None
 
 

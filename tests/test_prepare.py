@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import warnings
+from shlex import quote
 
 import numpy
 import pytest
@@ -331,8 +332,21 @@ def test_a_val_class_in_another_unicode_normalization_is_named_as_such(tmp_path,
     val = tmp_path / "val"
     assert error == f"error: the class folder {val / nfd} (NFD) differs from the training set's " \
         f"{nfc} (NFC) only in Unicode normalization: 'cafe\\u0301' and 'caf\\xe9'; rename it as " \
-        "the training folder is written: python -c \"import os; os.rename(" \
-        f"{ascii(str(val / nfd))}, {ascii(str(val / nfc))})\"\n"
+        "the training folder is written: python -c " \
+        f"{quote(f'import os; os.rename({ascii(str(val / nfd))}, {ascii(str(val / nfc))})')}\n"
+
+
+def test_the_rename_command_for_another_normalization_runs_in_a_shell_whatever_the_path(tmp_path):
+    """A path holding ' (ascii() then writes the name in double quotes, closing the shell's), $
+    or a backquote broke the pasted command; it must rename the folder as printed."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    root = tmp_path / "it's $HOME `date`" / "val"
+    (root / nfd).mkdir(parents=True)
+    message = data.spelled_otherwise(str(root), [nfd], [nfc, "dog"])
+    command = message.split("rename it as the training folder is written: ")[1]
+    assert command.startswith("python -c ")
+    subprocess.run(["sh", "-c", quote(sys.executable) + command[len("python"):]], check=True)
+    assert os.listdir(root) == [nfc]
 
 
 def test_a_folder_without_val_is_told_to_make_one(tmp_path):
