@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 from shlex import quote
 
 import numpy
-from PIL import Image, ImageFile, ImageOps
+from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
 from minigrad import backend
 
@@ -36,12 +36,18 @@ from minigrad import backend
 def decoded_extensions():
     """The extensions (lower case) of every file format this Pillow decodes, from its own
     registry (PIL.Image.registered_extensions): .jpg, .png, .avif, .pgm, .tga, .jp2, ...
-    Left out: formats it only writes (.pdf, .palm) and those it recognizes but cannot decode
-    without a handler of one's own (its stubs: .h5, .grib, .bufr, .wmf). The common photo
+    Left out: formats it only writes (.pdf, .palm); those it recognizes but cannot decode
+    without a handler of one's own (its stubs: .h5, .grib, .bufr, .wmf); MPEG (.mpg, .mpeg),
+    which it identifies but never loads ("cannot load this image"); and EPS and PostScript
+    (.eps, .ps) unless Ghostscript, which draws them for it, is installed. The common photo
     formats come first, as a message that lists them should begin."""
     def decodes(format):
         if format == "MPO":                  # a multi-picture JPEG: the JPEG plugin opens it
             return True
+        if format == "MPEG":
+            return False
+        if format == "EPS":
+            return EpsImagePlugin.has_ghostscript()
         opener = Image.OPEN.get(format, (None,))[0]
         return opener is not None and not (isinstance(opener, type) and
                                            issubclass(opener, ImageFile.StubImageFile))

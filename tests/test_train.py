@@ -162,6 +162,18 @@ def test_every_format_pillow_decodes_is_read_and_other_files_are_named_once(tmp_
         data.find_images(str(tmp_path / "train"))
 
 
+def test_formats_pillow_identifies_but_cannot_load_are_not_images(monkeypatch):
+    """Pillow opens an MPEG file but cannot load it ("cannot load this image"), and loads EPS
+    and PostScript only through Ghostscript: such files would be skipped as bad one by one."""
+    from PIL import EpsImagePlugin
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: False)
+    found = data.decoded_extensions()
+    assert ".jpg" in found and not {".mpg", ".mpeg", ".eps", ".ps"} & set(found)
+    monkeypatch.setattr(EpsImagePlugin, "has_ghostscript", lambda: True)
+    found = data.decoded_extensions()
+    assert {".eps", ".ps"} <= set(found) and not {".mpg", ".mpeg"} & set(found)
+
+
 def test_a_class_folder_with_a_line_break_is_refused(tmp_path):
     (tmp_path / "new\nline").mkdir()
     with pytest.raises(ValueError, match="has a line break or tab in its name; rename it"):
