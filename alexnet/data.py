@@ -335,18 +335,18 @@ def read_class_names(path, classes, log=print):
         raise ValueError(f"class names {path} cannot be read ({error}); give a text file of "
                          "'<class folder> <name>' lines") from None
     names = {folder: name for folder, name in pairs if name}
+    spaced = any(" " in name for name in classes)
+    tab = "a folder name with spaces is followed by a tab, not a space"
     if not any(name in names for name in classes):
         raise ValueError(f"class names {path} names none of the {len(classes)} classes (the "
-                         f"first is {classes[0]!r}); give the file whose lines start with the "
-                         "class folders' names")
+                         f"first class folder is {classes[0]!r}); give the file whose lines "
+                         "start with the class folders' names" + (f" ({tab})" if spaced else ""))
     known = set(classes)
     unknown = [folder for folder, _ in pairs if folder not in known]
     if unknown:
-        spaced = any(" " in name for name in classes)
         log(f"note: {len(unknown)} of the {len(pairs)} lines of {path} name no class folder "
             f"({', '.join(map(repr, unknown[:3]))}{', ...' if len(unknown) > 3 else ''}) and are "
-            "not used" + ("; a folder name with spaces is followed by a tab, not a space"
-                          if spaced else ""))
+            "not used" + (f"; {tab}" if spaced else ""))
     return [names.get(name, name) for name in classes]
 
 

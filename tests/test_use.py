@@ -489,6 +489,23 @@ def test_a_folder_name_with_spaces_is_followed_by_a_tab_and_unknown_lines_are_to
                      "space"]
 
 
+def test_a_class_name_file_with_spaces_for_tabs_is_told_of_the_tab(tmp_path):
+    """Every line of this file splits at the space inside its folder's name, so it names no
+    class: the refusal is where the tab must be told of."""
+    path = tmp_path / "names.txt"
+    path.write_text("red circle Rote Kreise\nblue square Blaue Quadrate\n")
+    with pytest.raises(ValueError) as raised:
+        data.read_class_names(str(path), ["blue square", "red circle"])
+    assert str(raised.value) == f"class names {path} names none of the 2 classes (the first " \
+        "class folder is 'blue square'); give the file whose lines start with the class " \
+        "folders' names (a folder name with spaces is followed by a tab, not a space)"
+    path.write_text("n0000 a cat\n")
+    with pytest.raises(ValueError) as raised:
+        data.read_class_names(str(path), ["cat", "dog"])
+    assert str(raised.value).endswith("(the first class folder is 'cat'); give the file whose "
+                                      "lines start with the class folders' names")
+
+
 def test_filters_writes_both_towers(run_dir, tmp_path, capsys):
     out = tmp_path / "conv1.png"
     assert filters.main(["--checkpoint", str(run_dir / "last.npz"), "--out", str(out)]) == 0
