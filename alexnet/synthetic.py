@@ -283,6 +283,11 @@ def main(argv=None):
     if args.classes > len(CLASSES):
         p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 1 to "
                 f"{len(CLASSES)}")
+    for split in ("train", "val"):          # every class gets an image, as the summary claims
+        count = getattr(args, split)
+        if count < args.classes:
+            p.error(f"argument --{split}: {count} images cannot hold the {args.classes} classes; "
+                    f"pass --{split} {args.classes} or more, or --classes {count} or fewer")
     if os.path.isdir(args.out) and os.listdir(args.out):   # its files would stay among the new
         print(f"error: {args.out} is not empty; pass --out with a new folder", file=sys.stderr)
         return 1

@@ -584,7 +584,7 @@ def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, 
     ones (10 class folders where 3 were asked for)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    small = ["--train", "1", "--val", "1", "--size", "16"]
+    small = ["--train", "1", "--val", "1", "--size", "16", "--classes", "1"]
     assert synthetic.main(["--out", str(blocker), *small]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot write {blocker}: ")
     assert synthetic.main(["--out", str(tmp_path / "a set"), *small]) == 0
@@ -592,6 +592,25 @@ def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, 
     assert synthetic.main(["--out", str(tmp_path / "a set"), *small]) == 1
     assert capsys.readouterr().err == f"error: {tmp_path / 'a set'} is not empty; pass --out " \
         "with a new folder\n"
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_synthetic_refuses_fewer_images_than_classes(split, tmp_path, capsys):
+    """5 images of 10 classes wrote 5 class folders under a line that said 10 classes: every
+    class gets at least one image, or the command is refused."""
+    counts = {"train": "10", "val": "10", split: "5"}
+    argv = ["--out", str(tmp_path / "set"), "--train", counts["train"], "--val", counts["val"],
+            "--size", "16"]
+    with pytest.raises(SystemExit) as stopped:
+        synthetic.main(argv)
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and error.endswith(
+        f"error: argument --{split}: 5 images cannot hold the 10 classes; pass --{split} 10 or "
+        "more, or --classes 5 or fewer (see --help)\n") and error.count("\n") == 1
+    assert not os.path.exists(tmp_path / "set")
+    assert synthetic.main(argv + ["--classes", "5"]) == 0
+    assert ", 5 classes; " in capsys.readouterr().out
+    assert len(os.listdir(tmp_path / "set" / split)) == 5
 
 
 @pytest.mark.parametrize("rank", [0, 1])
