@@ -8,7 +8,8 @@ of each image with their softmax probabilities: a class's readable name, and its
 below it; a folder without images is refused, and so is a URL (nothing is downloaded). An
 image that cannot be read is named with the reason and skipped; the exit status is then 1.
 Images are decoded (on every core) and classified --batch-size at a time, one forward pass per
-batch, and printed in the order given. Options may come after the images too.
+batch, and printed in the order given. Options may come after the images too; an image whose
+name starts with a dash goes after `--`.
 
 Predictions go to stdout, everything else to stderr: the checkpoint file a run directory
 stands for, and, for more images than one batch, a progress line (not when stdout is a
@@ -28,28 +29,43 @@ from alexnet.evaluate import softmax
 
 
 def parse_args(argv=None):
+    """The options; every argument after "--" is an image, a name that starts with a dash too.
+    Those are taken here, before argparse: Python 3.11's intermixed parsing loses the "--" and
+    asks for an IMAGE when none comes before it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    end = argv.index("--") if "--" in argv else len(argv)
+    argv, named = argv[:end], argv[end + 1:]
     p = Parser(prog="python -m alexnet.predict", description=__doc__,
+               usage="%(prog)s [-h] --checkpoint CKPT [--top K] [--batch-size BATCH_SIZE]\n"
+                     f"{'':33}[--devices DEVICES] [--] IMAGE [IMAGE ...]",
                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, metavar="CKPT", help=CHECKPOINT_HELP)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (JPEG, PNG, ...), "
-                   "or folders of them")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (JPEG, PNG, ...), "
+                   "or folders of them; after --, names that start with a dash")
     p.add_argument("--top", type=whole(1), default=5, metavar="K",
                    help="classes to show per image (default 5)")
     p.add_argument("--batch-size", type=whole(1), default=128, help="images decoded and "
                    "classified at a time, in one forward pass (default 128)")
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
                    "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
-    return p.parse_intermixed_args(argv)    # options after the images too
+    args = p.parse_intermixed_args(argv)    # options after the images too
+    args.images += named
+    if not args.images:
+        p.error("the following arguments are required: IMAGE")
+    return args
 
 
 def image_files(arguments):
     """The image files that the IMAGE arguments name: a file as it is, a folder as every image
-    below it. A URL, or a folder without images, is refused in one sentence before any work."""
+    below it. A URL, a missing file or a folder without images is refused in one sentence
+    before any work (a link to nothing is kept: decoding names where it points)."""
     paths = []
     for path in arguments:
         if "://" in path:
             raise ValueError(f"{path} is a URL, and predict reads only local files: download it "
                              "first (e.g. curl -O URL) and pass the file")
+        if not os.path.lexists(path):
+            raise ValueError(f"no such file: {path}; pass image files or folders of them")
         found = data.images_below(path) if os.path.isdir(path) else [path]
         if not found:
             raise ValueError(f"no images found under {path} (extensions: "

@@ -183,12 +183,13 @@ def test_class_mismatch_is_one_sentence_naming_the_classes(run_dir, tmp_path, ca
     assert synthetic.CLASSES[0] in error
 
 
-def test_user_errors_are_one_sentence_without_traceback(run_dir, image_dir, tmp_path, capsys):
+def test_user_errors_are_one_sentence_without_traceback(run_dir, image_dir, image, tmp_path,
+                                                        capsys):
     missing = str(tmp_path / "nope.npz")
     for main, argv in ((evaluate.main, ["--checkpoint", missing, "--data", str(image_dir)]),
                        (evaluate.main, ["--checkpoint", str(run_dir / "best.npz"), "--data",
                                         missing]),
-                       (predict.main, ["--checkpoint", missing, "a.png"]),
+                       (predict.main, ["--checkpoint", missing, image]),
                        (filters.main, ["--checkpoint", missing])):
         assert main(argv) == 1
         error = capsys.readouterr().err
@@ -322,6 +323,33 @@ def test_predict_takes_its_options_after_the_images(run_dir, image, capsys):
     assert predict.main([image, "--checkpoint", str(run_dir / "last.npz"), image, "--top",
                          "2"]) == 0
     assert capsys.readouterr().out.splitlines()[::3] == [image, image]
+
+
+def test_predict_takes_every_argument_after_a_double_dash_as_an_image(run_dir, image, tmp_path,
+                                                                     monkeypatch, capsys):
+    """An image whose name starts with a dash goes after --; Python 3.11's intermixed parsing
+    lost the -- and asked for an IMAGE when none came before it."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(image, "-weird.png")
+    checkpoint_file = str(run_dir / "last.npz")
+    assert predict.main(["--checkpoint", checkpoint_file, "--", "-weird.png"]) == 0
+    assert capsys.readouterr().out.splitlines()[::6] == ["-weird.png"]
+    assert predict.main([image, "--top", "2", "--checkpoint", checkpoint_file, "--",
+                         "-weird.png"]) == 0
+    assert capsys.readouterr().out.splitlines()[::3] == [image, "-weird.png"]
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", checkpoint_file, "--"])
+    assert stopped.value.code == 2 and "the following arguments are required: IMAGE" in \
+        capsys.readouterr().err
+
+
+def test_predict_refuses_a_missing_image_before_it_loads_the_checkpoint(run_dir, image, tmp_path,
+                                                                        capsys):
+    missing = str(tmp_path / "nope.jpg")
+    assert predict.main(["--checkpoint", str(run_dir), image, missing]) == 1
+    out, err = capsys.readouterr()                  # not even "using best.npz" came before it
+    assert out == "" and err == f"error: no such file: {missing}; pass image files or folders " \
+        "of them\n"
 
 
 def test_predict_ends_quietly_when_its_reader_stops(run_dir, image_dir):
@@ -535,7 +563,7 @@ def test_the_modules_run_from_the_command_line(tmp_path):
     result = subprocess.run([sys.executable, "-m", "alexnet.predict", "--checkpoint",
                              str(tmp_path / "none.npz"), "a.png"], capture_output=True, text=True)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "does not exist" in result.stderr
+    assert "no such file: a.png" in result.stderr
 
 
 @pytest.mark.skipif(backend.gpu_count() < 2, reason="needs two GPUs (PYTHONPATH=tests/fakecupy "
