@@ -587,13 +587,14 @@ class Run:
         self.epoch, self.batch, self.step = meta["epoch"], meta["batch"], meta["step"]
         trained_on = meta.get("train_images", len(self.train))
         if trained_on != len(self.train):   # files added or removed, and the cache made again
-            ends = self.batch >= self.steps_per_epoch      # the smaller epoch has no batch left
-            if ends:
-                self.epoch, self.batch = self.epoch + 1, 0
+            # Where the smaller epoch has no batch left, it ends at once (and is evaluated).
+            ends = self.batch >= self.steps_per_epoch
+            self.batch = min(self.batch, self.steps_per_epoch)
             log_line(f"note: the checkpoint was trained on {trained_on:,} training images and "
                      f"the data now has {len(self.train):,}: training goes on with the data as it "
-                     "is, " + ("from the next epoch" if ends else "the rest of the epoch in "
-                               "progress drawn from the new set"))
+                     "is (its mean image and colour statistics too), " +
+                     ("from the next epoch" if ends else "the rest of the epoch in progress "
+                      "drawn from the new set"))
         self.best = meta["best_top1_error"]
         self.seconds = meta.get("seconds", 0.0)
         ranks, K = meta.get("ranks", 1), self.group.size

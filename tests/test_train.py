@@ -297,14 +297,17 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     assert train.main(["--resume", "../copy", "--data", "fewer", "--max-steps", "9"]) == 0
     out = capsys.readouterr().out
     assert "note: the checkpoint was trained on 40 training images and the data now has 16: " \
-        "training goes on with the data as it is, from the next epoch" in out
+        "training goes on with the data as it is (its mean image and colour statistics too), " \
+        "from the next epoch" in out
+    assert "eval epoch 2: " in out                # the epoch ended there is evaluated
     assert checkpoint.load("../copy/last.npz")[2]["step"] == 9
     synthetic.write_folder("more", 48, 10, size=48, classes=3, extension=".png")
     shutil.rmtree("../copy")
     shutil.copytree("../run", "../copy")
     assert train.main(["--resume", "../copy", "--data", "more", "--max-steps", "9"]) == 0
-    assert "and the data now has 48: training goes on with the data as it is, the rest of the " \
-        "epoch in progress drawn from the new set" in capsys.readouterr().out
+    assert "and the data now has 48: training goes on with the data as it is (its mean image " \
+        "and colour statistics too), the rest of the epoch in progress drawn from the new set" \
+        in capsys.readouterr().out
     shutil.copytree("../shapes", "renamed", ignore=shutil.ignore_patterns(".alexnet-cache-*"))
     classes = sorted(os.listdir("renamed/train"))
     for split in ("train", "val"):
