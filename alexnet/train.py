@@ -475,10 +475,15 @@ class Run:
             theirs, ours = resume[2]["classes"], self.classes
             lacks, adds = ([c for c in a if c not in b][:3] for a, b in ((theirs, ours),
                                                                         (ours, theirs)))
-            differ = "; ".join([f"the data lacks {', '.join(lacks)}"] * bool(lacks) +
-                               [f"has {', '.join(adds)}"] * bool(adds)) or "in another order"
+            differ = "; ".join(([f"the data lacks {', '.join(lacks)}"] if lacks else []) +
+                               ([f"has {', '.join(adds)}"] if adds else [])) or "in another order"
+            again = "" if not args.data or loaded.folder == args.data else (
+                f" (the data is its cache {loaded.folder}, which a resume reads as it is; if the "
+                f"folder holds the run's classes now, decode it anew first: python -m "
+                f"alexnet.prepare --data {quote(args.data)} --size {preset.stored_size()} "
+                f"--out {quote(loaded.folder)})")
             raise ValueError(f"the checkpoint {args.resume} was trained on other classes than "
-                             f"the data ({differ}); resume with the data it was trained on")
+                             f"the data ({differ}); resume with the data it was trained on{again}")
         self.note_missing_classes()
         self.class_names = self.readable_names(resume)
         said = fit_recipe(args, len(self.train))

@@ -314,7 +314,11 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
         os.rename(f"renamed/{split}/{classes[-1]}", f"renamed/{split}/zebra")
     assert train.main(["--resume", "../run", "--data", "renamed", "--max-steps", "8"]) == 1
     assert f"other classes than the data (the data lacks {classes[-1]}; has zebra); resume " \
-        "with the data it was trained on" in capsys.readouterr().err
+        "with the data it was trained on (the data is its cache " \
+        f"{elsewhere / 'renamed' / '.alexnet-cache-39'}, which a resume reads as it is; if the " \
+        "folder holds the run's classes now, decode it anew first: python -m alexnet.prepare " \
+        f"--data {elsewhere / 'renamed'} --size 39 --out " \
+        f"{elsewhere / 'renamed' / '.alexnet-cache-39'})" in capsys.readouterr().err
     os.rename("../shapes", "../moved")                    # the data moved: say where it went
     assert train.main(["--resume", "../run", "--max-steps", "8"]) == 1
     assert f"the data this run was trained on, {tmp_path / 'shapes'}, is not there any more; " \
