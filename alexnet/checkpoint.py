@@ -157,5 +157,7 @@ def load_augmentation(path):
                          "checkpoints carried them; rewrite its run's last.npz with them, without "
                          "training, by python -m alexnet.train --resume "
                          f"{quote(os.path.dirname(path) or '.')} --max-steps "
-                         f"{meta['step'] if last else 'STEP (the step of that last.npz)'}")
+                         f"{meta['step'] if last else 'STEP (the step of that last.npz)'}" +
+                         ("" if last else ", then pass --checkpoint " +
+                          quote(os.path.join(os.path.dirname(path), "last.npz"))))
     return Augmentation(**{name: arrays[name] for name in names})

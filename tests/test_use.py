@@ -661,3 +661,23 @@ def test_a_one_process_command_under_mpiexec_refuses_said_once(run_dir, tmp_path
         "alexnet.train works over several)\n"
     assert capsys.readouterr() == ("", said if rank == 0 else "")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_checkpoint_without_colour_statistics_is_told_how_to_rewrite_it(run_dir, tmp_path):
+    """Checkpoints written before they carried the mean image and PCA: the message gives the
+    command that rewrites last.npz with them, and for best.npz (what a run directory now
+    means) to pass that last.npz after."""
+    arrays, meta = checkpoint.read(str(run_dir / "last.npz"))
+    old = tmp_path / "old run"
+    old.mkdir()
+    for name in ("last.npz", "best.npz"):
+        numpy.savez(old / name, meta=numpy.array(json.dumps(meta)),
+                    **{k: v for k, v in arrays.items() if not k.startswith("data.")})
+    with pytest.raises(ValueError) as raised:
+        checkpoint.load_augmentation(str(old / "last.npz"))
+    assert str(raised.value).endswith(f"python -m alexnet.train --resume '{old}' --max-steps "
+                                      f"{meta['step']}")
+    with pytest.raises(ValueError) as raised:
+        checkpoint.load_augmentation(str(old / "best.npz"))
+    assert str(raised.value).endswith(f"--max-steps STEP (the step of that last.npz), then pass "
+                                      f"--checkpoint '{old / 'last.npz'}'")
