@@ -830,12 +830,13 @@ class Run:
         happened."""
         tick = time.perf_counter()
         loss, top1, top5, logits = self.validate()
+        top5 = top5 if len(self.classes) > 5 else None      # 0 by definition with 5 classes
         self.record(kind="eval", epoch=self.epochs_done(), step=self.step, loss=loss,
-                    top1_error=top1, top5_error=top5, lr=self.optimizer.lr,
-                    **({"final": True} if final else {}))
+                    top1_error=top1, **({} if top5 is None else {"top5_error": top5}),
+                    lr=self.optimizer.lr, **({"final": True} if final else {}))
         improved = top1 < self.best     # for best.npz any gain; the schedule asks 0.1% of it
         self.best = min(self.best, top1)
-        top5 = f"  top-5 error {top5:.2%}" if len(self.classes) > 5 else ""    # else always 0
+        top5 = f"  top-5 error {top5:.2%}" if top5 is not None else ""
         when = f"epoch {self.epoch}" if not final else \
             f"at the stop (epoch {round(self.epochs_done(), 2):g})"
         log_line(f"eval {when}: val loss {loss:.4f}  top-1 error {top1:.2%}{top5}  "

@@ -174,3 +174,16 @@ def test_filter_grid_names_a_bad_shape(tmp_path):
     with pytest.raises(ValueError, match=r"\(out, 3, kh, kw\)"):
         plots.filter_grid(numpy.zeros((4, 11, 11)), numpy.zeros((4, 3, 11, 11)),
                           str(tmp_path / "f.png"))
+
+
+def test_curves_draw_no_top5_where_the_evaluations_have_none(tmp_path):
+    """With 5 classes or fewer training records no top-5 error (it is 0 by definition): the
+    picture has no top-5 line or legend entry then, and has them otherwise."""
+    def top5_pixels(records):
+        plots.plot_curves(records, tmp_path / "curves.png")
+        pixels = numpy.asarray(Image.open(tmp_path / "curves.png").convert("RGB"))
+        return int((pixels == plots._VAL_TOP5).all(axis=2).sum())
+    with_top5 = curve_records()
+    without = [{k: v for k, v in r.items() if k != "top5_error"} for r in with_top5]
+    assert top5_pixels(with_top5) > 0 and top5_pixels(without) == 0
+    assert top5_pixels([r for r in with_top5 if r["kind"] == "train"]) > 0   # legend, no eval yet

@@ -270,6 +270,8 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     synthetic.write_folder("shapes", 40, 10, size=48, classes=3, extension=".png")
     first = ["--preset", "tiny", "--batch-size", "8", "--log-every", "1", "--eval-every", "1"]
     assert train.main(first + ["--data", "shapes", "--run-dir", "run", "--max-steps", "4"]) == 0
+    evals = [r for r in records_of("run") if r["kind"] == "eval"]
+    assert evals and not [r for r in evals if "top5_error" in r]     # 3 classes: always 0
     with pytest.raises(SystemExit):
         train.main(["--resume", "run", "--momentum", "0.5"])
     assert "argument --momentum: 0.5 is not the resumed run's 0.9" in capsys.readouterr().err
