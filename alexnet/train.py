@@ -22,8 +22,8 @@ class (README, Results):
                    finish (--epochs). On ImageNet all four are the paper's: batch 128, an
                    evaluation every epoch, patience 3 epochs, at most 90 epochs.
   --clip-norm      below batch 128, the small preset's gradients are scaled down to a norm of
-                   at most 20 (CLIP_NORMS). Drawn shapes, flat or cluttered, never reach it
-                   (norms under 18 in 1,500 steps); a folder learned within a few steps can,
+                   at most 20 (CLIP_NORMS). Drawn shapes, flat or cluttered, did not reach it
+                   (norms under 18 in up to 1,500 steps); a folder learned within a few steps can,
                    where one step's gradient 20 to 2,000 times the usual starts a runaway to NaN.
 
 A run that has not begun to learn after its first evaluations says so, with what to try.

@@ -348,7 +348,8 @@ def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
     """A GPU number read inside the step would make the host wait for the GPU every step. On
     (fake) GPUs every way from device memory to the host is closed during the step: Tensor's,
-    backend.to_device's, and the device array's own."""
+    backend.to_device's, and the device array's own. With gradient clipping too, which acts at
+    every step here."""
     def read(*args, **kwargs):
         raise AssertionError("train_step read a number back from the device")
 
@@ -371,7 +372,7 @@ def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatc
             return step(self, x, labels)
 
     monkeypatch.setattr(train.Run, "train_step", guarded)
-    run_training(tmp_path, "guarded", "--log-every", "5", "--epochs", "1")
+    run_training(tmp_path, "guarded", "--log-every", "5", "--epochs", "1", "--clip-norm", "1e-6")
 
 
 @pytest.mark.parametrize("stop", ["--epochs=2", "--max-steps=9"], ids=["line", "stop"])
