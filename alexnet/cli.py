@@ -41,7 +41,8 @@ def real(lowest=0.0, inclusive=True, below=math.inf):
         if not (math.isfinite(value) and low_ok and value < below):
             allowed = f"{'at least' if inclusive else 'above'} {lowest:g}" + \
                 (f" and below {below:g}" if math.isfinite(below) else "")
-            raise argparse.ArgumentTypeError(f"{text} is not allowed: use a number {allowed}")
+            raise argparse.ArgumentTypeError(f"{text} is not allowed: use a finite number "
+                                             f"{allowed}")
         return value
     return parse
 

@@ -608,7 +608,8 @@ class Run:
         else:
             mg_random.manual_seed([self.args.seed, self.group.rank, self.step])
             B = self.args.batch_size
-            log_line(f"note: this run was trained by {ranks} processes and goes on with {K}: "
+            log_line(f"note: this run was trained by {ranks} process{'es' if ranks > 1 else ''} "
+                     f"and goes on with {K}: "
                      f"the batch stays {B} images a step ({B // K} per process, was "
                      f"{B // ranks}), and dropout masks come from a new random stream")
         metrics = os.path.join(self.dir, "metrics.jsonl")
