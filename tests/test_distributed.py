@@ -73,11 +73,13 @@ def test_two_ranks_average_to_the_gradient_of_the_whole_batch():
 def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path, devices):
     """20 steps (an evaluation at 16): two ranks of 16 images end with the weights of one
     process at batch 32, to float32 rounding of the updates; rank 1 prints and writes nothing.
-    On GPUs rank r has GPU r for both towers, and the one process GPU 0."""
+    On GPUs rank r has GPU r for both towers, and the one process GPU 0. Gradient clipping,
+    on the averaged gradients, clips the same steps."""
     mpiexec()
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()
-    settings = TINY + ["--max-steps", "20", "--run-dir", "run", "--devices", devices]
+    settings = TINY + ["--max-steps", "20", "--run-dir", "run", "--devices", devices,
+                       "--clip-norm", "0.2"]
     one = launch(1, settings, tmp_path / "one")
     two = launch(2, settings, tmp_path / "two")
     assert one.returncode == 0 and two.returncode == 0, one.stderr + two.stderr
@@ -101,6 +103,9 @@ def test_two_ranks_train_like_one_process_and_only_rank_0_writes(tmp_path, devic
     assert abs(evals[0][0]["loss"] - evals[1][0]["loss"]) < 1e-5
     progress = [r for r in records if r["kind"] == "train"]
     assert len(progress) == 5 and all(0 <= r["averaging_share"] < 1 for r in progress)
+    clipped = [[json.loads(line)["clipped_steps"] for line in open(tmp_path / name / "run" /
+                "metrics.jsonl") if '"train"' in line] for name in ("one", "two")]
+    assert clipped[0] == clipped[1] and 0 < sum(clipped[0]) < 20, clipped
 
 
 def test_rank_0_prepares_a_folder_and_the_others_read_its_cache(tmp_path):
