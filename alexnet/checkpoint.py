@@ -159,5 +159,6 @@ def load_augmentation(path):
                          f"{quote(os.path.dirname(path) or '.')} --max-steps "
                          f"{meta['step'] if last else 'STEP (the step of that last.npz)'}" +
                          ("" if last else ", then pass --checkpoint " +
-                          quote(os.path.join(os.path.dirname(path), "last.npz"))))
+                          quote(os.path.join(os.path.dirname(path), "last.npz")) +
+                          " (the last step's weights: this best.npz keeps the old format)"))
     return Augmentation(**{name: arrays[name] for name in names})

@@ -164,15 +164,15 @@ def _panel(draw, box, title, x_label, series, marks=()):
         draw.text((lx0 + 30, y), name, fill=_TEXT, font=small, anchor="lm")
 
 
-def plot_curves(records, path, title="AlexNet training"):
+def plot_curves(records, path, title="AlexNet training", top5=True):
     """Loss and error against epoch, from the records of a metrics.jsonl, as a 900x400 PNG.
 
     records: dicts with "kind" ("train" or "eval"), "epoch" and the measured values ("loss",
     "top1_error", and for eval also "top5_error"); records of kind "lr" (a learning-rate
     reduction, with the new "lr") and "stop" are drawn as dashed vertical lines; other kinds and
     missing or NaN values are skipped. The left panel shows training and validation loss, the
-    right one training top-1 and validation top-1 and top-5 error (no top-5 where the
-    evaluations have none: 5 classes or fewer).
+    right one training top-1 and validation top-1 and top-5 error (not top5: with 5 classes or
+    fewer, where it is 0 by definition).
     """
     def points(kind, key):
         return [(float(r["epoch"]), float(r[key])) for r in records
@@ -189,9 +189,8 @@ def plot_curves(records, path, title="AlexNet training"):
     ], marks)
     errors = [("train top-1", _TRAIN, points("train", "top1_error")),
               ("val top-1", _VAL, points("eval", "top1_error"))]
-    top5 = points("eval", "top5_error")
-    if top5 or not errors[1][2]:        # evaluations without top-5: 5 classes or fewer
-        errors.append(("val top-5", _VAL_TOP5, top5))
+    if top5:
+        errors.append(("val top-5", _VAL_TOP5, points("eval", "top5_error")))
     _panel(draw, (450, 30, 900, 400), "error", "epoch", errors, marks)
     _save(image, path)
 

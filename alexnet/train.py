@@ -758,6 +758,8 @@ class Run:
                     if self.epoch % args.eval_every == 0 or self.epoch == args.epochs:
                         self.evaluate_and_save()
                     reason = reason or self.stop_reason(stop)
+            if reason in INTERRUPTED.values():  # at the last step: the run is complete all the same
+                reason = self.finished() or reason
             if numbers:                        # checked before they are saved
                 self.read_window(numbers)
             self.save("last.npz")              # first: a job's kill may follow its SIGTERM
@@ -790,8 +792,10 @@ class Run:
             seen = f"--max-minutes {self.args.max_minutes:g} reached"
         if self.group.size > 1:
             seen = next(filter(None, self.group.allgather(seen)), None)
-        if seen:
-            return seen
+        return seen or self.finished()
+
+    def finished(self):
+        """Why training is complete, or None; the same on every process."""
         if self.args.max_steps and self.step >= self.args.max_steps:
             return f"--max-steps {self.args.max_steps} reached"
         if self.schedule.finished:
@@ -862,7 +866,8 @@ class Run:
         if not self.writes:
             return
         try:
-            plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"))
+            plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"),
+                              top5=len(self.classes) > 5)
             if logits is not None:
                 plots.filter_grid(self.model.conv1a.weight.numpy(),
                                   self.model.conv1b.weight.numpy(),

@@ -97,9 +97,9 @@ def clip_grad_norm(params, max_norm):
     Not in the AlexNet paper. A guard against the runaway of one step (Pascanu, Mikolov and
     Bengio 2013): a gradient a hundred times the usual, scaled down, cannot throw the weights
     far enough that the next gradient is larger still. The squares are summed in the gradients'
-    dtype: a norm past float32's range is inf, which scales the step's gradients to 0 (the step
-    is skipped, as a loss scaler skips one that overflowed); a NaN norm gives NaN gradients, and
-    the loss check after them stops the run."""
+    dtype: a norm past float32's range is inf, which scales the gradients to 0 (momentum and
+    weight decay still move the weights), and an inf gradient value to NaN; a NaN norm gives NaN
+    gradients. A run's loss check stops it after those."""
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return numpy.float64(0.0)

@@ -176,14 +176,15 @@ def test_filter_grid_names_a_bad_shape(tmp_path):
                           str(tmp_path / "f.png"))
 
 
-def test_curves_draw_no_top5_where_the_evaluations_have_none(tmp_path):
-    """With 5 classes or fewer training records no top-5 error (it is 0 by definition): the
-    picture has no top-5 line or legend entry then, and has them otherwise."""
-    def top5_pixels(records):
-        plots.plot_curves(records, tmp_path / "curves.png")
+def test_curves_draw_no_top5_with_5_classes_or_fewer(tmp_path):
+    """With 5 classes or fewer (top5=False) there is no top-5 line or legend entry, before the
+    first evaluation too: the legend does not change when it comes."""
+    def top5_pixels(records, top5):
+        plots.plot_curves(records, tmp_path / "curves.png", top5=top5)
         pixels = numpy.asarray(Image.open(tmp_path / "curves.png").convert("RGB"))
         return int((pixels == plots._VAL_TOP5).all(axis=2).sum())
-    with_top5 = curve_records()
-    without = [{k: v for k, v in r.items() if k != "top5_error"} for r in with_top5]
-    assert top5_pixels(with_top5) > 0 and top5_pixels(without) == 0
-    assert top5_pixels([r for r in with_top5 if r["kind"] == "train"]) > 0   # legend, no eval yet
+    records = curve_records()
+    without = [{k: v for k, v in r.items() if k != "top5_error"} for r in records]
+    assert top5_pixels(records, True) > 0 and top5_pixels(without, False) == 0
+    trained = [r for r in records if r["kind"] == "train"]            # no evaluation yet
+    assert top5_pixels(trained, True) > 0 and top5_pixels(trained, False) == 0

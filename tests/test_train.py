@@ -663,6 +663,9 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
     assert train.main(TINY + ["--run-dir", stopped, "--epochs", "5", "--eval-every", "2"]) == 130
     assert records_of(stopped)[-1] == {**records_of(stopped)[-1], "step": 2,
                                        "reason": "interrupted (Ctrl-C)"}
+    last = str(tmp_path / "last")                 # Ctrl-C at the last step: complete all the same
+    assert train.main(TINY + ["--run-dir", last, "--max-steps", "2"]) == 0
+    assert records_of(last)[-1]["reason"] == "--max-steps 2 reached"
     assert not os.path.exists(os.path.join(stopped, "best.npz"))    # stopped now, not evaluated
 
 

@@ -680,4 +680,5 @@ def test_a_checkpoint_without_colour_statistics_is_told_how_to_rewrite_it(run_di
     with pytest.raises(ValueError) as raised:
         checkpoint.load_augmentation(str(old / "best.npz"))
     assert str(raised.value).endswith(f"--max-steps STEP (the step of that last.npz), then pass "
-                                      f"--checkpoint '{old / 'last.npz'}'")
+                                      f"--checkpoint '{old / 'last.npz'}' (the last step's "
+                                      "weights: this best.npz keeps the old format)")
