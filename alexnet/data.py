@@ -380,6 +380,12 @@ def images_below(folder, others=None):
     return found
 
 
+# Image formats of cameras and phones that Pillow does not decode (without plugins of its own):
+# renaming would not help them, converting does.
+UNREAD_IMAGE_FORMATS = frozenset((".heic", ".heif", ".svg", ".cr2", ".cr3", ".nef", ".arw",
+                                  ".dng", ".orf", ".rw2", ".raf"))
+
+
 def left_out(root, others):
     """What to say of the files counted by extension in `others` (images_below's), which were
     not read."""
@@ -387,8 +393,10 @@ def left_out(root, others):
     kinds = ", ".join(f"{ext or 'no extension'}: {n}" for ext, n in others.most_common(4))
     files = f"{count} files under {root} are not images by their extension and were" \
         if count > 1 else f"1 file under {root} is not an image by its extension and was"
-    return (f"{files} left out ({kinds}{', ...' if len(others) > 4 else ''}); give an image its "
-            "format's extension (.jpg, .png, ...) to use it")
+    unread = sorted(UNREAD_IMAGE_FORMATS & set(others))
+    fix = (f"convert the {', '.join(unread)} images, which Pillow does not read, to JPEG or PNG"
+           if unread else "give an image its format's extension (.jpg, .png, ...) to use it")
+    return f"{files} left out ({kinds}{', ...' if len(others) > 4 else ''}); {fix}"
 
 
 def loose_images(root):

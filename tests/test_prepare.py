@@ -288,6 +288,21 @@ def test_the_lock_ends_with_its_process_not_with_the_workers_it_forked(folder, t
     assert said.returncode == 0 and "waiting" not in said.stdout, said.stdout
 
 
+def test_phone_and_raw_photos_are_told_to_be_converted(tmp_path):
+    """A HEIC or raw file is an image Pillow does not read: renaming it would not help."""
+    for split in ("train", "val"):
+        for name in ("cat", "dog"):
+            folder = tmp_path / split / name
+            folder.mkdir(parents=True)
+            noise("RGB", (20, 20), 1).save(folder / "a.png")
+    (tmp_path / "train" / "cat" / "IMG_1.HEIC").write_bytes(b"not decoded")
+    said = []
+    prepare.find_sources(str(tmp_path), said.append)
+    assert said == [f"note: 1 file under {tmp_path / 'train'} is not an image by its extension "
+                    "and was left out (.heic: 1); convert the .heic images, which Pillow does "
+                    "not read, to JPEG or PNG"]
+
+
 def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_path, capsys):
     command = ["--data", str(folder), "--out", str(tmp_path / "cache"), "--size", str(SIZE),
                "--workers", "1"]
