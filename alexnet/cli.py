@@ -108,7 +108,9 @@ def run_command(work, interrupted):
     mistake (OSError, ValueError) in one line `error: ...`, status 1; Ctrl-C in one line
     `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
     closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
-    in Python's signal module documentation does it."""
+    in Python's signal module documentation does it. A command that ends in an error or Ctrl-C
+    leaves no empty folder that writable_folder made for it."""
+    _made.clear()
     try:
         status = work() or 0
         sys.stdout.flush()                    # a pipe closed early shows here at the latest
@@ -119,18 +121,39 @@ def run_command(work, interrupted):
         return 141
     except (OSError, ValueError) as error:    # a missing file, a class mismatch, a full disk
         print(f"error: {error}", file=sys.stderr)
+        remove_empty_made()
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: {interrupted}", file=sys.stderr)
+        remove_empty_made()
         return 130
+
+
+_made = []      # the folders writable_folder created, deepest first
+
+
+def remove_empty_made():
+    """Remove the folders writable_folder created that are still empty."""
+    for path in _made:
+        try:
+            os.rmdir(path)
+        except OSError:                       # something was written there: it stays
+            break
+    _made.clear()
 
 
 def writable_folder(path, what="", option="--out"):
     """`path`, created if missing, once a file could be created and removed there: a command
     checks its output folder before the work, not after it. The error names `what` the folder
-    is ("the run directory ") and the `option` that chooses another."""
+    is ("the run directory ") and the `option` that chooses another. Folders it makes are
+    removed again by run_command, if still empty, when the command fails."""
+    missing, above = [], os.path.abspath(path)
+    while not os.path.exists(above) and above != os.path.dirname(above):
+        missing.append(above)
+        above = os.path.dirname(above)
     try:
         os.makedirs(path, exist_ok=True)
+        _made[:0] = missing
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as error:

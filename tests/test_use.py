@@ -682,3 +682,21 @@ def test_a_checkpoint_without_colour_statistics_is_told_how_to_rewrite_it(run_di
     assert str(raised.value).endswith(f"--max-steps STEP (the step of that last.npz), then pass "
                                       f"--checkpoint '{old / 'last.npz'}' (the last step's "
                                       "weights: this best.npz keeps the old format)")
+
+
+def test_a_command_that_fails_leaves_no_empty_folder_it_made(run_dir, tmp_path, capsys):
+    """evaluate refusing a folder of other classes: the --out it made (and the folder above it,
+    made for it) goes; a folder that was there stays."""
+    other = tmp_path / "other"
+    for split in ("train", "val"):
+        (other / split / "zebra").mkdir(parents=True)
+        Image.new("RGB", (40, 40), (10, 200, 10)).save(other / split / "zebra" / "z.png")
+    out = tmp_path / "made" / "out"
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(other),
+                          "--out", str(out)]) == 1
+    assert "has classes that checkpoint" in capsys.readouterr().err
+    assert not (tmp_path / "made").exists()
+    (tmp_path / "there").mkdir()
+    assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(other),
+                          "--out", str(tmp_path / "there")]) == 1
+    assert (tmp_path / "there").is_dir()
