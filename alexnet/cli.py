@@ -3,6 +3,7 @@ one sentence naming it and the fix, a parser that prints that sentence without t
 how a command ends (an error, Ctrl-C, a closed pipe), its progress line on stderr, and the check
 that its output folder can be written."""
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -109,10 +110,10 @@ def run_command(work, interrupted):
     `interrupted: <interrupted>`, status 130 (128 + SIGINT, what a shell reports); a reader that
     closed stdout early (`| head`) quietly, status 141 (128 + SIGPIPE), as the note on SIGPIPE
     in Python's signal module documentation does it. A command that ends in an error or Ctrl-C
-    leaves no empty folder that writable_folder made for it."""
-    _made.clear()
+    leaves no empty folder that it made (undo_made_folders)."""
     try:
-        status = work() or 0
+        with undo_made_folders():
+            status = work() or 0
         sys.stdout.flush()                    # a pipe closed early shows here at the latest
         return status
     except BrokenPipeError:
@@ -121,39 +122,51 @@ def run_command(work, interrupted):
         return 141
     except (OSError, ValueError) as error:    # a missing file, a class mismatch, a full disk
         print(f"error: {error}", file=sys.stderr)
-        remove_empty_made()
         return 1
     except KeyboardInterrupt:
         print(f"\ninterrupted: {interrupted}", file=sys.stderr)
-        remove_empty_made()
         return 130
 
 
-_made = []      # the folders writable_folder created, deepest first
+_made = []      # the folders make_folders created within undo_made_folders, deepest first
 
 
-def remove_empty_made():
-    """Remove the folders writable_folder created that are still empty."""
-    for path in _made:
-        try:
-            os.rmdir(path)
-        except OSError:                       # something was written there: it stays
-            break
+def make_folders(path, exist_ok=True):
+    """os.makedirs(path, exist_ok), noting the folders it creates for undo_made_folders."""
+    missing, above = [], os.path.abspath(path)
+    while not os.path.exists(above) and above != os.path.dirname(above):
+        missing.append(above)
+        above = os.path.dirname(above)
+    os.makedirs(path, exist_ok=exist_ok)
+    _made[:0] = missing
+
+
+@contextlib.contextmanager
+def undo_made_folders():
+    """Within the block, the folders make_folders creates (an --out, a run directory and the
+    folders above it) are removed again, if still empty, when the block ends in an exception:
+    a command that failed before writing leaves nothing behind."""
     _made.clear()
+    try:
+        yield
+    except BaseException:
+        for path in _made:
+            try:
+                os.rmdir(path)
+            except OSError:                   # something was written there: it stays
+                break
+        raise
+    finally:
+        _made.clear()
 
 
 def writable_folder(path, what="", option="--out"):
     """`path`, created if missing, once a file could be created and removed there: a command
     checks its output folder before the work, not after it. The error names `what` the folder
-    is ("the run directory ") and the `option` that chooses another. Folders it makes are
-    removed again by run_command, if still empty, when the command fails."""
-    missing, above = [], os.path.abspath(path)
-    while not os.path.exists(above) and above != os.path.dirname(above):
-        missing.append(above)
-        above = os.path.dirname(above)
+    is ("the run directory ") and the `option` that chooses another. The folders it makes go
+    again if the command fails before it writes there (undo_made_folders)."""
     try:
-        os.makedirs(path, exist_ok=True)
-        _made[:0] = missing
+        make_folders(path)
         with tempfile.NamedTemporaryFile(dir=path):
             pass
     except OSError as error:

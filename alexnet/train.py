@@ -54,8 +54,8 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
-from alexnet.cli import (Parser, devices_list, existing_path, format_time, real, whole,
-                         writable_folder)
+from alexnet.cli import (Parser, devices_list, existing_path, format_time, make_folders, real,
+                         undo_made_folders, whole, writable_folder)
 from alexnet.evaluate import confusion, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet, auto_preset
 from minigrad import backend, distributed, optim, parallel
@@ -293,7 +293,7 @@ def run_directory(args):
         for n in range(1, 1000):
             path = stamp if n == 1 else f"{stamp}-{n}"
             try:
-                os.makedirs(path)              # not exist_ok: one folder for each of two runs
+                make_folders(path, exist_ok=False)     # not exist_ok: one folder for each run
                 break
             except FileExistsError:
                 continue
@@ -426,17 +426,12 @@ class Run:
         self.size = preset.input_size
         if args.batch_size is not None:           # before hours of preparing a cache
             check_batch_split(args.batch_size, group.size, bool(resume))
-        # Rank 0 makes the run directory (one name for every rank).
-        made = not (args.resume or args.run_dir and os.path.exists(args.run_dir))
-        self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
-        try:
+        # A run that never started leaves no empty folder it made (runs/<date>, runs/).
+        with undo_made_folders():
+            # Rank 0 makes the run directory (one name for every rank).
+            self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
             self.open_data(resume, preset)
             self.build()
-        except BaseException:          # a run that never started leaves no empty folder it made
-            if self.writes and made and not os.listdir(self.dir):
-                # runs/<date>, and runs/ too if nothing else is in it; --run-dir's alone
-                (os.rmdir if args.run_dir else os.removedirs)(self.dir)
-            raise
         self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
         self.seconds = 0.0                    # training time before this process (resume)
         self.records = []

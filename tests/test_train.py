@@ -500,12 +500,12 @@ def test_a_run_that_never_started_leaves_no_empty_folder(tmp_path, monkeypatch, 
     (tmp_path / "runs" / "older").mkdir(parents=True)
     assert train.main(["--data", "data", "--batch-size", "64"]) == 1
     assert os.listdir(tmp_path / "runs") == ["older"]         # a runs/ in use stays
-    for run_dir in ("new", "kept/new"):                      # --run-dir: made, then removed
+    for run_dir in ("new", "made/new"):                # --run-dir: made, then removed, with
         assert train.main(["--data", "data", "--batch-size", "64", "--run-dir", run_dir]) == 1
-        assert not os.path.exists(run_dir)
-    assert os.listdir("kept") == []                            # not the folders above it
-    assert train.main(["--data", "data", "--batch-size", "64", "--run-dir", "kept"]) == 1
-    assert os.path.isdir("kept")                               # there before: it stays
+        assert not os.path.exists(run_dir) and not os.path.exists("made")   # what it made above
+    os.mkdir("kept")
+    assert train.main(["--data", "data", "--batch-size", "64", "--run-dir", "kept/new"]) == 1
+    assert os.listdir("kept") == []                          # there before: it stays
 
 
 def test_a_run_directory_that_cannot_be_written_is_refused_before_the_data(tmp_path, capsys):
