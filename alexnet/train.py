@@ -445,9 +445,10 @@ class Run:
             if self.bad:
                 with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
                     f.writelines(f"{path}\t{reason}\n" for path, reason in self.bad)
+        clip = f", gradients clipped to a norm of {args.clip_norm:g}" if args.clip_norm else ""
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
                  f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
-                 f"{self.optimizer.lr:g}; run directory {self.dir}")
+                 f"{self.optimizer.lr:g}{clip}; run directory {self.dir}")
         if group.size > 1:
             log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
                      f" {args.batch_size // group.size} images of every batch each, gradients "
@@ -680,21 +681,27 @@ class Run:
         numbers.clear()
         return values
 
-    def command(self):
-        """The command that trains this run, for the ones the messages give."""
+    def resume_command(self, checkpoint_path, *options):
+        """The command that goes on with this run from `checkpoint_path`, for the messages to
+        give: under mpiexec as it was started, with the limits it was given (a resume would not
+        keep them otherwise) and `options`."""
         mpiexec = f"mpiexec -n {self.group.size} " if self.group.size > 1 else ""
-        return mpiexec + "python -m alexnet.train"
+        limits = [f"--{name.replace('_', '-')} {value:g}" for name in ("max_steps", "max_minutes")
+                  if (value := getattr(self.args, name))]
+        return " ".join([f"{mpiexec}python -m alexnet.train --resume {quote(checkpoint_path)}",
+                         *limits, *options])
 
     def check_loss(self, loss, step):
         if not math.isfinite(loss):
             lr = self.optimizer.lr
             best, last = (os.path.join(self.dir, name) for name in ("best.npz", "last.npz"))
-            resume = f"with a lower one: {self.command()} --resume %s --lr {lr / 3:.2g}"
+            lower = f"--lr {lr / 3:.2g}"
             if os.path.exists(best):           # last.npz may be from after the blow-up began
-                then = "resume from the checkpoint of the best validation error " + \
-                    resume % quote(best)
+                then = "resume from the checkpoint of the best validation error with a lower " \
+                    f"one: {self.resume_command(best, lower)}"
             elif os.path.exists(last):
-                then = "resume from the last checkpoint " + resume % quote(last)
+                then = f"resume from the last checkpoint with a lower one: " \
+                    f"{self.resume_command(last, lower)}"
             else:
                 then = (f"start again with a lower --lr, such as {lr / 3:.2g}, and another "
                         "--run-dir (no checkpoint had been written yet)")
@@ -766,7 +773,7 @@ class Run:
         if reason in INTERRUPTED.values():
             log_line(f"{reason.split()[0]} at step {self.step}; saved "
                      f"{os.path.join(self.dir, 'last.npz')}; continue with "
-                     f"{self.command()} --resume {quote(self.dir)}")
+                     f"{self.resume_command(self.dir)}")
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
                 else "no evaluation yet"

@@ -394,7 +394,8 @@ def test_a_nan_is_found_by_its_step_before_anything_is_saved(tmp_path, monkeypat
     assert "the loss became nan at step 8" in error
     assert "the learning rate 0.01 is probably too high; resume from the checkpoint of the best " \
         f"validation error with a lower one: python -m alexnet.train --resume " \
-        f"{run_dir / 'best.npz'} --lr 0.0033" in error
+        f"{run_dir / 'best.npz'}{' --max-steps 9' if stop == '--max-steps=9' else ''} " \
+        "--lr 0.0033" in error
     assert checkpoint.load(str(run_dir / "last.npz"))[2]["step"] == 6      # epoch 1's save
 
 
@@ -660,9 +661,14 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
 
     monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
     stopped = str(tmp_path / "stopped")
-    assert train.main(TINY + ["--run-dir", stopped, "--epochs", "5", "--eval-every", "2"]) == 130
+    capsys.readouterr()
+    assert train.main(TINY + ["--run-dir", stopped, "--epochs", "5", "--eval-every", "2",
+                              "--max-steps", "15", "--max-minutes", "1.5"]) == 130
     assert records_of(stopped)[-1] == {**records_of(stopped)[-1], "step": 2,
                                        "reason": "interrupted (Ctrl-C)"}
+    assert capsys.readouterr().out.endswith(   # the limits kept: a resume would drop them
+        f"continue with python -m alexnet.train --resume {stopped} --max-steps 15 "
+        "--max-minutes 1.5\n")
     last = str(tmp_path / "last")                 # Ctrl-C at the last step: complete all the same
     assert train.main(TINY + ["--run-dir", last, "--max-steps", "2"]) == 0
     assert records_of(last)[-1]["reason"] == "--max-steps 2 reached"
