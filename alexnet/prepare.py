@@ -42,6 +42,7 @@ of `file class` lines separated by spaces or a comma.
 import argparse
 import concurrent.futures
 import contextlib
+import ctypes
 import errno
 import fcntl
 import itertools
@@ -103,10 +104,17 @@ def read_text(path):
 _worker_images = None   # a worker process's own mapping of the array being filled
 
 
-def _start_worker(images_path):
+def _start_worker(images_path, parent):
+    """A decoding worker: Ctrl-C and SIGTERM are the parent's to handle (it saves what is done),
+    and the worker ends with the parent, however that ends (kill -9 too: a worker left waiting
+    for work that never comes held its mapping of the images for ever)."""
     global _worker_images
-    for sent in (signal.SIGINT, signal.SIGTERM):     # for the parent, which saves progress
+    for sent in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sent, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):             # prctl(PR_SET_PDEATHSIG, SIGKILL)
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)
+    if os.getppid() != parent:                       # the parent died before that
+        os._exit(1)
     _worker_images = numpy.load(images_path, mmap_mode="r+")
 
 
@@ -124,7 +132,7 @@ def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
             on_chunk(*data.decode_into(images, chunk, [paths[i] for i in chunk], size))
         return
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker,
-                                                  initargs=(images_path,))
+                                                  initargs=(images_path, os.getpid()))
     try:
         pending, queued = set(), iter(chunks)
 

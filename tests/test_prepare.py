@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from shlex import quote
 
@@ -301,6 +302,42 @@ def test_phone_and_raw_photos_are_told_to_be_converted(tmp_path):
     assert said == [f"note: 1 file under {tmp_path / 'train'} is not an image by its extension "
                     "and was left out (.heic: 1); convert the .heic images, which Pillow does "
                     "not read, to JPEG or PNG"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl is Linux's")
+def test_a_decoding_worker_ends_with_its_parent_even_a_killed_one(tmp_path):
+    """kill -9 of a preparation left its workers, which ignore SIGINT and SIGTERM, waiting for
+    work for ever, each holding its mapping of the images."""
+    images = tmp_path / "images.npy"
+    numpy.save(images, numpy.zeros((2, 3, 4, 4), numpy.uint8))
+    parent = subprocess.Popen([sys.executable, "-c", f"""if True:
+        import os, time
+        from alexnet import prepare
+        worker = os.fork()
+        if worker == 0:
+            prepare._start_worker({str(images)!r}, os.getppid())
+            time.sleep(60)
+            os._exit(0)
+        print(worker, flush=True)
+        time.sleep(60)"""], stdout=subprocess.PIPE, text=True)
+    worker = int(parent.stdout.readline())
+    time.sleep(0.5)                                  # the worker has set itself up
+    parent.kill()
+    parent.wait()
+
+    def alive(pid):                                  # a zombie is not (nobody may reap it here)
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().split(")")[-1].split()[0] != "Z"
+        except FileNotFoundError:
+            return False
+    deadline = time.time() + 10
+    while alive(worker) and time.time() < deadline:
+        time.sleep(0.05)
+    still = alive(worker)
+    if still:
+        os.kill(worker, signal.SIGKILL)
+    assert not still
 
 
 def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_path, capsys):
