@@ -100,24 +100,30 @@ def clip_grad_norm(params, max_norm):
     dtype: a norm past float32's range is inf, which scales the gradients to 0 (momentum and
     weight decay still move the weights), and an inf gradient value to NaN; a NaN norm gives NaN
     gradients. A run's loss check stops it after those."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
+    on = {}                          # device -> its gradients (the two towers': two devices)
+    for p in params:
+        if p.grad is not None:
+            on.setdefault(backend.device_of(p.grad), []).append(p.grad)
+    if not on:
         return numpy.float64(0.0)
-    first = backend.device_of(grads[0])
-    squares = []
-    for g in grads:                  # each device sums its own; the sums meet on the first
-        with backend.device_scope(backend.device_of(g)):
-            flat = g.reshape(-1)
-            squares.append(backend.to_device(flat.dot(flat).astype(numpy.float64), first))
+    first = next(iter(on))
+    sums = []
+    for device, grads in on.items():     # each device sums its own: one number goes across
+        with backend.device_scope(device):
+            xp = backend.get_array_module(grads[0])
+            squares = xp.stack([g.reshape(-1).dot(g.reshape(-1)) for g in grads])
+            sums.append(backend.to_device(squares.astype(numpy.float64).sum(), first))
     with backend.device_scope(first):
-        xp = backend.get_array_module(grads[0])
-        norm = xp.sqrt(xp.stack(squares).sum())
+        xp = backend.get_array_module(sums[0])
+        norm = xp.sqrt(xp.stack(sums).sum())
         if xp is numpy and norm <= max_norm:     # on a GPU, deciding would wait: scale by 1
             return norm
         scale = xp.minimum(1.0, max_norm / norm)
-    for g in grads:
-        with backend.device_scope(backend.device_of(g)):
-            g *= backend.to_device(scale, backend.device_of(g)).astype(g.dtype)
+    for device, grads in on.items():     # and one number comes back
+        with backend.device_scope(device):
+            here = backend.to_device(scale, device)
+            for g in grads:
+                g *= here.astype(g.dtype)
     return norm
 
 
