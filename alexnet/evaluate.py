@@ -111,6 +111,12 @@ def softmax(logits):
     return e / e.sum(axis=1, keepdims=True)
 
 
+def measures_top5(classes):
+    """Whether top-5 error says anything: with 5 classes or fewer every class is in the top 5,
+    and the error is 0 by definition (so it is neither printed, recorded nor drawn)."""
+    return len(classes) > 5
+
+
 def top_k_hits(scores, labels, k):
     """Per row of scores (N, classes): is its label among the k highest? Ties go to the lower
     class index, as with argmax (a network that has died gives every class the same score)."""
@@ -181,7 +187,7 @@ def run(args):
     print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
           f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
-    if len(classes) > 5:                # else every class is in the top 5: always 0%
+    if measures_top5(classes):
         print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")
 
     names = checkpoint.class_names(meta)

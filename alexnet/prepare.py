@@ -19,7 +19,7 @@ square), into a cache folder that training maps into memory instead of reading i
     mean.npy            float32 (3, S, S): the per-pixel mean image of the training set
     pca.npz             eigenvalues (3,) and eigenvectors (3, 3) of its RGB covariance
     bad_files.txt       path TAB reason for every file that could not be decoded
-    prepare.lock        empty: the process preparing the cache holds a lock on it (flock), so
+    prepare.lock        empty: the process preparing the cache holds a lock on it (lockf), so
                         that a second one at the same time waits for it
 
 Every image Pillow can decode is used, whatever its mode (data.load_image): every file with an

@@ -56,7 +56,7 @@ import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
 from alexnet.cli import (Parser, devices_list, existing_path, format_time, make_folders, real,
                          undo_made_folders, whole, writable_folder)
-from alexnet.evaluate import confusion, softmax, top_k_hits
+from alexnet.evaluate import confusion, measures_top5, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet, auto_preset
 from minigrad import backend, distributed, optim, parallel
 from minigrad import functional as F
@@ -643,11 +643,10 @@ class Run:
         """One SGD step on this process's batch (its part of the batch, in data parallel).
         Returns [loss, top-1 error, 1 if the gradients were clipped else 0] of the batch as one
         array on the network's first device, and the clock marks (self.clock) before and after
-        the gradients were averaged. Nothing
-        is read back to the host here: reading a number of a GPU array waits until the GPU has
-        done everything queued before it, and the host then has no step queued behind. Run.run
-        reads the numbers of a window of steps at once, when it writes the progress line
-        (read_window)."""
+        the gradients were averaged. Nothing is read back to the host here: reading a number of
+        a GPU array waits until the GPU has done everything queued before it, and the host then
+        has no step queued behind. Run.run reads the numbers of a window of steps at once, when
+        it writes the progress line (read_window)."""
         logits = self.model(x)
         loss = F.cross_entropy(logits, labels)
         self.optimizer.zero_grad()
@@ -837,7 +836,7 @@ class Run:
         happened."""
         tick = time.perf_counter()
         loss, top1, top5, logits = self.validate()
-        top5 = top5 if len(self.classes) > 5 else None      # 0 by definition with 5 classes
+        top5 = top5 if measures_top5(self.classes) else None
         self.record(kind="eval", epoch=self.epochs_done(), step=self.step, loss=loss,
                     top1_error=top1, **({} if top5 is None else {"top5_error": top5}),
                     lr=self.optimizer.lr, **({"final": True} if final else {}))
@@ -869,7 +868,7 @@ class Run:
             return
         try:
             plots.plot_curves(self.records, os.path.join(self.dir, "curves.png"),
-                              top5=len(self.classes) > 5)
+                              top5=measures_top5(self.classes))
             if logits is not None:
                 plots.filter_grid(self.model.conv1a.weight.numpy(),
                                   self.model.conv1b.weight.numpy(),
