@@ -200,9 +200,10 @@ def check_resume_options(parser, args, argv):
     if lr != given:
         args.new_lr = lr
     for key in RUN_SETTINGS:
-        if key in typed and key not in DATA_PATHS and typed[key] != saved_setting(saved, key):
-            typed_value, value = (f"{v:g}" if isinstance(v, float) else v
-                                  for v in (typed[key], saved_setting(saved, key)))  # 5, not 5.0
+        value = saved_setting(saved, key)
+        if key in typed and key not in DATA_PATHS and typed[key] != value:
+            typed_value, value = (f"{v:g}" if isinstance(v, float) else v      # 5, not 5.0
+                                  for v in (typed[key], value))
             parser.error(f"argument --{key.replace('_', '-')}: {typed_value} is not the resumed "
                          f"run's {value}; --resume goes on with the run's settings: "
                          "leave the option out, or start a new run")
