@@ -141,6 +141,18 @@ def make_folders(path, exist_ok=True):
     _made[:0] = missing
 
 
+def made_folders():
+    """The folders make_folders has created so far within undo_made_folders."""
+    return list(_made)
+
+
+def adopt_made_folders(paths):
+    """Folders another process made (rank 0, a run directory) that this process's
+    undo_made_folders removes too, if still empty, when it fails first: the process that made
+    them is then ended (MPI_Abort) before its own undo could run."""
+    _made[:0] = paths
+
+
 @contextlib.contextmanager
 def undo_made_folders():
     """Within the block, the folders make_folders creates (an --out, a run directory and the

@@ -54,8 +54,9 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
-from alexnet.cli import (Parser, devices_list, existing_path, format_time, make_folders, real,
-                         undo_made_folders, whole, writable_folder)
+from alexnet.cli import (Parser, adopt_made_folders, devices_list, existing_path, format_time,
+                         made_folders, make_folders, real, undo_made_folders, whole,
+                         writable_folder)
 from alexnet.evaluate import confusion, measures_top5, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet, auto_preset
 from minigrad import backend, distributed, optim, parallel
@@ -429,15 +430,21 @@ class Run:
             check_batch_split(args.batch_size, group.size, bool(resume))
         # A run that never started leaves no empty folder it made (runs/<date>, runs/).
         with undo_made_folders():
-            # Rank 0 makes the run directory (one name for every rank).
-            self.dir = group.allgather(run_directory(args) if self.writes else None)[0]
+            # Rank 0 makes the run directory (one name for every rank). A rank that fails
+            # before training removes the empty folders rank 0 made, as rank 0 would have: rank
+            # 0 waits for every rank (the barrier) before it writes there.
+            self.dir, made = group.allgather(
+                (run_directory(args), made_folders()) if self.writes else None)[0]
+            if not self.writes:
+                adopt_made_folders(made)
             self.open_data(resume, preset)
             self.build()
-        self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
-        self.seconds = 0.0                    # training time before this process (resume)
-        self.records = []
-        if resume:
-            self._restore(*resume)
+            self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
+            self.seconds = 0.0                    # training time before this process (resume)
+            self.records = []
+            if resume:
+                self._restore(*resume)
+            group.barrier()
         if self.writes:
             with open(os.path.join(self.dir, "config.json"), "w") as f:
                 json.dump(vars(args), f, indent=2)

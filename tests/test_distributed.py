@@ -126,6 +126,23 @@ def test_a_process_that_must_find_the_cache_ready_says_how_to_make_it(tmp_path):
         prepare.cache_for(str(tmp_path / "images"), 39, may_prepare=False)
 
 
+def test_a_rank_that_fails_before_training_leaves_no_empty_run_directory(tmp_path):
+    """Rank 1's --data (a folder that is on its machine only) has no cache: every rank ends,
+    and the runs/<date> rank 0 made for the run is gone again, as after a failure on rank 0."""
+    mpiexec()
+    for name in ("images", "elsewhere"):
+        synthetic.write_folder(tmp_path / name, 8, 4, size=39)
+    command = [sys.executable, "-m", "alexnet.train", "--preset", "tiny", "--batch-size", "4",
+               "--devices", "cpu,cpu"]
+    done = subprocess.run([mpiexec(), "-n", "1", *command, "--data", "images", ":", "-n", "1",
+                           *command, "--data", "elsewhere"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=ENV)
+    assert done.returncode != 0
+    assert done.stderr.count("rank 1: error: ") == 1, done.stderr
+    assert "is not ready on this machine" in done.stderr
+    assert not (tmp_path / "runs").exists()
+
+
 def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
     """Two ranks stopped at step 20 and resumed to 40 equal two ranks run to 40 bit for bit,
     dropout on (each rank's own random stream restored); a resume by one process says what
