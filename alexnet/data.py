@@ -230,13 +230,19 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
 
 # ---- image folders ----------------------------------------------------------------------------
 
+# The most pixels load_image decodes (after a JPEG's draft): a gigapixel, 3 GB as RGB. Above
+# it the file is skipped as bad: a corrupt header can claim 65535 x 65535 pixels, and allocating
+# that would end the decoding hours in (out of memory) rather than skip one file.
+MAX_PIXELS = 1 << 30
+
+
 class PixelLimitLifted:
-    """A context in which Pillow decodes an image of any number of pixels. Its guard against
-    decompression bombs (Image.MAX_IMAGE_PIXELS: a warning on stderr above 89 megapixels, an
-    error above 179) is for images from strangers; a user's own folder is trusted, and a
-    187-megapixel scan is an image to learn from. Pillow reads one global, so it is lifted
-    while any thread of this process is in the context and put back when the last one leaves:
-    other code keeps its guard outside our decoding."""
+    """A context in which Pillow decodes an image of any number of pixels (load_image keeps its
+    own MAX_PIXELS). Pillow's guard against decompression bombs (Image.MAX_IMAGE_PIXELS: a
+    warning on stderr above 89 megapixels, an error above 179) is for images from strangers; a
+    user's own folder is trusted, and a 187-megapixel scan is an image to learn from. Pillow
+    reads one global, so it is lifted while any thread of this process is in the context and put
+    back when the last one leaves: other code keeps its guard outside our decoding."""
 
     def __init__(self):
         self.lock, self.inside, self.limit = threading.Lock(), 0, None
@@ -260,7 +266,7 @@ any_number_of_pixels = PixelLimitLifted()
 def load_image(path, size):
     """The image at `path` as uint8 (3, size, size): any mode to RGB, EXIF rotation applied,
     the shorter side rescaled to `size`, then the central size x size crop (section 2). Images
-    of any size are decoded (any_number_of_pixels).
+    of up to MAX_PIXELS are decoded (any_number_of_pixels).
 
     A JPEG at least 4 times `size` on its shorter side is decoded at 1/2, 1/4 or 1/8 of its
     size (Pillow's draft mode: an inverse DCT of fewer coefficients; 4000x3000 to 256 in 57 ms,
@@ -273,6 +279,10 @@ def load_image(path, size):
     keeps its default False. The file type comes from its content, not its name."""
     with any_number_of_pixels, Image.open(path) as image:
         image.draft(None, (2 * size, 2 * size))
+        w, h = image.size
+        if w * h > MAX_PIXELS:
+            raise ValueError(f"{w}x{h} pixels, more than the {MAX_PIXELS / 1e6:,.4g} megapixels "
+                             "an image may have (a corrupt header, or an image to scale down)")
         image.load()
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)

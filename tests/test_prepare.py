@@ -138,6 +138,19 @@ def test_huge_images_are_decoded_quietly_and_pillow_keeps_its_guard_elsewhere(tm
         Image.open(tmp_path / "scan.jpg")
 
 
+def test_an_image_of_more_pixels_than_memory_allows_is_skipped_by_name(tmp_path, monkeypatch):
+    """A gigapixel is the most (data.MAX_PIXELS): here 1,000 pixels. A JPEG is counted after
+    its draft (1/8 of 200x200 here), so a big photo still decodes."""
+    monkeypatch.setattr(data, "MAX_PIXELS", 1000)
+    noise("RGB", (40, 30), 0).save(tmp_path / "huge.png")
+    noise("RGB", (200, 200), 1).save(tmp_path / "photo.jpg")
+    paths = [str(tmp_path / "huge.png"), str(tmp_path / "photo.jpg")]
+    _, good, bad = data.decode_files(paths, 12, workers=1)
+    assert good.tolist() == [False, True]
+    assert bad == [(paths[0], "ValueError: 40x30 pixels, more than the 0.001 megapixels an image may "
+                    "have (a corrupt header, or an image to scale down)")]
+
+
 def test_a_big_jpeg_is_drafted_to_twice_the_size_and_decodes_near_a_full_decode(tmp_path,
                                                                                monkeypatch):
     y, x = numpy.mgrid[0:240, 0:320]
