@@ -445,6 +445,9 @@ def find_images(root, classes=None, log=None):
         found = images_below(os.path.join(root, name), others)
         paths += found
         labels += [label] * len(found)
+    broken = next((path for path in paths if "\n" in path), None)     # files.txt: a line each
+    if broken:
+        raise ValueError(f"the file {broken!r} has a line break in its name; rename it")
     if paths and others and log:
         log(f"note: {left_out(root, others)}")
     if not paths:

@@ -95,7 +95,7 @@ def write_text(path, text):
 
 
 def read_text(path):
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", newline="") as f:      # a "\r" in a file name stays
         return f.read()
 
 
@@ -475,8 +475,10 @@ def row_files(cache, split):
     left them: the files in listing order, the skipped ones dropped, and the rows of skipped
     files among the first `images` filled with the last good files. None for a cache that
     skipped files but predates the record of which rows they were."""
-    listing = [line.split("\t")[0] for line in read_text(
-        os.path.join(cache, f"{split}_files.txt")).splitlines()]
+    # Lines end at "\n" only (a file name may hold "\u2028"); the path is what comes before the
+    # last one or two tabs (label, and size since sizes are listed): it may hold a tab.
+    listing = [line.rsplit("\t", 2)[0] for line in read_text(
+        os.path.join(cache, f"{split}_files.txt")).split("\n")[:-1]]
     entry = read_manifest(cache)["splits"][split]
     if "bad_rows" not in entry and entry["skipped"]:
         return None

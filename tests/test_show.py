@@ -246,6 +246,34 @@ def test_cache_rows_are_named_by_their_files_even_after_skipped_files(tmp_path):
     assert prepare.row_files(str(tmp_path / "cache"), "train") is None
 
 
+def test_file_names_with_odd_characters_keep_their_rows_and_their_cache(tmp_path):
+    """Names holding a tab, a carriage return or a Unicode line separator: rows named by their
+    own files, and the cache used again as it is. A line break in a name is refused by name."""
+    synthetic.write_folder(str(tmp_path / "raw"), 24, 6, size=48, seed=5, classes=4,
+                           extension=".png")
+    disk = tmp_path / "raw" / "train" / synthetic.CLASSES[0]
+    odd = ["tab\there.png", "cr\rname.png", "line\u2028sep.png", "page\x0cfeed.png"]
+    for name, file in zip(odd, sorted(disk.iterdir())):
+        file.rename(disk / name)
+    command = ["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"), "--size",
+               str(STORED), "--workers", "1"]
+    assert prepare.main(command) == 0
+    files = prepare.row_files(str(tmp_path / "cache"), "train")
+    images = prepare.open_cache(str(tmp_path / "cache")).train.images
+    assert len(files) == len(images) == 24
+    assert {os.path.join(synthetic.CLASSES[0], name) for name in odd} <= set(files)
+    for row, name in enumerate(files):
+        numpy.testing.assert_array_equal(
+            images[row], data.load_image(tmp_path / "raw" / "train" / name, STORED))
+    made = (tmp_path / "cache" / "train_images.npy").stat().st_mtime_ns
+    assert prepare.main(command) == 0
+    assert (tmp_path / "cache" / "train_images.npy").stat().st_mtime_ns == made   # not again
+    (disk / odd[0]).rename(disk / "line\nbreak.png")
+    with pytest.raises(ValueError, match=r"the file '.*line\\nbreak.png' has a line break in "
+                       "its name; rename it"):
+        data.find_images(str(tmp_path / "raw" / "train"))
+
+
 def test_a_folder_of_other_classes_is_refused_before_it_is_decoded(run_dir, tmp_path, capsys):
     """Decoding a folder into its cache can take hours: its classes are checked first."""
     synthetic.write_folder(str(tmp_path / "other"), 4, 2, size=32, extension=".png")
