@@ -286,13 +286,15 @@ def load_image(path, size):
         image.load()
         image = ImageOps.exif_transpose(image)
         image = to_rgb(image)
+        # The central crop of the image rescaled to a shorter side of `size`, resampled from
+        # its box in the image: the whole rescaled image is never made (a 1x60000 strip would
+        # be 256 x 15 million pixels). The same pixels as rescaling then cropping, to 1 level.
         w, h = image.size
         scale = size / min(w, h)
-        image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))),
-                             Image.BILINEAR)
-        w, h = image.size
-        left, top = (w - size) // 2, (h - size) // 2
-        image = image.crop((left, top, left + size, top + size))
+        W, H = max(size, round(w * scale)), max(size, round(h * scale))   # the rescaled size
+        left, top = (W - size) // 2, (H - size) // 2
+        box = (left * w / W, top * h / H, (left + size) * w / W, (top + size) * h / H)
+        image = image.resize((size, size), Image.BILINEAR, box=box)
         return numpy.asarray(image, dtype=numpy.uint8).transpose(2, 0, 1)
 
 

@@ -138,6 +138,32 @@ def test_huge_images_are_decoded_quietly_and_pillow_keeps_its_guard_elsewhere(tm
         Image.open(tmp_path / "scan.jpg")
 
 
+def test_only_the_central_crop_is_resampled_and_it_matches_rescaling_then_cropping(
+        tmp_path, monkeypatch):
+    """A strip of 2x20000 pixels rescaled whole to a shorter side of 32 would be 32x320000
+    (256x15 million at 1x60000: gigabytes); the crop's box alone is resampled. Ordinary images
+    come out as rescaled whole and cropped, to 1 level."""
+    noise("RGB", (20000, 2), 0).save(tmp_path / "strip.png")
+    sizes, resize = [], Image.Image.resize
+
+    def spied(image, size, *args, **kwargs):
+        sizes.append(size)
+        return resize(image, size, *args, **kwargs)
+    monkeypatch.setattr(Image.Image, "resize", spied)
+    assert data.load_image(tmp_path / "strip.png", 32).shape == (3, 32, 32)
+    assert sizes == [(32, 32)]
+    for n, (w, h, size) in enumerate([(300, 200, 112), (97, 301, 39), (640, 480, 256)]):
+        image = noise("RGB", (w, h), n)
+        image.save(tmp_path / f"{n}.png")
+        scale = size / min(w, h)
+        whole = resize(image, (max(size, round(w * scale)), max(size, round(h * scale))),
+                       Image.BILINEAR)
+        left, top = (whole.width - size) // 2, (whole.height - size) // 2
+        expected = numpy.asarray(whole.crop((left, top, left + size, top + size)), int)
+        got = data.load_image(tmp_path / f"{n}.png", size).transpose(1, 2, 0)
+        assert numpy.abs(got - expected).max() <= 1
+
+
 def test_an_image_of_more_pixels_than_memory_allows_is_skipped_by_name(tmp_path, monkeypatch):
     """A gigapixel is the most (data.MAX_PIXELS): here 1,000 pixels. A JPEG is counted after
     its draft (1/8 of 200x200 here), so a big photo still decodes."""
