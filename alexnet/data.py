@@ -22,6 +22,7 @@ made on the CPU.
 import collections
 import concurrent.futures
 import os
+import stat
 import threading
 import unicodedata
 from dataclasses import dataclass, replace
@@ -277,6 +278,8 @@ def load_image(path, size):
     A file Pillow cannot decode completely raises (OSError, ValueError, ...): a truncated JPEG
     is an error, not an image with a grey bottom, as long as ImageFile.LOAD_TRUNCATED_IMAGES
     keeps its default False. The file type comes from its content, not its name."""
+    if not stat.S_ISREG(os.stat(path).st_mode):      # reading a named pipe waits for ever
+        raise ValueError("not a regular file (a named pipe, socket or device)")
     with any_number_of_pixels, Image.open(path) as image:
         image.draft(None, (2 * size, 2 * size))
         w, h = image.size

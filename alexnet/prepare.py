@@ -47,6 +47,7 @@ import errno
 import fcntl
 import itertools
 import json
+import multiprocessing
 import os
 import signal
 import sys
@@ -131,6 +132,7 @@ def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
         for chunk in chunks:
             on_chunk(*data.decode_into(images, chunk, [paths[i] for i in chunk], size))
         return
+    others = set(multiprocessing.active_children())
     pool = concurrent.futures.ProcessPoolExecutor(workers, initializer=_start_worker,
                                                   initargs=(images_path, os.getpid()))
     try:
@@ -145,10 +147,25 @@ def decode_rows(images, images_path, todo, paths, size, workers, on_chunk):
             finished, pending = concurrent.futures.wait(
                 pending, return_when=concurrent.futures.FIRST_COMPLETED)
             for future in finished:
-                on_chunk(*future.result())
+                try:
+                    result = future.result()
+                except concurrent.futures.process.BrokenProcessPool:
+                    raise ChildProcessError(
+                        "a decoding worker process ended abruptly (killed, perhaps for want of "
+                        "memory); what was decoded is saved: run the same command to go on, "
+                        "with fewer --workers if memory is short") from None
+                on_chunk(*result)
             submit(len(finished))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    except BaseException:
+        # Ctrl-C, SIGTERM or an error: the chunks in flight are not counted done, so they need
+        # not be waited for; a worker reading a file that never ends (a named pipe) would be
+        # waited for for ever, as workers leave Ctrl-C and SIGTERM to this process.
+        pool.shutdown(wait=False, cancel_futures=True)
+        for worker in set(multiprocessing.active_children()) - others:
+            worker.kill()
+            worker.join()
+        raise
+    pool.shutdown(wait=True)
 
 
 # ---- one split --------------------------------------------------------------------------------

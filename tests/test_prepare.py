@@ -2,11 +2,13 @@
 validation folder, training from the cache, and the batches made on either device."""
 import fcntl
 import io
+import multiprocessing
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from shlex import quote
@@ -162,6 +164,60 @@ def test_only_the_central_crop_is_resampled_and_it_matches_rescaling_then_croppi
         expected = numpy.asarray(whole.crop((left, top, left + size, top + size)), int)
         got = data.load_image(tmp_path / f"{n}.png", size).transpose(1, 2, 0)
         assert numpy.abs(got - expected).max() <= 1
+
+
+def test_a_named_pipe_is_skipped_as_not_a_regular_file(tmp_path):
+    """Reading a named pipe waits for a writer for ever: it is a bad file, named."""
+    noise("RGB", (40, 30), 0).save(tmp_path / "photo.png")
+    os.mkfifo(tmp_path / "pipe.jpg")
+    paths = [str(tmp_path / "pipe.jpg"), str(tmp_path / "photo.png")]
+
+    def end_of_pipe():               # where the pipe is read, it ends (empty) within 10 s
+        for _ in range(100):
+            try:
+                return os.close(os.open(paths[0], os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:          # no reader (yet)
+                time.sleep(0.1)
+    threading.Thread(target=end_of_pipe, daemon=True).start()
+    _, good, bad = data.decode_files(paths, 12, workers=1)
+    assert good.tolist() == [False, True]
+    assert bad == [(paths[0], "ValueError: not a regular file (a named pipe, socket or device)")]
+
+
+def _stuck_or_dead(images, indices, paths, size):
+    """decode_into for the tests below, in a worker process (forked: the patch carries over)."""
+    if "stuck" in paths[0]:
+        time.sleep(60)
+    if "dead" in paths[0]:
+        os._exit(9)                               # as the OOM killer ends a process
+    return list(indices), []
+
+
+def test_an_interrupt_does_not_wait_for_a_worker_that_is_stuck(tmp_path, monkeypatch):
+    """Ctrl-C while a worker reads a file that never ends: the work in flight is not counted
+    done, so the workers are ended at once rather than waited for."""
+    monkeypatch.setattr(data, "decode_into", _stuck_or_dead)
+    numpy.save(tmp_path / "images.npy", numpy.zeros((2 * prepare.CHUNK, 3, 4, 4), numpy.uint8))
+    paths = ["stuck"] * prepare.CHUNK + ["fine"] * prepare.CHUNK
+
+    def on_chunk(written, failed):
+        raise KeyboardInterrupt
+    tick = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        prepare.decode_rows(None, str(tmp_path / "images.npy"), numpy.arange(len(paths)), paths,
+                            4, 2, on_chunk)
+    assert time.perf_counter() - tick < 30              # not the stuck worker's 60 s
+    assert not multiprocessing.active_children()
+
+
+def test_a_worker_that_dies_is_one_sentence(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "decode_into", _stuck_or_dead)
+    numpy.save(tmp_path / "images.npy", numpy.zeros((prepare.CHUNK, 3, 4, 4), numpy.uint8))
+    with pytest.raises(ChildProcessError, match="^a decoding worker process ended abruptly "
+                       r"\(killed, perhaps for want of memory\); what was decoded is saved: run "
+                       "the same command to go on, with fewer --workers if memory is short$"):
+        prepare.decode_rows(None, str(tmp_path / "images.npy"), numpy.arange(prepare.CHUNK),
+                            ["dead"] * prepare.CHUNK, 4, 2, lambda written, failed: None)
 
 
 def test_an_image_of_more_pixels_than_memory_allows_is_skipped_by_name(tmp_path, monkeypatch):
