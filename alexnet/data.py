@@ -420,6 +420,16 @@ def loose_images(root):
                   if is_image_name(name) and os.path.isfile(os.path.join(root, name)))
 
 
+def is_utf8(name):
+    """Whether a name from the file system was valid UTF-8 (Python holds other bytes as lone
+    surrogates, "\udce9" for Latin-1's é)."""
+    try:
+        name.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
 def class_folders(root):
     """The names of the folders in root, sorted, hidden ones left out: its classes."""
     return sorted(d for d in os.listdir(root)
@@ -437,6 +447,10 @@ def find_images(root, classes=None, log=None):
         if "\n" in name or "\t" in name:
             raise ValueError(f"the class folder {os.path.join(root, name)!r} has a line break or "
                              "tab in its name; rename it")
+        if not is_utf8(name):          # a class name goes into checkpoints, pictures, JSON
+            raise ValueError(f"the class folder {os.path.join(root, name)!r} has a name that is "
+                             "not UTF-8 (from an old zip or a Windows share); rename it, e.g. "
+                             f"with convmv -f latin1 -t utf8 --notest {quote(root)}/*")
     if classes is None:
         classes = found
     else:

@@ -91,12 +91,15 @@ def is_complete(manifest):
         all(manifest["splits"].get(split, {}).get("complete") for split in SPLITS)
 
 
+# The cache's text files hold file names as the file system gives them: a name that is not
+# UTF-8 (Latin-1 from an old zip or a Windows share) is written back as its own bytes
+# (surrogateescape, as os.fsencode does), and a "\r" in a name stays one.
 def write_text(path, text):
-    write_atomically(path, lambda f: f.write(text.encode()))
+    write_atomically(path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
 
 
 def read_text(path):
-    with open(path, encoding="utf-8", newline="") as f:      # a "\r" in a file name stays
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         return f.read()
 
 

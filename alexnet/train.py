@@ -451,7 +451,8 @@ class Run:
             with open(os.path.join(self.dir, "classes.txt"), "w") as f:
                 f.writelines(name + "\n" for name in self.classes)
             if self.bad:
-                with open(os.path.join(self.dir, "bad_files.txt"), "w") as f:
+                with open(os.path.join(self.dir, "bad_files.txt"), "w", encoding="utf-8",
+                          errors="surrogateescape") as f:        # names as prepare.write_text
                     f.writelines(f"{path}\t{reason}\n" for path, reason in self.bad)
         clip = f", gradients clipped to a norm of {args.clip_norm:g}" if args.clip_norm else ""
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "

@@ -274,6 +274,35 @@ def test_file_names_with_odd_characters_keep_their_rows_and_their_cache(tmp_path
         data.find_images(str(tmp_path / "raw" / "train"))
 
 
+def test_file_names_that_are_not_utf8_are_cached_and_class_folders_refused(tmp_path):
+    """A Latin-1 file name (an old zip): decoded, named in the cache's lists by its own bytes,
+    and the cache used again; a bad one is listed in bad_files.txt. A Latin-1 class folder is
+    refused by name: its name goes into checkpoints and pictures."""
+    synthetic.write_folder(str(tmp_path / "raw"), 12, 6, size=48, seed=5, classes=3,
+                           extension=".png")
+    disk = os.fsencode(tmp_path / "raw" / "train" / synthetic.CLASSES[0])
+    os.rename(os.path.join(disk, b"0.png"), os.path.join(disk, b"caf\xe9.png"))
+    with open(os.path.join(disk, b"d\xe9j\xe0.png"), "wb") as f:
+        f.write(b"not an image")
+    command = ["--data", str(tmp_path / "raw"), "--out", str(tmp_path / "cache"), "--size",
+               str(STORED), "--workers", "1"]
+    assert prepare.main(command) == 0
+    assert os.path.join(synthetic.CLASSES[0], os.fsdecode(b"caf\xe9.png")) in \
+        prepare.row_files(str(tmp_path / "cache"), "train")
+    assert b"d\xe9j\xe0.png\t" in (tmp_path / "cache" / "bad_files.txt").read_bytes()
+    said = []
+    prepare.cache_for(str(tmp_path / "raw"), STORED, str(tmp_path / "cache"), log=said.append,
+                      compare=True)
+    assert said == [f"data: using the cache {tmp_path / 'cache'}"]
+    assert train.main(["--data", str(tmp_path / "cache"), "--preset", "tiny", "--batch-size",
+                       "4", "--max-steps", "1", "--run-dir", str(tmp_path / "run")]) == 0
+    assert b"d\xe9j\xe0.png\t" in (tmp_path / "run" / "bad_files.txt").read_bytes()
+    os.rename(disk, os.path.join(os.path.dirname(disk), b"n\xe4he"))
+    with pytest.raises(ValueError, match=r"the class folder '.*n\\udce4he' has a name that is "
+                       "not UTF-8"):
+        data.find_images(str(tmp_path / "raw" / "train"))
+
+
 def test_a_folder_of_other_classes_is_refused_before_it_is_decoded(run_dir, tmp_path, capsys):
     """Decoding a folder into its cache can take hours: its classes are checked first."""
     synthetic.write_folder(str(tmp_path / "other"), 4, 2, size=32, extension=".png")
