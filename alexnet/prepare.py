@@ -433,6 +433,17 @@ def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log)
     if manifest.get("size", size) != size:
         raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images, "
                          f"not {size}x{size}; choose another --out for this size")
+    if is_complete(manifest) and manifest["classes"] == classes and \
+            all(same_files(cache, split, *sources[split]) for split in SPLITS):
+        # Nothing written: a cache on a read-only file system may be up to date too.
+        splits = [manifest["splits"][split] for split in SPLITS]
+        log(f"{cache}: up to date with {data_dir} ({sum(s['images'] for s in splits)} images, "
+            f"{sum(s['skipped'] for s in splits)} skipped); nothing to decode")
+        return manifest
+    if not os.access(cache, os.W_OK):
+        raise OSError(f"cannot write to the cache folder {cache} (read-only), and it is not up "
+                      f"to date with {data_dir}; pass a writable folder with --out (or --cache "
+                      "when training)")
     manifest.update(size=size, source=os.path.abspath(data_dir), classes=classes)
     write_text(os.path.join(cache, "classes.txt"), "".join(name + "\n" for name in classes))
     workers = workers or os.cpu_count()

@@ -448,7 +448,33 @@ def test_limit_stops_early_and_the_same_command_goes_on(folder, prepared, tmp_pa
     assert "resuming, 4 of 18 images" in capsys.readouterr().out   # the 5 tried, less empty.jpg
     assert_same_cache(str(tmp_path / "cache"), prepared[0])
     assert prepare.main(command) == 0                            # a finished cache: no work
-    assert "prepared before" in capsys.readouterr().out
+    assert f"cache: up to date with {folder} (19 images, 4 skipped); nothing to decode" in \
+        capsys.readouterr().out
+
+
+def test_an_up_to_date_cache_is_not_written_and_a_stale_read_only_one_says_so(
+        folder, tmp_path, monkeypatch, capsys):
+    """Nothing is written to a cache that is up to date, so one on a read-only file system
+    (a shared data set) passes too; one that would need writing says what to do."""
+    raw = tmp_path / "raw"
+    shutil.copytree(folder, raw)
+    command = ["--data", str(raw), "--out", str(tmp_path / "cache"), "--size", str(SIZE),
+               "--workers", "1"]
+    assert prepare.main(command) == 0
+
+    def written(path, *args):
+        raise PermissionError(13, "Permission denied", path)
+    monkeypatch.setattr(prepare, "write_text", written)
+    monkeypatch.setattr(prepare, "write_atomically", written)
+    assert prepare.main(command) == 0
+    assert "up to date" in capsys.readouterr().out
+    (raw / "train" / "extra").mkdir()              # a class more: the cache would be rewritten
+    shutil.copy(next((raw / "val").rglob("*.jpg")), raw / "train" / "extra" / "1.jpg")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    assert prepare.main(command) == 1
+    assert capsys.readouterr().err == f"error: cannot write to the cache folder " \
+        f"{tmp_path / 'cache'} (read-only), and it is not up to date with {raw}; pass a " \
+        "writable folder with --out (or --cache when training)\n"
 
 
 def test_a_size_no_preset_takes_is_refused_and_the_default_is_trains(tmp_path, capsys):
