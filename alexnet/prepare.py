@@ -697,6 +697,9 @@ def parse_args(argv=None):
                    "folders from this list (LOC_val_solution.csv or 'file class' lines)")
     p.add_argument("--dry-run", action="store_true", help="with --val-labels: print the moves only")
     args = p.parse_args(argv)
+    if args.dry_run and not args.val_labels:
+        p.error("--dry-run previews the moves of --val-labels; without it there is nothing to "
+                "preview (prepare itself can be stopped and goes on where it stopped)")
     if args.size is None:
         args.size = SIZES[auto_preset()]
     return args
@@ -705,9 +708,14 @@ def parse_args(argv=None):
 def run(args):
     if args.val_labels:
         sort_validation(args.val_labels, args.data, args.dry_run)
-    else:
-        prepare(args.data, args.out or default_cache(args.data, args.size), args.size,
-                args.workers, args.limit)
+        return
+    cache = args.out or default_cache(args.data, args.size)
+    if is_complete(prepare(args.data, cache, args.size, args.workers, args.limit)):
+        # Training looks for DIR's default cache only: another --out is named with --cache.
+        where = "" if args.out is None else f" --cache {quote(cache)}"
+        preset = next(name for name, size in SIZES.items() if size == args.size)
+        preset = "" if preset == auto_preset() else f" --preset {preset}"
+        print(f"train on it with python -m alexnet.train --data {quote(args.data)}{where}{preset}")
 
 
 def main(argv=None):

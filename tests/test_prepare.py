@@ -486,6 +486,23 @@ def test_a_size_no_preset_takes_is_refused_and_the_default_is_trains(tmp_path, c
     assert prepare.parse_args(["--data", str(tmp_path)]).size == expected
 
 
+def test_prepare_ends_with_the_training_command_that_reads_its_cache(folder, tmp_path, capsys):
+    assert prepare.main(["--data", str(folder), "--out", str(tmp_path / "my cache"), "--size",
+                         str(SIZE), "--workers", "1"]) == 0
+    said = capsys.readouterr().out.splitlines()[-1]
+    assert said == f"train on it with python -m alexnet.train --data {folder} --cache " \
+        f"'{tmp_path / 'my cache'}' --preset tiny"
+    assert prepare.main(["--data", str(folder), "--limit", "1", "--size", str(SIZE), "--out",
+                         str(tmp_path / "part")]) == 0
+    assert "train on it" not in capsys.readouterr().out          # not finished: nothing to read
+
+
+def test_dry_run_without_val_labels_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        prepare.main(["--data", str(tmp_path), "--dry-run"])
+    assert "--dry-run previews the moves of --val-labels" in capsys.readouterr().err
+
+
 def test_a_val_class_missing_from_train_is_one_sentence(tmp_path, capsys):
     for split, cls in (("train", "cat"), ("val", "cat"), ("val", "bird")):
         (tmp_path / split / cls).mkdir(parents=True, exist_ok=True)
