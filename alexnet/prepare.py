@@ -213,9 +213,11 @@ def find_sources(data_dir, log=print):
     if not os.path.isdir(train_root):
         raise FileNotFoundError(f"{data_dir} has no train/ folder: {layout_hint(data_dir)}")
     if not os.path.isdir(val_root):
-        raise FileNotFoundError(f"{data_dir} has train/ but no val/ folder, which training "
-                                f"measures itself on: make {val_root}/<class>/ for each class and "
-                                "move some of its images (a tenth, say) from train/<class>/ there")
+        renames = split_renames(data_dir)
+        raise FileNotFoundError(
+            f"{data_dir} has train/ but no val/ folder, which training measures itself on: " +
+            (f"rename {renames[0]}" if renames else f"make {val_root}/<class>/ for each class "
+             "and move some of its images (a tenth, say) from train/<class>/ there"))
     train_paths, train_labels, classes = data.find_images(train_root, log=log)
     val_paths, val_labels, _ = data.find_images(val_root, classes, log=log)
     if len(classes) < 2:
@@ -238,16 +240,31 @@ def layout_hint(data_dir):
     split = os.path.dirname(os.path.abspath(data_dir))
     if os.path.basename(split) in ("train", "val"):
         return f"it looks like a class folder of {split}; pass {os.path.dirname(split)}"
-    folders = {name.lower(): name for name in os.listdir(data_dir)
-               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
-    if "training" in folders:
-        val = next((folders[name] for name in ("validation", "valid") if name in folders), None)
-        return (f"rename {folders['training']}/ to train/" +
-                (f" and {val}/ to val/" if val else "") + f"; {expected}")
-    if any(data.images_below(os.path.join(data_dir, name)) for name in list(folders.values())[:3]):
-        return (f"its folders ({', '.join(sorted(folders.values())[:3])}, ...) hold images: "
+    renames = split_renames(data_dir)
+    if renames:
+        return f"rename {' and '.join(renames)}; {expected}"
+    if os.path.isdir(os.path.join(data_dir, "val")):
+        return (f"it has val/ but no train/: make {os.path.join(data_dir, 'train')}/<class>/ for "
+                "each class, with its training images")
+    folders = [name for name in os.listdir(data_dir)
+               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")]
+    if any(data.images_below(os.path.join(data_dir, name)) for name in folders[:3]):
+        return (f"its folders ({', '.join(sorted(folders)[:3])}, ...) hold images: "
                 "move each class folder into train/ and some of its images into val/<class>/")
     return expected
+
+
+def split_renames(data_dir):
+    """The renames that would give data_dir its train/ and val/ from folders named otherwise
+    (Train, training, Validation, valid, ...): ["Train/ to train/", ...]."""
+    folders = {name.lower(): name for name in os.listdir(data_dir)
+               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
+    renames = []
+    for split, names in (("train", ("train", "training")), ("val", ("val", "validation", "valid"))):
+        found = next((folders[name] for name in names if name in folders), None)
+        if found and found != split:
+            renames.append(f"{found}/ to {split}/")
+    return renames
 
 
 def listing(root, paths, labels):

@@ -548,14 +548,22 @@ def test_a_folder_without_val_is_told_to_make_one(tmp_path):
     assert str(raised.value) == f"{tmp_path} has train/ but no val/ folder, which training " \
         f"measures itself on: make {tmp_path / 'val'}/<class>/ for each class and move some of " \
         "its images (a tenth, say) from train/<class>/ there"
+    (tmp_path / "Validation").mkdir()
+    with pytest.raises(FileNotFoundError, match="no val/ folder, which training measures itself "
+                       "on: rename Validation/ to val/$"):
+        prepare.find_sources(str(tmp_path))
 
 
 def test_a_folder_of_another_layout_is_told_what_to_change(tmp_path):
-    for path in ("named/training/a", "named/validation/a", "flat/cat", "flat/dog", "d/train/a"):
+    for path in ("named/training/a", "named/validation/a", "flat/cat", "flat/dog", "d/train/a",
+                 "caps/Train/a", "caps/Val/a", "onlyval/val/a"):
         (tmp_path / path).mkdir(parents=True)
     noise("RGB", (20, 20), 0).save(tmp_path / "flat" / "cat" / "a.png")
     (tmp_path / "file").write_text("")
     hints = {"named": "rename training/ to train/ and validation/ to val/",
+             "caps": "rename Train/ to train/ and Val/ to val/",
+             "onlyval": f"it has val/ but no train/: make {tmp_path / 'onlyval' / 'train'}/"
+                        "<class>/ for each class, with its training images",
              "flat": "its folders (cat, dog, ...) hold images: move each class folder into "
                      "train/ and some of its images into val/<class>/",
              "file": f"{tmp_path / 'file'} is a file; pass the folder that holds train/ and val/",
