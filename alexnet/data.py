@@ -485,8 +485,8 @@ def find_images(root, classes=None, log=None):
 def spelled_otherwise(root, unknown, classes):
     """What to say when a folder of `unknown` is named as one of `classes` but for its Unicode
     normalization (an accent stored as one character, NFC, or as a letter and a combining mark,
-    NFD, as macOS writes "café"): the names differ, so the folders would be two classes. None
-    when none is."""
+    NFD, as macOS writes "café"), or its case or spaces at its ends ("Cat", "cat "): the names
+    differ, so the folders would be two classes. None when none is."""
     by_form = {unicodedata.normalize("NFC", name): name for name in classes}
     for name in unknown:
         known = by_form.get(unicodedata.normalize("NFC", name))
@@ -499,6 +499,14 @@ def spelled_otherwise(root, unknown, classes):
                     f"from the training set's {known} ({normal_form(known)}) only in Unicode "
                     f"normalization: {ascii(name)} and {ascii(known)}; rename it as the training "
                     f"folder is written: python -c {quote(code)}")
+    loosely = {unicodedata.normalize("NFC", name).casefold().strip(): name for name in classes}
+    for name in unknown:
+        known = loosely.get(unicodedata.normalize("NFC", name).casefold().strip())
+        if known is not None:      # repr(): a space at the end shows
+            return (f"the class folder {os.path.join(root, name)!r} differs from the training "
+                    f"set's {known!r} only in upper and lower case or in spaces at its ends; "
+                    f"rename it as the training folder is written: mv "
+                    f"{quote(os.path.join(root, name))} {quote(os.path.join(root, known))}")
     return None
 
 

@@ -539,6 +539,22 @@ def test_the_rename_command_for_another_normalization_runs_in_a_shell_whatever_t
     assert os.listdir(root) == [nfc]
 
 
+def test_a_val_class_in_another_case_or_with_a_space_is_told_the_rename(tmp_path):
+    """"Cat" or "cat " beside the training set's "cat": the pasted mv makes them one class."""
+    root = tmp_path / "val"
+    for name in ("Cat", "dog "):
+        (root / name).mkdir(parents=True)
+        message = data.spelled_otherwise(str(root), [name], ["cat", "dog"])
+        known = name.strip().lower()
+        assert message == f"the class folder {str(root / name)!r} differs from the training " \
+            f"set's {known!r} only in upper and lower case or in spaces at its ends; rename it " \
+            f"as the training folder is written: mv {quote(str(root / name))} " \
+            f"{quote(str(root / known))}"
+        subprocess.run(message.split("written: ")[1], shell=True, check=True)
+    assert sorted(os.listdir(root)) == ["cat", "dog"]
+    assert data.spelled_otherwise(str(root), ["bird"], ["cat", "dog"]) is None
+
+
 def test_a_folder_without_val_is_told_to_make_one(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "train" / cls).mkdir(parents=True)
