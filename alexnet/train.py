@@ -538,7 +538,15 @@ class Run:
         those of the checkpoint resumed, else the folder names."""
         path = self.args.class_names or (self.args.data and data.find_class_names(self.args.data))
         if path:
-            names = data.read_class_names(path, self.classes, log_line)
+            try:
+                names = data.read_class_names(path, self.classes, log_line)
+            except ValueError as error:
+                if self.args.class_names:
+                    raise
+                # Found, not given: a file of another data set's names is no reason to stop.
+                log_line(f"note: {str(error).split(';')[0]}, so the class folders' names are "
+                         "used (--class-names FILE gives another file)")
+                return checkpoint.class_names(resume[2]) if resume else self.classes
             named = sum(name != folder for name, folder in zip(names, self.classes))
             log_line(f"class names: {named} of {len(self.classes)} classes named by {path}")
             return names

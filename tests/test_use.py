@@ -505,6 +505,19 @@ def test_a_class_name_file_for_other_classes_is_refused_in_one_sentence(named_ru
         "give the file whose lines start with the class folders' names" in error
 
 
+def test_a_class_name_file_found_in_the_data_for_other_classes_is_a_note(tmp_path, capsys):
+    """Given with --class-names it is refused (above); found in --data, training goes on with
+    the folder names."""
+    synthetic.write_folder(str(tmp_path / "images"), 16, 8, size=48, extension=".png")
+    (tmp_path / "images" / "synset_words.txt").write_text("n01440764 tench, Tinca tinca\n")
+    assert train.main(["--preset", "tiny", "--data", str(tmp_path / "images"), "--max-steps",
+                       "1", "--run-dir", str(tmp_path / "run")]) == 0
+    assert f"note: class names {tmp_path / 'images' / 'synset_words.txt'} names none of the " \
+        in capsys.readouterr().out
+    classes = sorted(path.name for path in (tmp_path / "images" / "train").iterdir())
+    assert checkpoint.load(str(tmp_path / "run" / "last.npz"))[2]["class_names"] == classes
+
+
 def test_a_folder_name_with_spaces_is_followed_by_a_tab_and_unknown_lines_are_told(tmp_path):
     path = tmp_path / "names.txt"
     path.write_text("red circle\tRote Kreise\nblue square Blaue Quadrate\nn0000\ta cat\n\n")
