@@ -382,7 +382,7 @@ def images_below(folder, others=None):
             dirnames[:] = []
             continue
         seen.add(os.path.realpath(dirpath))
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        dirnames[:] = sorted(d for d in dirnames if is_visible_folder(d))
         prefix = os.path.join(dirpath, "")     # "dir/": no os.path.join a file (0.5 us each)
         for name in sorted(filenames):
             if name.startswith("."):
@@ -430,10 +430,27 @@ def is_utf8(name):
         return False
 
 
+# Folders that archivers and systems make, never images of a class: macOS's zip writes the
+# resource forks of the files it packs into __MACOSX/.
+SYSTEM_FOLDERS = ("__MACOSX",)
+
+
+def is_visible_folder(name):
+    return not name.startswith(".") and name not in SYSTEM_FOLDERS
+
+
 def class_folders(root):
-    """The names of the folders in root, sorted, hidden ones left out: its classes."""
+    """The names of the folders in root, sorted, hidden and system ones left out: its
+    classes."""
     return sorted(d for d in os.listdir(root)
-                  if not d.startswith(".") and os.path.isdir(os.path.join(root, d)))
+                  if is_visible_folder(d) and os.path.isdir(os.path.join(root, d)))
+
+
+def broken_links(root):
+    """'name -> target' of each link in root to nothing (an unmounted disk), sorted."""
+    return sorted(f"{name} -> {os.readlink(os.path.join(root, name))}" for name in os.listdir(root)
+                  if os.path.islink(os.path.join(root, name))
+                  and not os.path.exists(os.path.join(root, name)))
 
 
 def find_images(root, classes=None, log=None):
@@ -443,6 +460,11 @@ def find_images(root, classes=None, log=None):
     if not os.path.isdir(root):
         raise FileNotFoundError(f"image folder {root} does not exist; expected {root}/<class>/<images>")
     found = class_folders(root)
+    lost = broken_links(root)
+    if lost and log:
+        log(f"note: {root} has links to nothing ({', '.join(lost[:3])}"
+            f"{', ...' if len(lost) > 3 else ''}), which are not classes; mount or link again "
+            "what they pointed to, to use them")
     for name in found:                     # classes.txt holds a name a line, files.txt a tab
         if "\n" in name or "\t" in name:
             raise ValueError(f"the class folder {os.path.join(root, name)!r} has a line break or "

@@ -555,6 +555,21 @@ def test_a_val_class_in_another_case_or_with_a_space_is_told_the_rename(tmp_path
     assert data.spelled_otherwise(str(root), ["bird"], ["cat", "dog"]) is None
 
 
+def test_macos_zip_folders_are_no_class_and_links_to_nothing_are_told(tmp_path):
+    """__MACOSX/ (macOS's zip) is not a class, at any depth; a class folder linked to an
+    unmounted disk is named in a note, not dropped without a word."""
+    for path in ("a", "b", "__MACOSX", "a/__MACOSX"):
+        (tmp_path / path).mkdir()
+        noise("RGB", (20, 20), 0).save(tmp_path / path / "1.png")
+    (tmp_path / "c").symlink_to("/nowhere/c")
+    notes = []
+    paths, _, classes = data.find_images(str(tmp_path), log=notes.append)
+    assert classes == ["a", "b"]
+    assert paths == [str(tmp_path / "a" / "1.png"), str(tmp_path / "b" / "1.png")]
+    assert notes == [f"note: {tmp_path} has links to nothing (c -> /nowhere/c), which are not "
+                     "classes; mount or link again what they pointed to, to use them"]
+
+
 def test_a_folder_without_val_is_told_to_make_one(tmp_path):
     for cls in ("cat", "dog"):
         (tmp_path / "train" / cls).mkdir(parents=True)
