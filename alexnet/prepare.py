@@ -539,13 +539,19 @@ def row_files(cache, split):
     return rows
 
 
-def open_cache(cache, size=None, training=True):
+def open_cache(cache, size=None, training=True, source=None):
     """The prepared splits (memory-mapped, nothing is loaded here), classes, mean and PCA;
     `size`: the side the caller needs, refused in one sentence when the cache holds another,
     which says what else to do when `training` (another preset) or not (evaluating a
-    checkpoint: its image folder)."""
+    checkpoint: its image folder). `source`: the image folder the caller was given, which the
+    commands its messages suggest name; by default the one the cache was made from, or where
+    it is now (a moved folder keeps its cache)."""
     manifest = read_manifest(cache)
-    source = quote(manifest["source"]) if "source" in manifest else "DIR"
+    source = source or manifest.get("source")
+    if not (source and os.path.isdir(source)):
+        above = os.path.dirname(os.path.abspath(cache))
+        source = above if os.path.isdir(os.path.join(above, "train")) else None
+    source = quote(source) if source else "DIR"
     if not is_complete(manifest):
         raise ValueError(f"the cache {cache} is unfinished; finish it with python -m "
                          f"alexnet.prepare --data {source} --out {quote(cache)}")

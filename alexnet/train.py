@@ -272,8 +272,9 @@ def load_data(args, size, may_prepare=True, compare=False, log=None):
         splits = synthetic.make_splits(args.synthetic_train, args.synthetic_val, size, args.seed)
         return prepare.Cache(data.Split(*splits["train"]), data.Split(*splits["val"]),
                              splits["classes"], aug=None, bad=[])
-    cache = prepare.open_cache(prepare.cache_for(args.data, size, args.cache, log=log,
-                                                 may_prepare=may_prepare, compare=compare), size)
+    folder = prepare.cache_for(args.data, size, args.cache, log=log, may_prepare=may_prepare,
+                               compare=compare)
+    cache = prepare.open_cache(folder, size, source=None if folder == args.data else args.data)
     log(f"data: {len(cache.train)} train / {len(cache.val)} val images of {size}x{size}, "
         f"memory-mapped from {cache.folder}")
     return cache

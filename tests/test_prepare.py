@@ -808,6 +808,22 @@ def test_a_cache_of_another_size_is_one_sentence(prepared, tmp_path, capsys, mon
         prepare.open_cache(prepared[0], 112)
 
 
+def test_the_command_to_make_another_size_names_the_folder_where_it_is_now(folder, tmp_path):
+    """A folder moved with its cache inside: the commands name it where it is now; a cache
+    given with --cache: the --data typed."""
+    shutil.copytree(folder, tmp_path / "before")
+    prepare.prepare(str(tmp_path / "before"), str(tmp_path / "before" / "cache"), SIZE,
+                    workers=1, log=lambda line: None)
+    os.rename(tmp_path / "before", tmp_path / "after")
+    with pytest.raises(ValueError, match=f"prepare --data {tmp_path / 'after'} --size 112"):
+        prepare.open_cache(str(tmp_path / "after" / "cache"), 112)
+    (tmp_path / "my photos").mkdir()
+    with pytest.raises(ValueError) as raised:
+        prepare.open_cache(str(tmp_path / "after" / "cache"), 112,
+                           source=str(tmp_path / "my photos"))
+    assert f"prepare --data {quote(str(tmp_path / 'my photos'))} --size 112" in str(raised.value)
+
+
 # ---- batches on the device --------------------------------------------------------------------
 
 def test_batches_on_a_device_equal_the_numpy_batches(device):
