@@ -48,13 +48,35 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def image_folder(root):
-    """DIR/val when it exists, else DIR itself (a folder of class folders)."""
+def image_folder(root, classes):
+    """DIR/val when it exists, else DIR itself (a folder of class folders). What is not such a
+    folder is named for what it is, with what to pass instead: a file, a run directory (a
+    checkpoint), a data set with train/ but no val/, the folder of one of the checkpoint's
+    `classes` (the data reader would take its images for a flat folder such as ImageNet's val,
+    and point to sorting them with ImageNet's CSV)."""
+    wanted = "pass a folder with val/<class>/<images>, or one with <class>/<images>"
+    if os.path.isfile(root):
+        raise ValueError(f"data folder {root} is a file; {wanted} (python -m alexnet.predict "
+                         "classifies single images)")
     if not os.path.isdir(root):
-        raise FileNotFoundError(f"data folder {root} does not exist; pass a folder with "
-                                "val/<class>/<images>, or one with <class>/<images>")
+        raise FileNotFoundError(f"data folder {root} does not exist; {wanted}")
     val = os.path.join(root, "val")
-    return val if os.path.isdir(val) else root
+    if os.path.isdir(val):
+        return val
+    if any(os.path.isfile(os.path.join(root, name)) for name in ("best.npz", "last.npz")):
+        raise ValueError(f"{root} is a run directory of alexnet.train, a checkpoint (for "
+                         f"--checkpoint), not data; {wanted}")
+    found = data.class_folders(root)
+    if "train" in found and "train" not in classes:
+        raise ValueError(f"{root} has a train/ folder but no val/ folder; pass a folder with "
+                         f"val/<class>/<images>, or {os.path.join(root, 'train')} to evaluate "
+                         "on the training images")
+    name = os.path.basename(os.path.normpath(root))
+    if name in classes and not set(found) & set(classes):
+        raise ValueError(f"{root} is the folder of one class ({name}); pass the folder above "
+                         "it, which holds a folder per class: "
+                         f"{os.path.dirname(os.path.normpath(root)) or '.'}")
+    return root
 
 
 def check_classes(folder, classes, checkpoint_path, found=None):
@@ -173,7 +195,7 @@ def run(args):
         probs = probabilities(model, cache.val.images, aug.mean, size, args.views,
                               args.batch_size)
     else:                                 # a folder of images, decoded a chunk at a time
-        folder = image_folder(args.data)
+        folder = image_folder(args.data, classes)
         check_classes(folder, classes, args.checkpoint)
         paths, labels, _ = data.find_images(folder, classes)
         probs, labels, bad = folder_probabilities(model, paths, labels, aug.mean, size,

@@ -196,6 +196,27 @@ def test_user_errors_are_one_sentence_without_traceback(run_dir, image_dir, imag
         assert error.startswith("error: ") and "does not exist" in error and error.count("\n") == 1
 
 
+def test_evaluate_names_what_its_data_is_instead_of_an_image_folder(run_dir, image_dir, image,
+                                                                    tmp_path, capsys):
+    """A file was called missing; a data set without val/ was said to have a class 'train'; a
+    class folder and a run directory were told to be sorted with ImageNet's CSV."""
+    shutil.copytree(image_dir / "val", tmp_path / "only-train" / "train")
+    class_folder = os.path.dirname(image)
+    for folder, said in ((image, f"data folder {image} is a file; pass a folder with "
+                                 "val/<class>/<images>"),
+                         (str(tmp_path / "only-train"), f"{tmp_path / 'only-train'} has a train/ "
+                          "folder but no val/ folder; pass a folder with val/<class>/<images>, "
+                          f"or {tmp_path / 'only-train' / 'train'} to evaluate"),
+                         (class_folder, f"{class_folder} is the folder of one class "
+                          f"({os.path.basename(class_folder)}); pass the folder above it, which "
+                          f"holds a folder per class: {image_dir / 'val'}\n"),
+                         (str(run_dir), f"{run_dir} is a run directory of alexnet.train, a "
+                          "checkpoint (for --checkpoint), not data")):
+        assert evaluate.main(["--checkpoint", str(run_dir / "best.npz"), "--data", folder]) == 1
+        error = capsys.readouterr().err
+        assert error.startswith(f"error: {said}") and error.count("\n") == 1, error
+
+
 def test_a_checkpoint_without_the_mean_image_says_so(run_dir, image_dir, tmp_path, capsys):
     params, _, meta = checkpoint.load(str(run_dir))
     old = str(tmp_path / "old.npz")
