@@ -430,16 +430,18 @@ def locked(cache, log):
         yield
 
 
-def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, found=None):
+def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, found=None,
+            option="--out"):
     """Prepare (or go on preparing) the cache of data_dir/train and data_dir/val at size x size;
     returns the manifest. limit: decode at most this many files now (a later call goes on).
-    found: what find_sources(data_dir) returned, when the caller has listed the folder."""
+    found: what find_sources(data_dir) returned, when the caller has listed the folder. option:
+    the calling command's option that chooses the cache folder, named when it cannot be made."""
     sources, classes = found or find_sources(data_dir, log)
     try:
         os.makedirs(cache, exist_ok=True)
     except OSError as error:
         raise OSError(f"cannot create the cache folder {cache} ({error.strerror}); "
-                      "pass a writable folder with --out (or --cache when training)") from None
+                      f"pass a writable folder with {option}") from None
     with locked(cache, log):
         return prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log)
 
@@ -608,7 +610,8 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
                          f"alexnet.prepare --data {quote(data_dir)} --out {quote(cache)} on each "
                          "machine first")
     else:
-        prepare(data_dir, cache, size, workers, log=log, found=found)    # not listed twice
+        prepare(data_dir, cache, size, workers, log=log, found=found,    # not listed twice
+                option="--cache")                  # train's and show's option
     return cache
 
 

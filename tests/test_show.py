@@ -1,5 +1,6 @@
 """python -m alexnet.show (Figure 4, confusion matrix, activations) on a tiny checkpoint."""
 import csv
+import errno
 import json
 import os
 
@@ -325,3 +326,23 @@ def test_a_cache_whose_images_were_deleted_is_still_shown(run_dir, tmp_path):
         image.unlink()
     assert show.main(["--checkpoint", str(run_dir / "last.npz"), "--data", str(tmp_path / "raw"),
                       "--out", str(tmp_path / "out"), "--only", "confusion"]) == 0
+
+
+def test_a_cache_folder_it_cannot_make_is_refused_naming_show_s_own_option(run_dir, tmp_path,
+                                                                        monkeypatch, capsys):
+    """--out is show's pictures folder: the read-only data folder's advice named it, where
+    --cache is what helps (prepare's own --out is named by prepare alone)."""
+    synthetic.write_folder(str(tmp_path / "ro"), 12, 4, size=48, seed=3, extension=".png")
+    makedirs = os.makedirs
+
+    def read_only(path, *args, **kwargs):
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+        return makedirs(path, *args, **kwargs)
+    monkeypatch.setattr(os, "makedirs", read_only)
+    assert show.main(["--checkpoint", str(run_dir / "last.npz"), "--data", str(tmp_path / "ro"),
+                      "--out", str(tmp_path / "out")]) == 1
+    cache = prepare.default_cache(str(tmp_path / "ro"), STORED)
+    assert capsys.readouterr().err.endswith(
+        f"error: cannot create the cache folder {cache} (Read-only file system); pass a writable "
+        "folder with --cache\n")
