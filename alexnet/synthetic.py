@@ -276,18 +276,19 @@ def main(argv=None):
     p.add_argument("--train", type=whole(1), default=3000, help="training images (default 3000)")
     p.add_argument("--val", type=whole(1), default=500, help="validation images (default 500)")
     p.add_argument("--size", type=whole(16), default=256, help="image side (default 256)")
-    p.add_argument("--classes", type=whole(1), default=len(CLASSES),
-                   help=f"the first N of the {len(CLASSES)} classes (default all)")
+    p.add_argument("--classes", type=whole(2), default=len(CLASSES),   # a classifier needs 2
+                   help=f"the first N of the {len(CLASSES)} classes, 2 or more (default all)")
     p.add_argument("--seed", type=whole(0), default=0)
     args = p.parse_args(argv)
     if args.classes > len(CLASSES):
-        p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 1 to "
+        p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 2 to "
                 f"{len(CLASSES)}")
     for split in ("train", "val"):          # every class gets an image, as the summary claims
         count = getattr(args, split)
-        if count < args.classes:
+        if count < args.classes:            # --classes below 2 is no way out: it is refused
+            fewer = f", or --classes {count} or fewer" if count >= 2 else ""
             p.error(f"argument --{split}: {count} images cannot hold the {args.classes} classes; "
-                    f"pass --{split} {args.classes} or more, or --classes {count} or fewer")
+                    f"pass --{split} {args.classes} or more{fewer}")
     if os.path.isdir(args.out) and os.listdir(args.out):   # its files would stay among the new
         print(f"error: {args.out} is not empty; pass --out with a new folder", file=sys.stderr)
         return 1

@@ -632,8 +632,11 @@ def test_every_command_runs_with_tower_a_off_the_first_gpu(tmp_path, image_dir):
     (filters, ["--checkpoint", "x", "--columns", "0"], "argument --columns: 0 is too small"),
     (synthetic, ["--out", "x", "--train", "0"], "argument --train: 0 is too small"),
     (synthetic, ["--out", "x", "--classes", "11"], "argument --classes: the data set has 10"),
+    (synthetic, ["--out", "x", "--classes", "1"], "argument --classes: 1 is too small: use 2"),
+    (synthetic, ["--out", "x", "--train", "1", "--classes", "2"], "pass --train 2 or more (see"),
 ], ids=["prepare-size", "prepare-workers", "prepare-limit", "predict-top", "predict-devices",
-        "train-devices", "evaluate-batch", "filters-columns", "synthetic-train", "synthetic-classes"])
+        "train-devices", "evaluate-batch", "filters-columns", "synthetic-train", "synthetic-classes",
+        "synthetic-one-class", "synthetic-one-image"])
 def test_commands_refuse_bad_options_in_one_sentence(command, argv, message, capsys):
     with pytest.raises(SystemExit) as stopped:
         command.main(argv)
@@ -646,7 +649,7 @@ def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, 
     ones (10 class folders where 3 were asked for)."""
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    small = ["--train", "1", "--val", "1", "--size", "16", "--classes", "1"]
+    small = ["--train", "2", "--val", "2", "--size", "16", "--classes", "2"]
     assert synthetic.main(["--out", str(blocker), *small]) == 1
     assert capsys.readouterr().err.startswith(f"error: cannot write {blocker}: ")
     assert synthetic.main(["--out", str(tmp_path / "a set"), *small]) == 0
