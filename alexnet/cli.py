@@ -49,16 +49,19 @@ def real(lowest=0.0, inclusive=True, below=math.inf):
 
 
 def devices_list(text):
-    """--devices: two devices "a,b", each "cpu" or a GPU id that this machine has."""
-    parts = text.split(",")
-    if len(parts) != 2 or not all(p.strip() == "cpu" or p.strip().isdigit() for p in parts):
+    """--devices: two devices "a,b", each "cpu" or a GPU id that this machine has. A GPU it
+    lacks is refused with values this option takes ('cpu,cpu', or the ids there are), not with
+    backend.parse_device's advice for one device ('cpu', which is not two)."""
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(part == "cpu" or part.isdigit() for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not two devices: write e.g. '0,1', '0,0' "
                                          "or 'cpu,cpu' (tower a, tower b)")
-    for part in parts:
-        try:
-            backend.parse_device(part.strip())
-        except ValueError as error:
-            raise argparse.ArgumentTypeError(str(error)) from None
+    count = backend.gpu_count()
+    missing = [part for part in parts if part != "cpu" and int(part) >= count]
+    if missing:
+        ids = {0: "", 1: "'0,0' or "}.get(count, f"GPU ids 0 to {count - 1} (e.g. '0,1') or ")
+        raise argparse.ArgumentTypeError(f"device '{missing[0]}' is not available: "
+                                         f"{backend.gpus_found()}; use {ids}'cpu,cpu'")
     return text
 
 

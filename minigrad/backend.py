@@ -61,10 +61,15 @@ def parse_device(device):
         raise ValueError(f"unknown device {device!r}: use 'cpu' or a GPU id such as 0 or 'cuda:1'")
     index = int(text)
     if index >= gpu_count():
-        found = "no GPU was found (is CuPy installed and the driver working?)" if gpu_count() == 0 \
-            else f"only {gpu_count()} GPU(s) were found"
-        raise ValueError(f"device {device!r} is not available: {found}; use 'cpu' or a smaller id")
+        raise ValueError(f"device {device!r} is not available: {gpus_found()}; use 'cpu' or a "
+                         "smaller id")
     return index
+
+
+def gpus_found():
+    """What a missing GPU's error says was found: none (and why that may be), or how many."""
+    return "no GPU was found (is CuPy installed and the driver working?)" if gpu_count() == 0 \
+        else f"only {gpu_count()} GPU(s) were found"
 
 
 def device_scope(device):

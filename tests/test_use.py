@@ -644,6 +644,25 @@ def test_commands_refuse_bad_options_in_one_sentence(command, argv, message, cap
     assert stopped.value.code == 2 and message in error and "usage:" not in error
 
 
+@pytest.mark.parametrize("gpus, said", [
+    (0, "no GPU was found (is CuPy installed and the driver working?); use 'cpu,cpu' (see"),
+    (1, "only 1 GPU(s) were found; use '0,0' or 'cpu,cpu' (see"),
+    (2, "only 2 GPU(s) were found; use GPU ids 0 to 1 (e.g. '0,1') or 'cpu,cpu' (see")],
+    ids=["no-gpu", "one-gpu", "two-gpus"])
+@pytest.mark.parametrize("command", [train, evaluate, predict, show])
+def test_a_missing_gpu_is_refused_with_devices_that_option_takes(command, gpus, said,
+                                                                 monkeypatch, capsys):
+    """'use cpu' was the advice, and --devices cpu is refused: it is not two devices."""
+    monkeypatch.setattr(backend, "gpu_count", lambda: gpus)
+    argv = {train: [], evaluate: ["--checkpoint", "x", "--data", "."], show: ["--checkpoint", "x"],
+            predict: ["--checkpoint", "x", "a.png"]}[command]
+    with pytest.raises(SystemExit) as stopped:
+        command.main(argv + ["--devices", "2,2"])
+    error = capsys.readouterr().err
+    assert stopped.value.code == 2 and f"argument --devices: device '2' is not available: {said}" \
+        in error and error.count("\n") == 1
+
+
 def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, capsys):
     """A folder with files in it is refused: an earlier set's images would stay among the new
     ones (10 class folders where 3 were asked for)."""
