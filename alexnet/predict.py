@@ -6,7 +6,8 @@ of the training set's mean image that the checkpoint stores. Prints the most pro
 of each image with their softmax probabilities: a class's readable name, and its folder name
 (the WordNet id on ImageNet) in brackets where the two differ. A folder stands for every image
 below it; a folder without images is refused, and so is a URL (nothing is downloaded). An
-image that cannot be read is named with the reason and skipped; the exit status is then 1.
+image that cannot be read is named with the reason and skipped; the exit status is then 1. A
+format Pillow does not read (a phone's .heic) is told to be converted, in a folder too.
 Images are decoded (on every core) and classified --batch-size at a time, one forward pass per
 batch, and printed in the order given. Options may come after the images too; an image whose
 name starts with a dash goes after `--`.
@@ -17,6 +18,7 @@ terminal, where the predictions show the progress). A reader that stops early (`
 the command quietly.
 """
 import argparse
+import collections
 import os
 import sys
 
@@ -58,7 +60,9 @@ def parse_args(argv=None):
 def image_files(arguments):
     """The image files that the IMAGE arguments name: a file as it is, a folder as every image
     below it. A URL, a missing file or a folder without images is refused in one sentence
-    before any work (a link to nothing is kept: decoding names where it points)."""
+    before any work (a link to nothing is kept: decoding names where it points). The other
+    files of a folder are told of as training tells of them (data.left_out: a phone's .heic
+    photos are to be converted)."""
     paths = []
     for path in arguments:
         if "://" in path:
@@ -66,11 +70,16 @@ def image_files(arguments):
                              "first (e.g. curl -O URL) and pass the file")
         if not os.path.lexists(path):
             raise ValueError(f"no such file: {path}; pass image files or folders of them")
-        found = data.images_below(path) if os.path.isdir(path) else [path]
+        others = collections.Counter()
+        found = data.images_below(path, others) if os.path.isdir(path) else [path]
+        if not found and others:
+            raise ValueError(f"no images found under {path}: {data.left_out(path, others)}")
         if not found:
             raise ValueError(f"no images found under {path} (extensions: "
                              f"{data.SOME_EXTENSIONS}); pass image files or folders that hold "
                              "some")
+        if others:
+            print(f"note: {data.left_out(path, others)}", file=sys.stderr)
         paths += found
     return paths
 
@@ -98,7 +107,10 @@ def run(args):
         reasons = dict(bad)
         for path, readable in zip(batch, good):            # in the order given, as one by one
             if not readable:
-                progress.say(f"{path}: cannot be read ({reasons[path]}); skipped")
+                kind = data.extension(path)
+                fix = f": convert it to JPEG or PNG, as Pillow does not read {kind} images" \
+                    if kind in data.UNREAD_IMAGE_FORMATS else ""
+                progress.say(f"{path}: cannot be read ({reasons[path]}); skipped{fix}")
                 failed += 1
                 continue
             p = next(probs)                                                       # (classes,)

@@ -400,6 +400,28 @@ def test_predict_refuses_a_folder_without_images_and_a_url(run_dir, tmp_path, ca
         assert out == "" and err.startswith(f"error: {message}") and err.count("\n") == 1
 
 
+def test_predict_tells_to_convert_heic_photos_as_training_does(run_dir, image, tmp_path, capsys):
+    """A phone's .heic photo was an UnidentifiedImageError alone; a folder of them had 'no
+    images', and beside other images they were left out without a word."""
+    photo = tmp_path / "photos" / "IMG_0001.heic"
+    photo.parent.mkdir()
+    photo.write_bytes(b"\0\0\0\x18ftypheic")
+    convert = "convert the .heic images, which Pillow does not read, to JPEG or PNG\n"
+    assert predict.main(["--checkpoint", str(run_dir / "best.npz"), str(photo)]) == 1
+    assert re.search(f"^{re.escape(str(photo))}: cannot be read \\(UnidentifiedImageError: .*\\); "
+                     "skipped: convert it to JPEG or PNG, as Pillow does not read .heic images$",
+                     capsys.readouterr().err, re.MULTILINE)
+    assert predict.main(["--checkpoint", str(run_dir / "best.npz"), str(photo.parent)]) == 1
+    assert capsys.readouterr().err == f"error: no images found under {photo.parent}: 1 file " \
+        f"under {photo.parent} is not an image by its extension and was left out (.heic: 1); " \
+        f"{convert}"
+    shutil.copy(image, photo.parent)
+    assert predict.main(["--checkpoint", str(run_dir / "best.npz"), str(photo.parent)]) == 0
+    assert capsys.readouterr().err.startswith(f"note: 1 file under {photo.parent} is not an "
+                                              "image by its extension and was left out (.heic: "
+                                              f"1); {convert}")
+
+
 def test_a_file_that_is_not_a_checkpoint_is_named_as_such(image, capsys):
     assert predict.main(["--checkpoint", image, image]) == 1
     error = capsys.readouterr().err
