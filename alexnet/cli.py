@@ -1,7 +1,7 @@
 """What the commands share: the help of --checkpoint, argparse types that refuse a bad value in
 one sentence naming it and the fix, a parser that prints that sentence without the usage block,
-how a command ends (an error, Ctrl-C, a closed pipe), its progress line on stderr, and the check
-that its output folder can be written."""
+how a command ends (an error, Ctrl-C, a closed pipe), its progress line on stderr, the check
+that its output folder can be written, and a count's noun in the number it takes."""
 import argparse
 import contextlib
 import math
@@ -16,6 +16,12 @@ from minigrad import backend, distributed
 CHECKPOINT_HELP = (  # what checkpoint.resolve(path, best=True) accepts
     "a .npz written by alexnet.train (best.npz, last.npz) or a run directory (its best.npz, or "
     "its last.npz where it has no best.npz yet)")
+
+
+def counted(n, noun, plural=None):
+    """'1 image', '0 images', '1,024 images': a count with its noun in the number it takes
+    (plural: where adding an s is not it, 'classes', 'queries')."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
 
 
 def whole(lowest):

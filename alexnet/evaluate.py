@@ -23,8 +23,8 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, prepare
-from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, devices_list, run_command, whole,
-                         writable_folder)
+from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, counted, devices_list, run_command,
+                         whole, writable_folder)
 
 
 FOLDER_CHUNK = 1024     # images of a folder decoded at a time (200 MB at 256x256)
@@ -207,7 +207,7 @@ def run(args):
     images, hits1, hits5, confusion = scores(probs, labels, len(classes))
     N = len(labels)
     print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
-          f"on {folder}: {N} images, {args.views} view{'s' if args.views > 1 else ''}")
+          f"on {folder}: {counted(N, 'image')}, {counted(args.views, 'view')}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
     if measures_top5(classes):
         print(f"top-5 error {1 - hits5.sum() / N:.2%} ({N - hits5.sum()} of {N})")

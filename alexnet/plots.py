@@ -12,6 +12,7 @@ import numpy
 from PIL import Image, ImageDraw, ImageFont
 
 from alexnet.checkpoint import write_atomically
+from alexnet.cli import counted
 from minigrad.backend import to_device
 
 _TRAIN, _VAL, _VAL_TOP5 = (31, 119, 180), (255, 127, 14), (44, 160, 44)
@@ -402,7 +403,7 @@ def confusion_matrix(counts, classes, path, max_named=50):
     left, top = 30 + label_w, 54 + label_w
     side = C * cell
     errors = 1 - numpy.trace(counts) / max(1, counts.sum())
-    heading = f"confusion matrix: {int(counts.sum()):,} images, top-1 error {errors:.2%}"
+    heading = f"confusion matrix: {counted(int(counts.sum()), 'image')}, top-1 error {errors:.2%}"
     # As wide as the heading too: a few classes with short names make a matrix narrower than it.
     width = max(left + side + 90, int(probe.textlength(heading, font=_font(16))) + 20)
     image = Image.new("RGB", (width, top + side + 20), (255, 255, 255))

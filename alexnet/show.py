@@ -33,8 +33,8 @@ import numpy
 import minigrad
 from alexnet import checkpoint, data, plots, prepare
 from alexnet.evaluate import check_classes, confusion, softmax
-from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, devices_list, run_command, whole,
-                         writable_folder)
+from alexnet.cli import (CHECKPOINT_HELP, Parser, Progress, counted, devices_list, run_command,
+                         whole, writable_folder)
 from alexnet.train import load_data
 from minigrad import backend
 
@@ -201,7 +201,7 @@ def check_indices(indices, N):
     bad = [i for i in indices or () if not 0 <= i < N]
     if bad:
         raise ValueError(f"--indices {bad[0]} is not a row of the validation set, which has "
-                         f"{N} images (rows 0 to {N - 1})")
+                         f"{counted(N, 'image')} (rows 0 to {N - 1})")
 
 
 def crops(model, images, aug, size):
@@ -262,7 +262,8 @@ def draw_neighbours(args, model, aug, source, rows, shown, query, classes, out):
     k = min(args.neighbours, len(source.train))
     found = ((start, features(model, trace)) for start, _, trace in stream(
         model, source.train, aug, size, args.batch_size, args.workers,
-        f"fc7 features of the training set, {k} nearest to each of {len(rows)} queries"))
+        f"fc7 features of the training set, {k} nearest to each of "
+        f"{counted(len(rows), 'query', 'queries')}"))
     distances, neighbours = nearest(query, found, k)
     images = data.central(source.train.images[neighbours.ravel()], size)  # (Q*k, 3, size, size)
     paths = [os.path.join(out, "neighbours.png"), os.path.join(out, "neighbours.json")]

@@ -40,7 +40,7 @@ from shlex import quote
 
 import numpy
 
-from alexnet.cli import Parser, whole
+from alexnet.cli import Parser, counted, whole
 from minigrad import parallel
 
 _CHUNK_BYTES = 16 * 2 ** 20  # the float32 canvas of one chunk: 16 MB (269 images of 72x72)
@@ -287,7 +287,8 @@ def main(argv=None):
         count = getattr(args, split)
         if count < args.classes:            # --classes below 2 is no way out: it is refused
             fewer = f", or --classes {count} or fewer" if count >= 2 else ""
-            p.error(f"argument --{split}: {count} images cannot hold the {args.classes} classes; "
+            p.error(f"argument --{split}: {counted(count, 'image')} cannot hold the {args.classes} "
+                    "classes; "
                     f"pass --{split} {args.classes} or more{fewer}")
     if os.path.isdir(args.out) and os.listdir(args.out):   # its files would stay among the new
         print(f"error: {args.out} is not empty; pass --out with a new folder", file=sys.stderr)

@@ -54,8 +54,8 @@ import numpy
 
 import minigrad
 from alexnet import checkpoint, data, plots, prepare, synthetic
-from alexnet.cli import (Parser, adopt_made_folders, devices_list, existing_path, format_time,
-                         made_folders, make_folders, real, undo_made_folders, whole,
+from alexnet.cli import (Parser, adopt_made_folders, counted, devices_list, existing_path,
+                         format_time, made_folders, make_folders, real, undo_made_folders, whole,
                          writable_folder)
 from alexnet.evaluate import confusion, measures_top5, softmax, top_k_hits
 from alexnet.model import INITS, PRESETS, AlexNet, auto_preset
@@ -224,8 +224,8 @@ def fit_recipe(args, train_images):
             said.append(f"batch {args.batch_size}, so that an epoch has {steps} "
                         f"{'step' if steps == 1 else 'steps'}")
     elif args.batch_size > train_images:
-        raise ValueError(f"the training set has {train_images} images, fewer than one batch of "
-                         f"{args.batch_size}; lower --batch-size or leave it out")
+        raise ValueError(f"the training set has {counted(train_images, 'image')}, fewer than one "
+                         f"batch of {args.batch_size}; lower --batch-size or leave it out")
     if args.clip_norm is None:
         args.clip_norm = CLIP_NORMS.get(args.preset, 0.0) if args.batch_size < PAPER_BATCH else 0.0
         if args.clip_norm:
@@ -331,8 +331,8 @@ def replica_devices(devices, local_rank, local_size):
     if used and max(d for d in placed if d != "cpu") >= gpus:
         raise ValueError(f"process {local_rank + 1} of {local_size} on this machine would put "
                          f"its towers on GPUs {placed[0]},{placed[1]} but the machine has {gpus}: "
-                         f"start at most {gpus // used} processes a machine, or pass --devices "
-                         "0,0 (both towers of a replica on one GPU)")
+                         f"start at most {counted(gpus // used, 'process', 'processes')} a "
+                         "machine, or pass --devices 0,0 (both towers of a replica on one GPU)")
     return placed
 
 
@@ -341,9 +341,9 @@ def check_batch_split(batch_size, processes, resumed=False):
     if batch_size % processes:
         other = "(a resumed run keeps its batch)" if resumed else \
             f"or pass a --batch-size that is a multiple of {processes}"
-        raise ValueError(f"a batch of {batch_size} images does not split into {processes} "
-                         f"equal parts, one per process: start a number of processes that "
-                         f"divides {batch_size} {other}")
+        raise ValueError(f"a batch of {counted(batch_size, 'image')} does not split into "
+                         f"{processes} equal parts, one per process: start a number of "
+                         f"processes that divides {batch_size} {other}")
 
 
 def top_k_errors(logits, labels, ks=(1, 5)):
@@ -461,8 +461,8 @@ class Run:
                  f"{self.optimizer.lr:g}{clip}; run directory {self.dir}")
         if group.size > 1:
             log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
-                     f" {args.batch_size // group.size} images of every batch each, gradients "
-                     "averaged every step")
+                     f" {counted(args.batch_size // group.size, 'image')} of every batch each, "
+                     "gradients averaged every step")
 
     def open_data(self, resume, preset):
         """The training and validation sets, their classes and augmentation statistics, and the
@@ -497,8 +497,9 @@ class Run:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")
         check_batch_split(args.batch_size, group.size, bool(resume))    # the recipe's too
         if len(self.val) < group.size:
-            raise ValueError(f"the validation set has {len(self.val)} images, fewer than the "
-                             f"{group.size} processes: add validation images or start fewer")
+            raise ValueError(f"the validation set has {counted(len(self.val), 'image')}, fewer "
+                             f"than the {group.size} processes: add validation images or start "
+                             "fewer")
         self.steps_per_epoch = data.batch_count(self.train, args.batch_size, train=True)
         self.aug = loaded.aug if loaded.aug is not None else \
             data.Augmentation.of(self.train.images)
@@ -563,7 +564,8 @@ class Run:
                  "their accuracy is not measured; add images to val/<class>/")):
             if missing:
                 names = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-                log_line(f"note: {len(missing)} of {len(self.classes)} classes have no {split} "
+                log_line(f"note: {len(missing)} of {len(self.classes)} classes "
+                         f"{'has' if len(missing) == 1 else 'have'} no {split} "
                          f"images ({names}): {consequence}")
 
     # ---- checkpoints ------------------------------------------------------------------------
@@ -624,7 +626,7 @@ class Run:
             B = self.args.batch_size
             log_line(f"note: this run was trained by {ranks} process{'es' if ranks > 1 else ''} "
                      f"and goes on with {K}: "
-                     f"the batch stays {B} images a step ({B // K} per process, was "
+                     f"the batch stays {counted(B, 'image')} a step ({B // K} per process, was "
                      f"{B // ranks}), and dropout masks come from a new random stream")
         metrics = os.path.join(self.dir, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
@@ -794,8 +796,8 @@ class Run:
         else:
             best = f"best validation top-1 error {self.best:.2%}" if math.isfinite(self.best) \
                 else "no evaluation yet"
-            log_line(f"done: {reason}; {self.step} steps in {format_time(self.elapsed())}; "
-                     f"{best}; checkpoints in {self.dir}")
+            log_line(f"done: {reason}; {counted(self.step, 'step')} in "
+                     f"{format_time(self.elapsed())}; {best}; checkpoints in {self.dir}")
         self.draw()
         return reason
 
@@ -819,9 +821,10 @@ class Run:
             return f"--max-steps {self.args.max_steps} reached"
         if self.schedule.finished:
             return (f"the schedule finished: the validation error stopped improving after "
-                    f"{self.schedule.reductions} learning-rate reductions")
+                    f"{counted(self.schedule.reductions, 'learning-rate reduction')}")
         if self.epoch >= self.args.epochs:
-            return f"all {self.args.epochs} epochs done"
+            every = "all " if self.args.epochs > 1 else ""
+            return f"{every}{counted(self.args.epochs, 'epoch')} done"
         return None
 
     def log_progress(self, window, values, eta):
@@ -864,7 +867,7 @@ class Run:
         when = f"epoch {self.epoch}" if not final else \
             f"at the stop (epoch {round(self.epochs_done(), 2):g})"
         log_line(f"eval {when}: val loss {loss:.4f}  top-1 error {top1:.2%}{top5}  "
-                 f"({len(self.val)} images, "
+                 f"({counted(len(self.val), 'image')}, "
                  f"{time.perf_counter() - tick:.1f}s){'  best so far' if improved else ''}")
         if not final:
             said = self.schedule.step(top1, self.images_trained())
@@ -942,7 +945,7 @@ class Run:
         margin = 3 * math.sqrt(chance * (1 - chance) / len(self.val))
         at_chance = last["top1_error"] >= chance - margin
         error = (f"validation top-1 error {last['top1_error']:.1%} is at chance ({chance:.1%} "
-                 f"± {margin:.1%} on {len(self.val):,} images)")
+                 f"± {margin:.1%} on {counted(len(self.val), 'image')})")
         halfway = (evals[-2]["step"] + self.step) / 2     # "still": the loss of late, not all
         recent = [r["loss"] for r in self.records if r["kind"] == "train" and r["step"] > halfway]
         recent_loss = numpy.mean(recent) if recent else 0.0
@@ -971,8 +974,8 @@ class Run:
                       "other labels)"]
         else:
             return
-        message = (f"the network is not learning: after {self.step} steps "
-                   f"({self.images_trained():,} images) the {symptom}. Likely causes: "
+        message = (f"the network is not learning: after {counted(self.step, 'step')} "
+                   f"({counted(self.images_trained(), 'image')}) the {symptom}. Likely causes: "
                    f"{'; '.join(causes)}.")
         self.record(kind="warning", epoch=self.epoch, step=self.step, message=message)
         log_line(f"warning: {message}")

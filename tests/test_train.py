@@ -691,7 +691,7 @@ def test_a_class_without_validation_images_is_named(tmp_path, capsys):
     assert train.main(["--data", str(tmp_path / "data"), "--preset", "tiny", "--max-steps", "1",
                        "--run-dir", str(tmp_path / "run")]) == 0
     out = capsys.readouterr().out
-    assert "note: 1 of 3 classes have no val images (disk): their accuracy is not measured" in out
+    assert "note: 1 of 3 classes has no val images (disk): their accuracy is not measured" in out
     assert "top-1 error" in out and "top-5" not in out        # 3 classes: always in the top 5
     assert evaluate.main(["--checkpoint", str(tmp_path / "run"), "--data",
                           str(tmp_path / "data"), "--out", str(tmp_path)]) == 0

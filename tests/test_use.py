@@ -685,6 +685,17 @@ def test_a_missing_gpu_is_refused_with_devices_that_option_takes(command, gpus, 
         in error and error.count("\n") == 1
 
 
+def test_a_count_of_one_takes_its_noun_in_the_singular(capsys):
+    """'1 images', '1 of 3 classes have': counts of 1 read as plural ones."""
+    assert [cli.counted(n, "image") for n in (0, 1, 2, 1024)] == \
+        ["0 images", "1 image", "2 images", "1,024 images"]
+    assert cli.counted(1, "query", "queries") + cli.counted(3, "query", "queries") == \
+        "1 query3 queries"
+    with pytest.raises(SystemExit):
+        synthetic.main(["--out", "x", "--train", "1", "--classes", "2"])
+    assert "argument --train: 1 image cannot hold the 2 classes" in capsys.readouterr().err
+
+
 def test_synthetic_names_a_folder_it_cannot_write_or_that_holds_files(tmp_path, capsys):
     """A folder with files in it is refused: an earlier set's images would stay among the new
     ones (10 class folders where 3 were asked for)."""
