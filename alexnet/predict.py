@@ -21,6 +21,7 @@ import argparse
 import collections
 import os
 import sys
+from shlex import quote
 
 import numpy
 
@@ -50,7 +51,10 @@ def parse_args(argv=None):
                    "classified at a time, in one forward pass (default 128)")
     p.add_argument("--devices", type=devices_list, help="devices of towers a and b, e.g. '0,1', "
                    "'0,0', 'cpu,cpu' (default: two GPUs, one GPU twice, or the CPU)")
-    args = p.parse_intermixed_args(argv)    # options after the images too
+    args, unknown = p.parse_known_intermixed_args(argv)    # options after the images too
+    if unknown:                             # e.g. -dash.png, taken for an option
+        p.error(f"unrecognized arguments: {' '.join(unknown)} (an image whose name starts with a "
+                f"dash goes after --: -- {quote(unknown[0])})")
     args.images += named
     if not args.images:
         p.error("the following arguments are required: IMAGE")

@@ -364,6 +364,14 @@ def test_predict_takes_every_argument_after_a_double_dash_as_an_image(run_dir, i
         capsys.readouterr().err
 
 
+def test_predict_points_an_image_named_like_an_option_to_the_double_dash(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        predict.main(["--checkpoint", "x", "-dash.png"])
+    assert stopped.value.code == 2 and capsys.readouterr().err.endswith(
+        "error: unrecognized arguments: -dash.png (an image whose name starts with a dash goes "
+        "after --: -- -dash.png) (see --help)\n")
+
+
 def test_predict_refuses_a_missing_image_before_it_loads_the_checkpoint(run_dir, image, tmp_path,
                                                                         capsys):
     missing = str(tmp_path / "nope.jpg")
