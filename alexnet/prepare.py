@@ -443,15 +443,16 @@ def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, foun
         raise OSError(f"cannot create the cache folder {cache} ({error.strerror}); "
                       f"pass a writable folder with {option}") from None
     with locked(cache, log):
-        return prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log)
+        return prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log,
+                              option)
 
 
-def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log):
+def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log, option):
     """prepare()'s work, by the one process that holds the cache's lock."""
     manifest = read_manifest(cache) if is_cache(cache) else {"splits": {}}
     if manifest.get("size", size) != size:
         raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images, "
-                         f"not {size}x{size}; choose another --out for this size")
+                         f"not {size}x{size}; choose another {option} for this size")
     if is_complete(manifest) and manifest["classes"] == classes and \
             all(same_files(cache, split, *sources[split]) for split in SPLITS):
         # Nothing written: a cache on a read-only file system may be up to date too.
@@ -461,8 +462,7 @@ def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log)
         return manifest
     if not os.access(cache, os.W_OK):
         raise OSError(f"cannot write to the cache folder {cache} (read-only), and it is not up "
-                      f"to date with {data_dir}; pass a writable folder with --out (or --cache "
-                      "when training)")
+                      f"to date with {data_dir}; pass a writable folder with {option}")
     manifest.update(size=size, source=os.path.abspath(data_dir), classes=classes)
     write_text(os.path.join(cache, "classes.txt"), "".join(name + "\n" for name in classes))
     workers = workers or os.cpu_count()

@@ -474,7 +474,7 @@ def test_an_up_to_date_cache_is_not_written_and_a_stale_read_only_one_says_so(
     assert prepare.main(command) == 1
     assert capsys.readouterr().err == f"error: cannot write to the cache folder " \
         f"{tmp_path / 'cache'} (read-only), and it is not up to date with {raw}; pass a " \
-        "writable folder with --out (or --cache when training)\n"
+        "writable folder with --out\n"
 
 
 def test_a_size_no_preset_takes_is_refused_and_the_default_is_trains(tmp_path, capsys):
