@@ -10,9 +10,9 @@ does; --views 10 averages the softmax over the paper's ten views (section 4.1): 
 crops and the central crop, and their horizontal reflections.
 
 Also prints the ten (true, predicted) class pairs that are confused most often, and writes
-per_class.csv (class, name, images, top1_accuracy, top5_accuracy), replacing the one of an earlier
-evaluation in the same folder (the last line says so). Progress goes to stderr, the report to
-stdout.
+per_class.csv (class, name, images, top1_accuracy, and top5_accuracy with more than 5 classes),
+replacing the one of an earlier evaluation in the same folder (the last line says so). Progress
+goes to stderr, the report to stdout.
 """
 import argparse
 import csv
@@ -169,15 +169,27 @@ def most_confused(confusion, count=10):
     return [pair for pair in pairs if pair[2] > 0]
 
 
+def trained(meta):
+    """How long a checkpoint was trained, as train says it: "step 630, 70 epochs" (epochs with
+    the fraction of the one under way, as train's evaluation lines give them)."""
+    config = meta.get("config", {})
+    if "train_images" not in meta or not config.get("batch_size"):   # an older checkpoint
+        return f"step {meta['step']}, epoch {meta['epoch'] + 1}"
+    steps = max(1, meta["train_images"] // config["batch_size"])     # as training counts them
+    return f"step {meta['step']}, {round(meta['epoch'] + meta['batch'] / steps, 2):g} epochs"
+
+
 def write_per_class(path, classes, names, images, hits1, hits5):
     """per_class.csv: each class's folder and readable name; accuracy columns are empty for a
-    class without images."""
+    class without images. With 5 classes or fewer top-5 says nothing and has no column."""
+    top5 = measures_top5(classes)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["class", "name", "images", "top1_accuracy", "top5_accuracy"])
+        writer.writerow(["class", "name", "images", "top1_accuracy"] +
+                        (["top5_accuracy"] if top5 else []))
         for folder, name, n, h1, h5 in zip(classes, names, images, hits1, hits5):
-            writer.writerow([folder, name, n, f"{h1 / n:.4f}" if n else "",
-                             f"{h5 / n:.4f}" if n else ""])
+            writer.writerow([folder, name, n, f"{h1 / n:.4f}" if n else ""] +
+                            ([f"{h5 / n:.4f}" if n else ""] if top5 else []))
 
 
 def run(args):
@@ -206,7 +218,7 @@ def run(args):
         raise ValueError(f"no image under {folder} could be read; see the files named above")
     images, hits1, hits5, confusion = scores(probs, labels, len(classes))
     N = len(labels)
-    print(f"{ckpt} (epoch {meta['epoch']}, step {meta['step']}) "
+    print(f"{ckpt} ({trained(meta)}) "
           f"on {folder}: {counted(N, 'image')}, {counted(args.views, 'view')}")
     print(f"top-1 error {1 - hits1.sum() / N:.2%} ({N - hits1.sum()} of {N})")
     if measures_top5(classes):

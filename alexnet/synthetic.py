@@ -278,7 +278,8 @@ def main(argv=None):
     p.add_argument("--size", type=whole(16), default=256, help="image side (default 256)")
     p.add_argument("--classes", type=whole(2), default=len(CLASSES),   # a classifier needs 2
                    help=f"the first N of the {len(CLASSES)} classes, 2 or more (default all)")
-    p.add_argument("--seed", type=whole(0), default=0)
+    p.add_argument("--seed", type=whole(0), default=0, help="seed of the drawing: the same seed "
+                   "draws the same images (default 0)")
     args = p.parse_args(argv)
     if args.classes > len(CLASSES):
         p.error(f"argument --classes: the data set has {len(CLASSES)} classes; use 2 to "

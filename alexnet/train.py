@@ -159,8 +159,10 @@ def parse_args(argv=None):
     p.add_argument("--eval-every", type=whole(1), metavar="EPOCHS", help="evaluate on the "
                    "validation set and save checkpoints every N epochs (default 1, or as many as "
                    f"hold {EVAL_IMAGES:,} training images)")
-    p.add_argument("--log-every", type=whole(1), default=10, help="progress line every N steps")
-    p.add_argument("--workers", type=whole(1), default=1, help="threads preparing batches ahead")
+    p.add_argument("--log-every", type=whole(1), default=10, help="progress line every N steps "
+                   "(default 10)")
+    p.add_argument("--workers", type=whole(1), default=1, help="threads preparing batches "
+                   "ahead (default 1)")
     p.add_argument("--max-steps", type=whole(1), help="stop (and save last.npz) after this many "
                    "steps in total")
     p.add_argument("--max-minutes", type=real(0.0, inclusive=False), help="stop (and save "

@@ -137,6 +137,23 @@ def test_a_prepared_cache_evaluates_like_its_image_folder(run_dir, image_dir, tm
                           f"per-class accuracy: {path} (replaced the earlier one)"]
 
 
+def test_evaluate_says_how_long_the_checkpoint_trained_as_train_does(tmp_path):
+    meta = {"step": 21, "epoch": 2, "batch": 1, "train_images": 100,
+            "config": {"batch_size": 16}}              # 6 steps an epoch: 2 and 1/6 epochs
+    assert evaluate.trained(meta) == "step 21, 2.17 epochs"
+    assert evaluate.trained({"step": 3, "epoch": 0, "batch": 3}) == "step 3, epoch 1"
+
+
+def test_per_class_csv_has_no_top5_column_with_5_classes_or_fewer(tmp_path):
+    ones = numpy.ones(5, int)
+    evaluate.write_per_class(tmp_path / "five.csv", list("abcde"), list("abcde"), ones, ones, ones)
+    assert (tmp_path / "five.csv").read_text().splitlines()[:2] == [
+        "class,name,images,top1_accuracy", "a,a,1,1.0000"]
+    six = numpy.ones(6, int)
+    evaluate.write_per_class(tmp_path / "six.csv", list("abcdef"), list("abcdef"), six, six, six)
+    assert (tmp_path / "six.csv").read_text().splitlines()[0].endswith(",top5_accuracy")
+
+
 def test_ten_views_run_and_write_per_class_csv(run_dir, image_dir, capsys):
     # DIR may also be the folder of class folders itself; --out defaults to the checkpoint's.
     assert evaluate.main(["--checkpoint", str(run_dir), "--data", str(image_dir / "val"),
@@ -455,7 +472,7 @@ def test_a_run_directory_means_its_best_npz_named_on_stderr(run_dir, image, imag
     assert out.startswith(image) and err == said
     assert evaluate.main(["--checkpoint", str(run), "--data", str(image_dir)]) == 0
     out, err = capsys.readouterr()
-    assert out.startswith(f"{run / 'best.npz'} (epoch ") and err.startswith(said)
+    assert out.startswith(f"{run / 'best.npz'} (step ") and err.startswith(said)
     os.remove(run / "best.npz")
     assert predict.main(["--checkpoint", str(run), image]) == 0
     assert capsys.readouterr().err == (f"using {run / 'last.npz'}: the run has no best.npz (it "
