@@ -48,6 +48,7 @@ import signal
 import sys
 import time
 import traceback
+import zlib
 from shlex import quote
 
 import numpy
@@ -282,6 +283,43 @@ def load_data(args, size, may_prepare=True, compare=False, log=None):
     return cache
 
 
+def data_identity(loaded):
+    """What tells a data set (a prepare.Cache) apart from another, cheaply: its image counts,
+    its classes, and a checksum of its labels and, for a folder's cache, of its lists of files
+    (train_files.txt, val_files.txt: names and sizes), which differ where other files of the
+    same number were decoded."""
+    checksum = 0
+    for split in (loaded.train, loaded.val):
+        checksum = zlib.crc32(numpy.ascontiguousarray(split.labels), checksum)
+    for split in prepare.SPLITS if loaded.folder else ():
+        with open(os.path.join(loaded.folder, f"{split}_files.txt"), "rb") as f:
+            checksum = zlib.crc32(f.read(), checksum)
+    return len(loaded.train), len(loaded.val), loaded.classes, checksum
+
+
+def check_same_data(group, loaded):
+    """Refuse, on every rank, data that differs from rank 0's (a folder that is not the same
+    on every machine): the ranks would take different numbers of steps, or build networks of
+    different sizes, and wait for each other for ever in their collective calls."""
+    if group.size == 1:
+        return
+    seen = group.allgather(data_identity(loaded))
+    other = next((rank for rank, identity in enumerate(seen) if identity != seen[0]), None)
+    if other is None:
+        return
+    (train, val, classes, _), (train_0, val_0, classes_0, _) = seen[other], seen[0]
+    if (train, val, classes) == (train_0, val_0, classes_0):
+        differs = (f"rank {other} sees other images than rank 0 (as many, {train:,} training / "
+                   f"{val:,} validation, of the same classes, but other files or labels)")
+    else:
+        renamed = len(classes) == len(classes_0) and classes != classes_0
+        differs = (f"rank {other} sees {train:,} training / {val:,} validation images of "
+                   f"{len(classes)} classes, rank 0 sees {train_0:,} / {val_0:,} of "
+                   f"{len(classes_0)}{' (other class names)' if renamed else ''}")
+    raise ValueError(f"{differs}: give every machine the same data (--data on a file system "
+                     "they share, or identical copies)")
+
+
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")       # a folder with one of them holds a run
 
 
@@ -478,6 +516,7 @@ class Run:
             group.barrier()
             if group.rank > 0:
                 loaded = load_data(args, preset.stored_size(), may_prepare=False)
+        check_same_data(group, loaded)
         self.train, self.val, self.classes = loaded.train, loaded.val, loaded.classes
         if resume and resume[2]["classes"] != self.classes:
             theirs, ours = resume[2]["classes"], self.classes

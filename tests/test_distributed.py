@@ -143,6 +143,39 @@ def test_a_rank_that_fails_before_training_leaves_no_empty_run_directory(tmp_pat
     assert not (tmp_path / "runs").exists()
 
 
+@pytest.mark.parametrize("other, said", [
+    ("more", "rank 1 sees 68 training / 12 validation images of 3 classes, rank 0 sees 48 / 12 "
+             "of 3: give every machine the same data"),
+    ("classes", "rank 1 sees 48 training / 12 validation images of 4 classes, rank 0 sees 48 / "
+                "12 of 3: give every machine the same data"),
+    ("renamed", "rank 1 sees other images than rank 0 (as many, 48 training / 12 validation, of "
+                "the same classes, but other files or labels): give every machine the same data")])
+def test_ranks_that_see_different_data_are_refused_before_training(tmp_path, other, said):
+    """Rank 1's --data (its machine's copy) has more images, another class, or as many images
+    under other names: said once, before the first step, instead of ranks that wait for each
+    other for ever (or an MPI error)."""
+    synthetic.write_folder(tmp_path / "images", 48, 12, size=39, classes=3)
+    if other == "renamed":
+        shutil.copytree(tmp_path / "images", tmp_path / "other")
+        folder = next((tmp_path / "other" / "train").iterdir())
+        first = sorted(folder.iterdir())[0]
+        first.rename(first.with_name("renamed.jpg"))
+    else:
+        synthetic.write_folder(tmp_path / "other", 68 if other == "more" else 48, 12, size=39,
+                               classes=3 if other == "more" else 4)
+    for name in ("images", "other"):           # each machine's cache, ready before the run
+        prepare.cache_for(str(tmp_path / name), 39, log=lambda line: None)
+    command = [sys.executable, "-m", "alexnet.train", "--preset", "tiny", "--batch-size", "4",
+               "--devices", "cpu,cpu", "--max-steps", "30", "--run-dir", "run"]
+    done = subprocess.run([mpiexec(), "-n", "1", *command, "--data", "images", ":", "-n", "1",
+                           *command, "--data", "other"], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path, env=ENV)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.count(f"error: {said} (--data on a file system they share, or identical "
+                             "copies)\n") == 1, done.stderr
+    assert "step 1/" not in done.stdout and not (tmp_path / "run").exists()
+
+
 def test_resume_with_the_same_and_another_number_of_ranks(tmp_path):
     """Two ranks stopped at step 20 and resumed to 40 equal two ranks run to 40 bit for bit,
     dropout on (each rank's own random stream restored); a resume by one process says what
