@@ -1084,7 +1084,14 @@ def fail(group, message, code):
     that none waits forever for this one; checkpoints are written whole or not at all, so the
     last one stays intact. Rank 0 speaks at once and the others a moment later: an error that
     every rank meets at the same step (a NaN loss) is said once, before rank 0 ends them all.
-    The pause after speaking lets mpiexec pass the message on before the processes end."""
+    The pause after speaking lets mpiexec pass the message on before the processes end; a
+    signal in the pauses is ignored."""
+    if group.size > 1:
+        # Nothing may skip the abort: a Ctrl-C or SIGTERM in the pauses (a KeyboardInterrupt
+        # out of time.sleep) left this rank in MPI_Finalize and the others in a collective call
+        # for ever. Every rank ends within seconds anyway.
+        for signum in INTERRUPTED:
+            signal.signal(signum, signal.SIG_IGN)
     if group.size > 1 and group.rank > 0:
         time.sleep(3)
         message = f"rank {group.rank}: {message.lstrip()}"

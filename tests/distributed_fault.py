@@ -1,11 +1,15 @@
 """Run by tests/test_distributed.py under `mpiexec -n 2`: alexnet.train with a fault on rank 1
-alone at step FAIL_AT (after the evaluation at step 16): `raise` (an exception) or `drift` (its
-weights moved a little, so that the replicas differ), to show that every rank stops with one
-message and the last checkpoint stays whole.
+alone at step FAIL_AT (after the evaluation at step 16): `raise` (an exception), `drift` (its
+weights moved a little, so that the replicas differ) or `interrupt` (an exception, and a Ctrl-C
+of its own a second later, within the pause before it ends every rank), to show that every rank
+stops with one message and the last checkpoint stays whole.
 
-    mpiexec -n 2 python tests/distributed_fault.py raise|drift TRAIN_OPTIONS...
+    mpiexec -n 2 python tests/distributed_fault.py raise|drift|interrupt TRAIN_OPTIONS...
 """
+import os
+import signal
 import sys
+import threading
 
 from alexnet import train
 
@@ -16,7 +20,9 @@ step = train.Run.train_step
 
 def failing_step(self, x, labels):
     if self.group.rank == 1 and self.step == FAIL_AT:
-        if FAULT == "raise":
+        if FAULT == "interrupt":
+            threading.Timer(1, os.kill, (os.getpid(), signal.SIGINT)).start()
+        if FAULT in ("raise", "interrupt"):
             raise RuntimeError("injected failure")
         self.model.fc8.bias.data += 1e-3
     return step(self, x, labels)

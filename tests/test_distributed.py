@@ -214,6 +214,18 @@ def test_a_failure_on_one_rank_stops_every_rank_and_keeps_the_checkpoint(tmp_pat
     assert weights(tmp_path / "run" / "last.npz")[1]["step"] == 16
 
 
+def test_a_ctrl_c_in_the_pause_before_the_abort_still_ends_every_rank(tmp_path):
+    """Rank 1 fails at step 20 and gets a Ctrl-C a second later, while it waits for its
+    message to pass before it ends every rank: the abort still comes (a KeyboardInterrupt out
+    of the pause skipped it, and every rank waited for ever)."""
+    mpiexec()
+    done = launch(2, TINY + ["--run-dir", "run"], tmp_path,
+                  script=(str(Path(__file__).with_name("distributed_fault.py")), "interrupt"),
+                  timeout=60)
+    assert done.returncode != 0
+    assert done.stderr.count("rank 1: error: RuntimeError: injected failure") == 1, done.stderr
+
+
 def test_replicas_that_drift_apart_are_caught_at_the_next_checkpoint(tmp_path):
     """Rank 1's weights moved at step 20: the checkpoint at step 32 is refused on every rank,
     and the one of step 16 stays."""
