@@ -35,11 +35,15 @@ part of every batch, the gradients are averaged across ranks before every update
 replicas stay identical. Rank 0 alone prints and writes the run directory.
 
 Everything a run produces goes into its run directory: config.json, metrics.jsonl, classes.txt,
-last.npz / best.npz checkpoints, curves.png, conv1.png, predictions.png, confusion.png and (if
-any image was unreadable) bad_files.txt.
+last.npz / best.npz checkpoints, curves.png, conv1.png, predictions.png, confusion.png, (if
+any image was unreadable) bad_files.txt, and train.lock: the process training it holds a lock on
+it, so that a second training into the same folder (a requeued job while the old one still runs)
+is refused.
 """
 import argparse
 import contextlib
+import errno
+import fcntl
 import io
 import json
 import math
@@ -355,6 +359,51 @@ def run_directory(args):
     return writable_folder(path, "the run directory ", "--run-dir")   # before hours of caching
 
 
+RUN_LOCK = "train.lock"
+
+
+def lock_run_directory(path):
+    """The open lock file of the run directory `path`, locked for as long as it stays open (the
+    run's life): a second training into the same folder, started while the first prepares its
+    data or trains, is refused in one sentence, instead of both writing there. A POSIX record
+    lock (lockf), as prepare.locked takes: it belongs to this process alone, not to the workers
+    it forks (an flock would pass to them and outlive the run in an orphaned one), and the
+    system releases it when the process ends, however. The file says the process's id to the
+    one refused. Where it cannot be had (a file system without locks) the run goes on without."""
+    lock = open(os.path.join(path, RUN_LOCK), "a+")
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EACCES, errno.EAGAIN):     # e.g. ENOLCK, EOPNOTSUPP
+            log_line(f"note: {path} cannot be locked ({error.strerror}): nothing stops a second "
+                "training from writing there at the same time")
+            return lock
+        lock.seek(0)
+        holder = lock.read().strip()
+        lock.close()
+        raise ValueError(f"another training is writing to {path}" +
+                         (f" (process {holder})" if holder.isdigit() else "") +
+                         ": wait for it, or pass another --run-dir") from None
+    lock.truncate(0)
+    lock.write(f"{os.getpid()}\n")
+    lock.flush()
+    return lock
+
+
+@contextlib.contextmanager
+def lock_removed_on_failure(path, made):
+    """Within the block, the lock file of the run directory `path` goes if the block fails and
+    this run made the folder (`made`: made_folders() of rank 0), so that undo_made_folders can
+    remove it, empty, as before there was a lock."""
+    try:
+        yield
+    except BaseException:
+        if os.path.abspath(path) in made:
+            with contextlib.suppress(OSError):      # another rank removed it first
+                os.remove(os.path.join(path, RUN_LOCK))
+        raise
+
+
 def replica_devices(devices, local_rank, local_size):
     """The devices of the towers of the local_rank-th of local_size processes on one machine.
     `devices` ("a,b", see --devices) are the first process's; each next one takes the next GPUs
@@ -474,18 +523,22 @@ class Run:
             # Rank 0 makes the run directory (one name for every rank). A rank that fails
             # before training removes the empty folders rank 0 made, as rank 0 would have: rank
             # 0 waits for every rank (the barrier) before it writes there.
-            self.dir, made = group.allgather(
-                (run_directory(args), made_folders()) if self.writes else None)[0]
+            chosen = None
+            if self.writes:                 # locked for as long as this Run lives
+                chosen = run_directory(args)
+                self.lock = lock_run_directory(chosen)
+            self.dir, made = group.allgather((chosen, made_folders()) if self.writes else None)[0]
             if not self.writes:
                 adopt_made_folders(made)
-            self.open_data(resume, preset)
-            self.build()
-            self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
-            self.seconds = 0.0                    # training time before this process (resume)
-            self.records = []
-            if resume:
-                self._restore(*resume)
-            group.barrier()
+            with lock_removed_on_failure(self.dir, made):
+                self.open_data(resume, preset)
+                self.build()
+                self.epoch, self.batch, self.step, self.best = 0, 0, 0, float("inf")
+                self.seconds = 0.0                # training time before this process (resume)
+                self.records = []
+                if resume:
+                    self._restore(*resume)
+                group.barrier()
         if self.writes:
             with open(os.path.join(self.dir, "config.json"), "w") as f:
                 json.dump(vars(args), f, indent=2)

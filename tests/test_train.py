@@ -473,6 +473,38 @@ class TwoRanks:
         return [value, self.theirs]
 
 
+def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
+    """A resume of a run that still trains (a requeued job while the old one runs), and a new
+    run into the folder of a run that has written nothing yet (still drawing its data): both
+    refused in one sentence naming the process, instead of two trainings writing there."""
+    def start(until, *options):
+        process = subprocess.Popen([sys.executable, "-m", "alexnet.train", *options],
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   cwd=tmp_path)
+        for line in process.stdout:          # the lock is taken: the run directory is named
+            if line.startswith(until):
+                return process
+        raise AssertionError(process.communicate()[0])
+
+    assert train.main(TINY + ["--run-dir", str(tmp_path / "run"), "--max-steps", "2"]) == 0
+    running = [start("resumed from", "--resume", "run", "--max-steps", "100000"),
+               start("data: ", *TINY, "--synthetic-train", "100000", "--run-dir", "new")]
+    try:
+        for process, options in zip(running, (["--resume", "run"], TINY + ["--run-dir", "new"])):
+            again = subprocess.run([sys.executable, "-m", "alexnet.train", *options,
+                                    "--max-steps", "3"],
+                                   capture_output=True, text=True, cwd=tmp_path, timeout=120)
+            assert again.returncode == 1
+            assert again.stderr == (f"error: another training is writing to {options[-1]} "
+                                    f"(process {process.pid}): wait for it, or pass another "
+                                    "--run-dir\n")
+    finally:
+        for process in running:
+            process.send_signal(signal.SIGINT)
+            process.communicate(timeout=60)
+    assert not (tmp_path / "new").exists()       # interrupted before training: lock and all gone
+
+
 def test_an_option_error_on_another_rank_is_said_by_rank_0_and_ends_this_one(capsys):
     said = "python -m alexnet.train: error: argument --data: /node2 does not exist (see --help)\n"
     with pytest.raises(SystemExit) as ended:
