@@ -1116,7 +1116,11 @@ def main(argv=None):
         parallel.use_cores(parallel.CORES // group.local_size)     # share the machine's
     backend.reuse_freed_memory()        # the same large arrays every step: keep them (CPU)
     try:
-        reason = Run(args, group).run()
+        # SIGTERM before and after the training loop (StopRequest's) ends the run as a Ctrl-C
+        # does: a rank waiting for rank 0's data cache was killed by it, and mpiexec ended the
+        # others with BAD TERMINATION before they could say anything or clean up.
+        with prepare.sigterm_as_ctrl_c():
+            reason = Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         return fail(group, f"error: {error}", 1)
     except KeyboardInterrupt:    # before training started, or a second Ctrl-C during it

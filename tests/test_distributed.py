@@ -298,6 +298,30 @@ def test_ctrl_c_stops_every_rank_after_the_same_step(tmp_path):
     assert weights(tmp_path / "run" / "last.npz")[1]["step"] == step
 
 
+def test_sigterm_while_rank_0_prepares_the_data_ends_every_rank_said_once(tmp_path):
+    """SIGTERM to mpiexec (which passes it to every rank) while rank 0 decodes the images and
+    rank 1 waits for the cache: every rank ends as after a Ctrl-C, said once, and the run
+    directory made for the run is gone (rank 1, without a handler, was killed by the signal,
+    and mpiexec ended everything with BAD TERMINATION)."""
+    mpiexec()
+    synthetic.write_folder(tmp_path / "images", 16, 4, size=39)
+    process = subprocess.Popen([mpiexec(), "-n", "2", sys.executable,
+                                str(Path(__file__).with_name("distributed_fault.py")),
+                                "slow-prepare", "--data", "images", "--preset", "tiny",
+                                "--devices", "cpu,cpu", "--run-dir", "run"], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    for line in process.stdout:
+        if line == "decoding\n":
+            break
+    time.sleep(1)                       # rank 1 is at its barrier by now
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert err.count("interrupted: checkpoints already written stay") == 1, err
+    assert "BAD TERMINATION" not in out + err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.skipif(backend.gpu_count() == 0, reason="no GPU: NCCL needs one")
 def test_one_rank_averages_gpu_gradients_through_nccl():
     """The NCCL road on one GPU (a group of one: one GPU cannot hold two NCCL ranks)."""
