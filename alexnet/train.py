@@ -194,7 +194,7 @@ def check_resume_options(parser, args, argv):
     another value rather than ignore it. --data and --cache may name the same data elsewhere.
     --lr other than the last rate the run was given (its first, or one typed at an earlier
     resume: a job script retypes its command at every requeue) sets the learning rate from the
-    checkpoint on (args.new_lr)."""
+    checkpoint on (args.new_lr). --preset auto is the preset it stands for on this machine."""
     try:
         meta = checkpoint.read(args.resume, "meta")[1]
     except (OSError, ValueError) as error:
@@ -207,11 +207,16 @@ def check_resume_options(parser, args, argv):
     lr = typed.pop("lr", given)
     if lr != given:
         args.new_lr = lr
+    auto = typed.get("preset") == "auto"       # what the original command said: its meaning
+    if auto:
+        typed["preset"] = auto_preset()
     for key in RUN_SETTINGS:
         value = saved_setting(saved, key)
         if key in typed and key not in DATA_PATHS and typed[key] != value:
             typed_value, value = (f"{v:g}" if isinstance(v, float) else v      # 5, not 5.0
                                   for v in (typed[key], value))
+            if key == "preset" and auto:
+                typed_value = f"auto ({typed_value} on this machine)"
             parser.error(f"argument --{key.replace('_', '-')}: {typed_value} is not the resumed "
                          f"run's {value}; --resume goes on with the run's settings: "
                          "leave the option out, or start a new run")

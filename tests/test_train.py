@@ -329,6 +329,20 @@ def test_a_resume_refuses_other_settings_and_other_data(tmp_path, monkeypatch, c
     assert checkpoint.load("../moved/../run/last.npz")[2]["step"] == 8
 
 
+def test_a_resume_that_retypes_preset_auto_goes_on_where_auto_means_the_runs(
+        tmp_path, monkeypatch, capsys):
+    """A job script that types its command again at every requeue: --preset auto is the
+    preset it stands for on this machine, accepted where that is the run's."""
+    run_dir = run_training(tmp_path, "run", "--max-steps", "1")
+    monkeypatch.setattr(train, "auto_preset", lambda: "tiny")
+    assert train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "2"]) == 0
+    monkeypatch.setattr(train, "auto_preset", lambda: "small")        # another machine
+    with pytest.raises(SystemExit):
+        train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "3"])
+    assert "argument --preset: auto (small on this machine) is not the resumed run's tiny; " \
+        "--resume goes on with the run's settings" in capsys.readouterr().err
+
+
 def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_path):
     """100 images in batches of 16: an epoch trains 96. A patience of one epoch reduces the
     rate at every evaluation that does not improve (it took two when counted as 100)."""
