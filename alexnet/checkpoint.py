@@ -13,6 +13,7 @@
                           processes (ranks) that trained it and the random state of each, the
                           run's settings
 """
+import contextlib
 import dataclasses
 import json
 import os
@@ -56,9 +57,10 @@ def write_atomically(path, write):
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as error:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):      # e.g. its folder made read-only: nothing made
             os.remove(tmp)
-        if isinstance(error, OSError) and error.errno and error.filename is None:  # disk full
+        # The error of a full disk names no file, that of a folder made read-only the .tmp.
+        if isinstance(error, OSError) and error.errno:
             named = OSError(f"cannot write {path} ({error.strerror}); the file it would have "
                             "replaced, if any, is as it was")
             named.errno = error.errno

@@ -545,14 +545,11 @@ class Run:
                     self._restore(*resume)
                 group.barrier()
         if self.writes:
-            with open(os.path.join(self.dir, "config.json"), "w") as f:
-                json.dump(vars(args), f, indent=2)
-            with open(os.path.join(self.dir, "classes.txt"), "w") as f:
-                f.writelines(name + "\n" for name in self.classes)
+            self.write("config.json", json.dumps(vars(args), indent=2))
+            self.write("classes.txt", "".join(name + "\n" for name in self.classes))
             if self.bad:
-                with open(os.path.join(self.dir, "bad_files.txt"), "w", encoding="utf-8",
-                          errors="surrogateescape") as f:        # names as prepare.write_text
-                    f.writelines(f"{path}\t{reason}\n" for path, reason in self.bad)
+                self.write("bad_files.txt",
+                           "".join(f"{path}\t{reason}\n" for path, reason in self.bad))
         clip = f", gradients clipped to a norm of {args.clip_norm:g}" if args.clip_norm else ""
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
                  f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
@@ -688,10 +685,12 @@ class Run:
                 "lr_given": self.lr_given, "config": vars(self.args)}
         # The training set's mean image goes along: evaluation must subtract the training
         # set's, not the val set's.
-        checkpoint.save(paths[0], self.model, self.optimizer, meta,
-                        extra_arrays=checkpoint.augmentation_arrays(self.aug))
-        for path in paths[1:]:          # the same bytes: copied, not gathered and written again
-            checkpoint.copy(paths[0], path)
+        with self.writing(names[0]):
+            checkpoint.save(paths[0], self.model, self.optimizer, meta,
+                            extra_arrays=checkpoint.augmentation_arrays(self.aug))
+        for name, path in zip(names[1:], paths[1:]):    # the same bytes: copied, not written again
+            with self.writing(name):
+                checkpoint.copy(paths[0], path)
         return paths[0]
 
     def _restore(self, params, velocities, meta):
@@ -734,8 +733,7 @@ class Run:
                                 if r["step"] <= self.step and r["kind"] != "stop"]
         self.group.barrier()                 # every rank has read it before rank 0 rewrites it
         if self.writes and os.path.exists(metrics):
-            with open(metrics, "w") as f:
-                f.writelines(json.dumps(r) + "\n" for r in self.records)
+            self.write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
     def record(self, kind, epoch, step, **fields):
@@ -743,8 +741,36 @@ class Run:
         fields = dict(kind=kind, epoch=epoch, step=step, time=round(self.elapsed(), 2), **fields)
         self.records.append(fields)
         if self.writes:
-            with open(os.path.join(self.dir, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(fields) + "\n")
+            self.write("metrics.jsonl", json.dumps(fields) + "\n", append=True)
+
+    def write(self, name, text, append=False):
+        """Write `text` into the run directory's file `name`, appended, or in place of the file
+        as a whole (a failure keeps the old one: checkpoint.write_atomically)."""
+        with self.writing(name) as path:
+            if append:
+                with open(path, "a") as f:
+                    f.write(text)
+            else:
+                # surrogateescape: a file name that is not UTF-8 is written as its own bytes
+                checkpoint.write_atomically(
+                    path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
+
+    @contextlib.contextmanager
+    def writing(self, name):
+        """Around the writes of the run directory's file `name` (its path is yielded): an
+        OSError (a full disk, a folder made read-only) becomes one sentence naming the file and
+        what to do, not a bare '[Errno 28] No space left on device'."""
+        path = os.path.join(self.dir, name)
+        try:
+            yield path
+        except OSError as error:
+            said = str(error) if error.strerror is None else \
+                f"cannot write {path} ({error.strerror})"       # None: already a sentence
+            then = f"go on with {self.resume_command(self.dir)}" if \
+                os.path.exists(os.path.join(self.dir, "last.npz")) else \
+                "start the run again (it has no checkpoint to go on from)"
+            raise OSError(f"{said}; make room on its disk or give this process write access to "
+                          f"{self.dir}, then {then}") from None
 
     def elapsed(self):
         """Seconds of training in this run, over every process that worked on it."""

@@ -1,4 +1,5 @@
 """Data pipeline, training loop, checkpoints and resume, on the tiny preset (seconds on a CPU)."""
+import errno
 import json
 import os
 import re
@@ -517,6 +518,43 @@ def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
             process.send_signal(signal.SIGINT)
             process.communicate(timeout=60)
     assert not (tmp_path / "new").exists()       # interrupted before training: lock and all gone
+
+
+def test_a_failed_write_into_the_run_directory_names_the_file_and_the_fix(
+        tmp_path, monkeypatch, capsys):
+    """A disk that fills up under metrics.jsonl, a folder made read-only under last.npz.tmp:
+    one sentence naming the file and what to do, not a bare '[Errno 28] No space left on
+    device'."""
+    real_open, appends = open, []
+
+    def full_disk(path, mode="r", *args, **kwargs):
+        if str(path).endswith("metrics.jsonl") and mode == "a":
+            appends.append(path)
+            if len(appends) == 7:          # after the evaluation at step 4 saved last.npz
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(train, "open", full_disk, raising=False)
+    run_dir = str(tmp_path / "full")
+    assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "8"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot write {run_dir}/metrics.jsonl (No space left on device); make room on its "
+        f"disk or give this process write access to {run_dir}, then go on with python -m "
+        f"alexnet.train --resume {run_dir} --max-steps 8")
+    monkeypatch.undo()
+
+    def read_only(path, mode="r", *args, **kwargs):
+        if str(path).endswith(".npz.tmp"):
+            raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
+        return real_open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "open", read_only, raising=False)
+    run_dir = str(tmp_path / "read-only")
+    assert train.main(TINY + ["--run-dir", run_dir, "--max-steps", "2"]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"error: cannot write {run_dir}/last.npz (Operation not permitted); the file it would "
+        "have replaced, if any, is as it was; make room on its disk or give this process write "
+        f"access to {run_dir}, then start the run again (it has no checkpoint to go on from)")
 
 
 def test_an_option_error_on_another_rank_is_said_by_rank_0_and_ends_this_one(capsys):
