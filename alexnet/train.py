@@ -91,7 +91,8 @@ PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals with
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
 SHOWN = 8                       # validation images in predictions.png
-INTERRUPTED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)"}
+INTERRUPTED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)",
+               signal.SIGHUP: "hangup (SIGHUP)"}      # the terminal or ssh session closed
 
 
 def parse_args(argv=None):
@@ -268,7 +269,14 @@ _speaking = True                # False on every rank of a data-parallel run but
 
 def log_line(message):
     if _speaking:
-        print(message, flush=True)
+        try:
+            print(message, flush=True)
+        except OSError:
+            # The reader of stdout is gone (`| head`: a broken pipe; a closed terminal: EIO).
+            # Training goes on without its lines: the run directory holds all they say, and
+            # stopping would throw away the work since the last checkpoint. Stdout is sent
+            # to /dev/null, where Python's flush at exit of what is still buffered succeeds.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 def load_data(args, size, may_prepare=True, compare=False, log=None):
@@ -463,14 +471,17 @@ def evaluate(model, split, aug, size, batch_size):
 
 
 class StopRequest:
-    """The first Ctrl-C, or SIGTERM (what timeout, Slurm and job schedulers send before they
-    kill), asks the loop to stop after the current step and save; a second one aborts."""
+    """The first Ctrl-C, SIGTERM (what timeout, Slurm and job schedulers send before they
+    kill) or SIGHUP (the terminal or ssh session closed) asks the loop to stop after the current
+    step and save; a second one aborts. A SIGHUP ignored when the process started (nohup) stays
+    ignored: it was asked to outlive its terminal."""
 
     def __init__(self):
         self.requested = None          # the INTERRUPTED reason of the first signal
 
     def __enter__(self):
-        self.previous = {s: signal.signal(s, self._handle) for s in INTERRUPTED}
+        self.previous = {s: signal.signal(s, self._handle) for s in INTERRUPTED
+                         if s != signal.SIGHUP or signal.getsignal(s) != signal.SIG_IGN}
         return self
 
     def _handle(self, signum, frame):

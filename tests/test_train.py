@@ -433,10 +433,12 @@ def test_corrupt_checkpoint_is_reported_by_name(tmp_path):
 
 
 @pytest.mark.parametrize("sent, said", [(signal.SIGINT, "interrupted"),
-                                        (signal.SIGTERM, "terminated")], ids=["ctrl-c", "sigterm"])
+                                        (signal.SIGTERM, "terminated"), (signal.SIGHUP, "hangup")],
+                         ids=["ctrl-c", "sigterm", "sighup"])
 def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said):
-    """SIGTERM is what timeout and job schedulers send before they kill: it saves too. The
-    command it gives can be pasted into a shell, a space in the path and all."""
+    """SIGTERM is what timeout and job schedulers send before they kill, SIGHUP what a closed
+    terminal or ssh session sends: they save too. The command it gives can be pasted into a
+    shell, a space in the path and all."""
     run_dir = tmp_path / "run interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "alexnet.train", *TINY, "--synthetic-train", "2000", "--epochs", "50",
@@ -453,6 +455,22 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
     assert records_of(run_dir)[-1]["reason"] == train.INTERRUPTED[sent]
+
+
+def test_a_closed_stdout_or_an_ignored_sighup_does_not_stop_training(tmp_path):
+    """`train | head -3`, and a SIGHUP to a run started under nohup: the run trains to its end
+    all the same (a broken pipe ended it without a checkpoint, a SIGHUP ended it unsaved)."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "alexnet.train", *TINY, "--max-steps", "12", "--run-dir", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))        # nohup
+    for _ in range(3):
+        process.stdout.readline()
+    process.stdout.close()                                                    # head -3 ends
+    process.send_signal(signal.SIGHUP)
+    assert process.wait(timeout=120) == 0, process.stderr.read()
+    assert checkpoint.load(str(tmp_path / "run" / "last.npz"))[2]["step"] == 12
+    assert records_of(tmp_path / "run")[-1]["reason"] == "--max-steps 12 reached"
 
 
 def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monkeypatch):
