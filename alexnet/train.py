@@ -470,6 +470,15 @@ def evaluate(model, split, aug, size, batch_size):
     return total_loss / len(split), top1, top5, logits
 
 
+def json_line(record):
+    """A record of metrics.jsonl as its line: a NaN or infinite value (the loss of an
+    evaluation gone NaN) is written null, as JSON has no number for it (json.dumps would write a
+    bare NaN, which jq and JavaScript refuse). Its readers (plots.plot_curves, a resume) take
+    null for a value that is missing."""
+    return json.dumps({key: None if isinstance(value, float) and not math.isfinite(value) else
+                       value for key, value in record.items()}, allow_nan=False) + "\n"
+
+
 class StopRequest:
     """The first Ctrl-C, SIGTERM (what timeout, Slurm and job schedulers send before they
     kill) or SIGHUP (the terminal or ssh session closed) asks the loop to stop after the current
@@ -744,7 +753,7 @@ class Run:
                                 if r["step"] <= self.step and r["kind"] != "stop"]
         self.group.barrier()                 # every rank has read it before rank 0 rewrites it
         if self.writes and os.path.exists(metrics):
-            self.write("metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.records))
+            self.write("metrics.jsonl", "".join(map(json_line, self.records)))
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
     def record(self, kind, epoch, step, **fields):
@@ -752,7 +761,7 @@ class Run:
         fields = dict(kind=kind, epoch=epoch, step=step, time=round(self.elapsed(), 2), **fields)
         self.records.append(fields)
         if self.writes:
-            self.write("metrics.jsonl", json.dumps(fields) + "\n", append=True)
+            self.write("metrics.jsonl", json_line(fields), append=True)
 
     def write(self, name, text, append=False):
         """Write `text` into the run directory's file `name`, appended, or in place of the file

@@ -473,6 +473,30 @@ def test_a_closed_stdout_or_an_ignored_sighup_does_not_stop_training(tmp_path):
     assert records_of(tmp_path / "run")[-1]["reason"] == "--max-steps 12 reached"
 
 
+def test_a_nan_evaluation_loss_is_written_as_json_null_and_read_back(tmp_path, monkeypatch,
+                                                                      capsys):
+    """metrics.jsonl is JSON that jq and JavaScript read: null, not a bare NaN; a resume and
+    the curves read it back."""
+    def nan_loss(*args):
+        return (float("nan"), *evaluate_images(*args)[1:])
+
+    evaluate_images = train.evaluate
+    monkeypatch.setattr(train, "evaluate", nan_loss)
+    run_dir = run_training(tmp_path, "run", "--max-steps", "8")
+    monkeypatch.undo()
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    records = [json.loads(line, parse_constant=refuse) for line in open(f"{run_dir}/metrics.jsonl")]
+    assert [r["loss"] for r in records if r["kind"] == "eval"] == [None, None]
+    capsys.readouterr()
+    assert train.main(["--resume", run_dir, "--max-steps", "12"]) == 0
+    assert "could not be drawn" not in capsys.readouterr().out            # curves.png
+    evals = [r["loss"] for r in records_of(run_dir) if r["kind"] == "eval"]
+    assert evals[:2] == [None, None] and evals[2] > 0
+
+
 def test_a_new_run_never_writes_into_another_runs_folder(tmp_path, capsys, monkeypatch):
     run_dir = run_training(tmp_path, "a run", "--max-steps", "2")
     before = {name: os.path.getmtime(os.path.join(run_dir, name)) for name in os.listdir(run_dir)}
