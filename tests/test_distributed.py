@@ -256,6 +256,14 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_one_sentence(tmp_path):
     assert "data: " not in done.stdout              # refused before the data set was drawn
 
 
+def test_a_validation_set_smaller_than_the_ranks_is_one_sentence(tmp_path):
+    mpiexec()
+    done = launch(2, TINY + ["--synthetic-val", "1", "--run-dir", "run"], tmp_path, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.count("error: the validation set has 1 image, fewer than the 2 processes: "
+                             "add validation images or start fewer") == 1, done.stderr
+
+
 def test_an_option_refused_on_one_rank_ends_every_rank_said_once(tmp_path):
     """A path that exists on one machine only: rank 1's --data is not there. argparse ends the
     process that meets an error where it stands; every rank now ends, and the refusal is said

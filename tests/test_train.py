@@ -711,6 +711,13 @@ def test_clipping_acts_on_the_steps_and_is_counted(tmp_path, capsys):
         numpy.testing.assert_allclose(moved[name], value, rtol=0, atol=1e-8)
 
 
+def test_one_image_is_said_in_the_singular(tmp_path, capsys):
+    run_training(tmp_path, "run", "--synthetic-val", "1", "--max-steps", "4")
+    assert "(1 image, " in capsys.readouterr().out
+    with pytest.raises(ValueError, match="the training set has 1 image, fewer than one batch of 2"):
+        train.fit_recipe(types.SimpleNamespace(batch_size=2), 1)
+
+
 def test_a_batch_larger_than_the_training_set_is_one_sentence(tmp_path, capsys):
     assert train.main(TINY + ["--run-dir", str(tmp_path / "r"), "--batch-size", "65"]) == 1
     assert "the training set has 64 images, fewer than one batch of 65" in capsys.readouterr().err
