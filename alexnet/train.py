@@ -159,9 +159,13 @@ def parse_args(argv=None):
                    "times faster from Ampere GPUs on, products to about 1e-3 instead of 1e-6 "
                    "(default: plain float32)")
     p.add_argument("--run-dir", help="where logs, checkpoints and plots go (default "
-                   "runs/<date>-<time>, or the resumed run's directory); never another run's")
+                   "runs/<date>-<time>, or the resumed run's directory); never another run's. "
+                   "With --resume, a new folder branches the run: it starts with the run's "
+                   "metrics up to the checkpoint and its best.npz (if not from later), and the "
+                   "resumed run's folder is left as it is")
     p.add_argument("--resume", metavar="CKPT", type=existing_path, help="continue from a "
-                   "checkpoint (.npz) or a run directory (its last.npz) exactly where it stopped")
+                   "checkpoint (.npz) or a run directory (its last.npz) exactly where it stopped, "
+                   "in its run directory unless --run-dir names another")
     p.add_argument("--eval-every", type=whole(1), metavar="EPOCHS", help="evaluate on the "
                    "validation set and save checkpoints every N epochs (default 1, or as many as "
                    f"hold {EVAL_IMAGES:,} training images)")
@@ -340,13 +344,17 @@ def check_same_data(group, loaded):
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")       # a folder with one of them holds a run
 
 
+def resumed_folder(resume):
+    """The run directory of a --resume: the folder itself, or the one holding the .npz."""
+    return resume if os.path.isdir(resume) else os.path.dirname(os.path.abspath(resume))
+
+
 def run_directory(args):
     """Where this run writes, created and checked writable: --run-dir, else the resumed run's
     folder, else runs/<date>-<time> (-2, -3, ... for runs started in the same second). A new
     run never writes into a folder that holds another run's checkpoints or metrics (a run
     writes its first checkpoint at its first evaluation, hours in on ImageNet)."""
-    resumed = args.resume and (args.resume if os.path.isdir(args.resume) else
-                               os.path.dirname(os.path.abspath(args.resume)))
+    resumed = args.resume and resumed_folder(args.resume)
     path = args.run_dir or resumed
     if path is None:
         stamp = os.path.join("runs", time.strftime("%Y%m%d-%H%M%S"))
@@ -746,7 +754,12 @@ class Run:
                      f"and goes on with {K}: "
                      f"the batch stays {counted(B, 'image')} a step ({B // K} per process, was "
                      f"{B // ranks}), and dropout masks come from a new random stream")
-        metrics = os.path.join(self.dir, "metrics.jsonl")
+        # A resume into another --run-dir branches the run: the new folder starts as the run
+        # up to the checkpoint (its metrics, and its best.npz where that is from no later), so
+        # that its curves, the final line's best error and evaluate on the folder tell the
+        # whole run. The resumed folder is left as it is.
+        source = resumed_folder(self.args.resume)
+        metrics = os.path.join(source, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
             with open(metrics) as f:          # and the stop of the process that wrote it
                 self.records = [r for r in map(json.loads, f)
@@ -754,6 +767,11 @@ class Run:
         self.group.barrier()                 # every rank has read it before rank 0 rewrites it
         if self.writes and os.path.exists(metrics):
             self.write("metrics.jsonl", "".join(map(json_line, self.records)))
+        best = os.path.join(source, "best.npz")
+        if self.writes and not os.path.samefile(source, self.dir) and os.path.exists(best) and \
+                checkpoint.read(best, "meta")[1]["step"] <= self.step:
+            with self.writing("best.npz") as path:
+                checkpoint.copy(best, path)
         log_line(f"resumed from {self.args.resume}: epoch {self.epoch + 1}, step {self.step}")
 
     def record(self, kind, epoch, step, **fields):

@@ -225,6 +225,24 @@ def test_resume_continues_bit_for_bit(tmp_path):
     assert stops == ["--max-steps 7 reached"]             # the first process's stop is gone
 
 
+def test_a_resume_into_another_run_dir_branches_the_whole_run(tmp_path, capsys):
+    """The new folder starts with the run up to the checkpoint: its metrics (curves from the
+    start) and its best.npz, which the final line's best error speaks of; the resumed run's
+    folder is left as it was."""
+    run_dir = run_training(tmp_path, "r4", "--max-steps", "8")
+    before = {name: (tmp_path / "r4" / name).read_bytes() for name in os.listdir(run_dir)}
+    branch = str(tmp_path / "r4new")
+    capsys.readouterr()
+    assert train.main(["--resume", run_dir, "--run-dir", branch, "--max-steps", "10"]) == 0
+    assert {name: (tmp_path / "r4" / name).read_bytes() for name in os.listdir(run_dir)} == before
+    kept = [r for r in records_of(run_dir) if r["kind"] != "stop"]
+    assert records_of(branch)[:len(kept)] == kept
+    assert records_of(branch)[len(kept)]["step"] > 8
+    best = checkpoint.load(os.path.join(branch, "best.npz"))[2]
+    assert f"best validation top-1 error {best['best_top1_error']:.2%}; checkpoints in {branch}" \
+        in capsys.readouterr().out
+
+
 def test_resume_after_a_reduction_keeps_the_schedule_bit_for_bit(tmp_path):
     """Stopped after the learning rate was divided (step 8) and resumed: the rate, the schedule,
     the best error and the parameters go on as in one run."""
