@@ -1188,7 +1188,7 @@ def main(argv=None):
         # SIGTERM before and after the training loop (StopRequest's) ends the run as a Ctrl-C
         # does: a rank waiting for rank 0's data cache was killed by it, and mpiexec ended the
         # others with BAD TERMINATION before they could say anything or clean up.
-        with prepare.sigterm_as_ctrl_c():
+        with prepare.sigterm_as_ctrl_c(), hangup_as_sigterm():
             reason = Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         return fail(group, f"error: {error}", 1)
@@ -1203,6 +1203,21 @@ def main(argv=None):
         return fail(group, f"error: {type(error).__name__}: {error} (traceback above)", 1)
     # Saved, but not done: 128 + the signal, as a shell reports it (`train && evaluate` stops).
     return next((128 + signum for signum, said in INTERRUPTED.items() if said == reason), 0)
+
+
+@contextlib.contextmanager
+def hangup_as_sigterm():
+    """Within the block a SIGHUP (the terminal or ssh session closed) is handled as SIGTERM is
+    (it killed the process, which left an empty run directory and a cache's last rows
+    unsaved), unless it was ignored when the process started (nohup): it stays ignored."""
+    if signal.getsignal(signal.SIGHUP) == signal.SIG_IGN:
+        yield
+        return
+    previous = signal.signal(signal.SIGHUP, signal.getsignal(signal.SIGTERM))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)
 
 
 def fail(group, message, code):

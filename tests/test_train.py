@@ -460,7 +460,8 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
     run_dir = tmp_path / "run interrupted"
     process = subprocess.Popen(
         [sys.executable, "-m", "alexnet.train", *TINY, "--synthetic-train", "2000", "--epochs", "50",
-         "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+         "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))   # were we nohup'ed
     lines = []
     for line in process.stdout:              # wait until training has started
         lines.append(line)
@@ -473,6 +474,25 @@ def test_ctrl_c_or_sigterm_saves_last_checkpoint_and_exits(tmp_path, sent, said)
     _, _, meta = checkpoint.load(str(run_dir / "last.npz"))
     assert meta["step"] >= 1
     assert records_of(run_dir)[-1]["reason"] == train.INTERRUPTED[sent]
+
+
+def test_a_sighup_while_the_data_is_prepared_ends_the_run_as_a_ctrl_c(tmp_path):
+    """Before training too: said, status 130, and no empty run directory left (SIGHUP killed
+    the process)."""
+    synthetic.write_folder(tmp_path / "images", 16, 4, size=39)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(__file__), "distributed_fault.py"),
+         "slow-prepare", "--data", "images", "--preset", "tiny", "--run-dir", "run"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_DFL))   # were we nohup'ed
+    for line in process.stdout:
+        if line == "decoding\n":
+            break
+    process.send_signal(signal.SIGHUP)
+    out, err = process.communicate(timeout=60)
+    assert process.returncode == 130, out + err
+    assert "interrupted: checkpoints already written stay" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_a_closed_stdout_or_an_ignored_sighup_does_not_stop_training(tmp_path):
