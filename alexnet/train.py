@@ -762,8 +762,11 @@ class Run:
         metrics = os.path.join(source, "metrics.jsonl")
         if os.path.exists(metrics):          # keep the lines up to the checkpoint, drop the rest
             with open(metrics) as f:          # and the stop of the process that wrote it
-                self.records = [r for r in map(json.loads, f)
-                                if r["step"] <= self.step and r["kind"] != "stop"]
+                lines = f.readlines()
+            if lines and not lines[-1].endswith("\n"):   # a line cut off by a full disk, a crash
+                lines.pop()
+            self.records = [r for r in map(json.loads, lines)
+                            if r["step"] <= self.step and r["kind"] != "stop"]
         self.group.barrier()                 # every rank has read it before rank 0 rewrites it
         if self.writes and os.path.exists(metrics):
             self.write("metrics.jsonl", "".join(map(json_line, self.records)))

@@ -604,7 +604,7 @@ def test_a_failed_write_into_the_run_directory_names_the_file_and_the_fix(
         tmp_path, monkeypatch, capsys):
     """A disk that fills up under metrics.jsonl, a folder made read-only under last.npz.tmp:
     one sentence naming the file and what to do, not a bare '[Errno 28] No space left on
-    device'."""
+    device'. Once room is made, the resume it says drops a metrics line the full disk cut off."""
     real_open, appends = open, []
 
     def full_disk(path, mode="r", *args, **kwargs):
@@ -627,6 +627,11 @@ def test_a_failed_write_into_the_run_directory_names_the_file_and_the_fix(
         if str(path).endswith(".npz.tmp"):
             raise PermissionError(errno.EPERM, os.strerror(errno.EPERM), path)
         return real_open(path, mode, *args, **kwargs)
+
+    with open(os.path.join(run_dir, "metrics.jsonl"), "a") as f:
+        f.write('{"kind": "tr')                      # the line a full disk cut off
+    assert train.main(["--resume", run_dir, "--max-steps", "9"]) == 0     # room made
+    assert records_of(run_dir)[-1]["reason"] == "--max-steps 9 reached"
 
     monkeypatch.setattr(checkpoint, "open", read_only, raising=False)
     run_dir = str(tmp_path / "read-only")
