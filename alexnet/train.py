@@ -21,10 +21,11 @@ class (README, Results):
                    3 times that (--lr-patience); and the run is long enough for the schedule to
                    finish (--epochs). On ImageNet all four are the paper's: batch 128, an
                    evaluation every epoch, patience 3 epochs, at most 90 epochs.
-  --clip-norm      below batch 128, the small preset's gradients are scaled down to a norm of
-                   at most 20 (CLIP_NORMS). Drawn shapes, flat or cluttered, did not reach it
-                   (norms under 18 in up to 1,500 steps); a folder learned within a few steps can,
-                   where one step's gradient 20 to 2,000 times the usual starts a runaway to NaN.
+  --clip-norm      below batch 128, the gradients are scaled down to a norm of at most 20
+                   (CLIP_NORMS). On drawn shapes, flat or cluttered, the small preset never
+                   reached it (norms under 18 in up to 1,500 steps), the paper preset in its
+                   first 3 or 4 steps only; a folder learned within a few steps can, where one
+                   step's gradient 20 to 2,000 times the usual starts a runaway to NaN.
 
 A run that has not begun to learn after its first evaluations says so, with what to try.
 
@@ -84,15 +85,25 @@ def saved_setting(config, key):
 # How the recipe adapts to the size of the training set (the module docstring says why).
 PAPER_BATCH, SMALLEST_BATCH, STEPS_PER_EPOCH = 128, 16, 16
 EVAL_IMAGES = 10_000            # the least training between two evaluations (auto --eval-every)
-# Auto --clip-norm below a batch of PAPER_BATCH, per preset: above the largest gradient norm of
-# the preset's steps on realistic folders (measured: README, Results); not yet measured: off.
-CLIP_NORMS = {"small": 20.0}
+# Auto --clip-norm below a batch of PAPER_BATCH, per preset: above the gradient norms of the
+# preset's steps on realistic folders but its first few (measured: README, Results); the tiny
+# preset, the tests' network, is not clipped.
+CLIP_NORMS = {"small": 20.0, "paper": 20.0}
 PATIENCE_EVALS = 3              # a plateau: this many evaluation intervals without improvement
 PAPER_EPOCHS, RUN_IMAGES = 90, 600_000     # auto --epochs: 90, or as many as hold RUN_IMAGES
 SYNTHETIC_EPOCHS = 8
 SHOWN = 8                       # validation images in predictions.png
 INTERRUPTED = {signal.SIGINT: "interrupted (Ctrl-C)", signal.SIGTERM: "terminated (SIGTERM)",
                signal.SIGHUP: "hangup (SIGHUP)"}      # the terminal or ssh session closed
+
+
+def clip_defaults():
+    """CLIP_NORMS in words: '20 for the small and paper presets'."""
+    by_norm = {}
+    for preset, norm in CLIP_NORMS.items():
+        by_norm.setdefault(norm, []).append(preset)
+    return "; ".join(f"{norm:g} for the {' and '.join(presets)} preset" +
+                     ("s" if len(presets) > 1 else "") for norm, presets in by_norm.items())
 
 
 def parse_args(argv=None):
@@ -142,9 +153,7 @@ def parse_args(argv=None):
     p.add_argument("--clip-norm", type=real(0.0), metavar="N", help="scale each step's "
                    "gradients down to a norm of at most N, 0 for never (not in the paper; "
                    f"default: 0 at the paper's batch of {PAPER_BATCH} and above; below it, "
-                   "where a small folder's run could diverge, "
-                   f"{', '.join(f'{n:g} for the {p} preset' for p, n in CLIP_NORMS.items())}"
-                   ", else 0)")
+                   f"where a small folder's run could diverge, {clip_defaults()}, else 0)")
     p.add_argument("--dropout", type=real(0.0, below=1.0), default=0.5, metavar="P",
                    help="probability of dropping a unit of fc6 and fc7 in training, 0 <= P < 1 "
                    "(default 0.5, as in the paper)")
@@ -397,7 +406,7 @@ def lock_run_directory(path):
     except OSError as error:
         if error.errno not in (errno.EACCES, errno.EAGAIN):     # e.g. ENOLCK, EOPNOTSUPP
             log_line(f"note: {path} cannot be locked ({error.strerror}): nothing stops a second "
-                "training from writing there at the same time")
+                     "training from writing there at the same time")
             return lock
         lock.seek(0)
         holder = lock.read().strip()

@@ -728,9 +728,12 @@ def test_the_recipe_fits_the_size_of_the_training_set(images, batch, eval_every,
     assert (args.batch_size, args.eval_every, args.lr_patience, args.epochs, args.clip_norm) == \
         (batch, eval_every, patience, epochs, clip)
     assert ("gradients clipped to a norm of 20" in said) == bool(clip)
-    paper = train.parse_args(["--data", ".", "--preset", "paper"])       # not measured yet
+    paper = train.parse_args(["--data", ".", "--preset", "paper"])
     train.fit_recipe(paper, images)
-    assert paper.clip_norm == 0
+    assert paper.clip_norm == clip
+    tiny = train.parse_args(["--data", ".", "--preset", "tiny"])         # the tests' network
+    train.fit_recipe(tiny, images)
+    assert tiny.clip_norm == 0
     given = train.parse_args(["--data", ".", "--batch-size", "8", "--eval-every", "2",
                               "--lr-patience", "5", "--epochs", "7", "--clip-norm", "0"])
     assert train.fit_recipe(given, images) == []                    # what is given stays
