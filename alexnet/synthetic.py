@@ -289,8 +289,7 @@ def main(argv=None):
         if count < args.classes:            # --classes below 2 is no way out: it is refused
             fewer = f", or --classes {count} or fewer" if count >= 2 else ""
             p.error(f"argument --{split}: {counted(count, 'image')} cannot hold the {args.classes} "
-                    "classes; "
-                    f"pass --{split} {args.classes} or more{fewer}")
+                    f"classes; pass --{split} {args.classes} or more{fewer}")
     if os.path.isdir(args.out) and os.listdir(args.out):   # its files would stay among the new
         print(f"error: {args.out} is not empty; pass --out with a new folder", file=sys.stderr)
         return 1
