@@ -570,22 +570,27 @@ class TwoRanks:
 
 def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
     """A resume of a run that still trains (a requeued job while the old one runs), and a new
-    run into the folder of a run that has written nothing yet (still drawing its data): both
-    refused in one sentence naming the process, instead of two trainings writing there."""
-    def start(until, *options):
-        process = subprocess.Popen([sys.executable, "-m", "alexnet.train", *options],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                   cwd=tmp_path)
+    run into the folder of a run that has written nothing yet (still decoding its data: held
+    there for a minute by tests/distributed_fault.py): both refused in one sentence naming the
+    process, instead of two trainings writing there."""
+    def start(until, *command):
+        process = subprocess.Popen([sys.executable, *command], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
+                                   env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
         for line in process.stdout:          # the lock is taken: the run directory is named
             if line.startswith(until):
                 return process
         raise AssertionError(process.communicate()[0])
 
     assert train.main(TINY + ["--run-dir", str(tmp_path / "run"), "--max-steps", "2"]) == 0
-    running = [start("resumed from", "--resume", "run", "--max-steps", "100000"),
-               start("data: ", *TINY, "--synthetic-train", "100000", "--run-dir", "new")]
+    synthetic.write_folder(str(tmp_path / "images"), 16, 8, size=48, extension=".png")
+    folder = ["--data", "images", "--preset", "tiny", "--batch-size", "4", "--run-dir", "new"]
+    fault = os.path.join(os.path.dirname(__file__), "distributed_fault.py")
+    running = [start("resumed from", "-m", "alexnet.train", "--resume", "run", "--max-steps",
+                     "100000"),
+               start("decoding", fault, "slow-prepare", *folder)]
     try:
-        for process, options in zip(running, (["--resume", "run"], TINY + ["--run-dir", "new"])):
+        for process, options in zip(running, (["--resume", "run"], folder)):
             again = subprocess.run([sys.executable, "-m", "alexnet.train", *options,
                                     "--max-steps", "3"],
                                    capture_output=True, text=True, cwd=tmp_path, timeout=120)
