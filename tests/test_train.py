@@ -599,8 +599,8 @@ def test_a_second_training_into_a_run_directory_in_use_is_refused(tmp_path):
                                     f"(process {process.pid}): wait for it, or pass another "
                                     "--run-dir\n")
     finally:
-        for process in running:
-            process.send_signal(signal.SIGINT)
+        for process in running:       # SIGTERM: a SIGINT ignored by the shell that started the
+            process.send_signal(signal.SIGTERM)    # tests stays ignored outside training
             process.communicate(timeout=60)
     assert not (tmp_path / "new").exists()       # interrupted before training: lock and all gone
 
