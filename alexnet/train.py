@@ -247,8 +247,7 @@ def fit_recipe(args, train_images):
         args.batch_size = min(batch, train_images)
         if args.batch_size != PAPER_BATCH:
             steps = train_images // args.batch_size
-            said.append(f"batch {args.batch_size}, so that an epoch has {steps} "
-                        f"{'step' if steps == 1 else 'steps'}")
+            said.append(f"batch {args.batch_size}, so that an epoch has {counted(steps, 'step')}")
     elif args.batch_size > train_images:
         raise ValueError(f"the training set has {counted(train_images, 'image')}, fewer than one "
                          f"batch of {args.batch_size}; lower --batch-size or leave it out")
@@ -675,16 +674,15 @@ class Run:
         if path:
             try:
                 names = data.read_class_names(path, self.classes, log_line)
+                named = sum(name != folder for name, folder in zip(names, self.classes))
+                log_line(f"class names: {named} of {len(self.classes)} classes named by {path}")
+                return names
             except ValueError as error:
                 if self.args.class_names:
                     raise
                 # Found, not given: a file of another data set's names is no reason to stop.
                 log_line(f"note: {str(error).split(';')[0]}, so the class folders' names are "
                          "used (--class-names FILE gives another file)")
-                return checkpoint.class_names(resume[2]) if resume else self.classes
-            named = sum(name != folder for name, folder in zip(names, self.classes))
-            log_line(f"class names: {named} of {len(self.classes)} classes named by {path}")
-            return names
         return checkpoint.class_names(resume[2]) if resume else self.classes
 
     def note_missing_classes(self):
@@ -759,7 +757,7 @@ class Run:
         else:
             mg_random.manual_seed([self.args.seed, self.group.rank, self.step])
             B = self.args.batch_size
-            log_line(f"note: this run was trained by {ranks} process{'es' if ranks > 1 else ''} "
+            log_line(f"note: this run was trained by {counted(ranks, 'process', 'processes')} "
                      f"and goes on with {K}: "
                      f"the batch stays {counted(B, 'image')} a step ({B // K} per process, was "
                      f"{B // ranks}), and dropout masks come from a new random stream")
