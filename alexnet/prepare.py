@@ -418,16 +418,24 @@ def locked(cache, log):
         yield
         return
     with lock:
-        try:
-            fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
-            if error.errno in (errno.EACCES, errno.EAGAIN):     # held by another process
-                log(f"waiting for another process that prepares {cache}")
-                fcntl.lockf(lock, fcntl.LOCK_EX)
-            else:                   # e.g. ENOLCK, EOPNOTSUPP: a file system without locks
-                log(f"note: {cache} cannot be locked ({error.strerror}): two runs preparing "
-                    "it at once would write over each other")
+        if not lock_now(lock, cache, "two runs preparing it at once would write over each "
+                        "other", log):
+            log(f"waiting for another process that prepares {cache}")
+            fcntl.lockf(lock, fcntl.LOCK_EX)
         yield
+
+
+def lock_now(lock, folder, risk, log):
+    """Take a POSIX record lock (lockf) on the open file `lock` without waiting: False where
+    another process holds it. On a file system without locks (ENOLCK, EOPNOTSUPP) `log` is told
+    the `risk` of going on without, and the work does (True)."""
+    try:
+        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno in (errno.EACCES, errno.EAGAIN):         # held by another process
+            return False
+        log(f"note: {folder} cannot be locked ({error.strerror}): {risk}")
+    return True
 
 
 def prepare(data_dir, cache, size=256, workers=None, limit=None, log=print, found=None,

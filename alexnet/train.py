@@ -43,8 +43,6 @@ is refused.
 """
 import argparse
 import contextlib
-import errno
-import fcntl
 import io
 import json
 import math
@@ -400,19 +398,14 @@ def lock_run_directory(path):
     system releases it when the process ends, however. The file says the process's id to the
     one refused. Where it cannot be had (a file system without locks) the run goes on without."""
     lock = open(os.path.join(path, RUN_LOCK), "a+")
-    try:
-        fcntl.lockf(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as error:
-        if error.errno not in (errno.EACCES, errno.EAGAIN):     # e.g. ENOLCK, EOPNOTSUPP
-            log_line(f"note: {path} cannot be locked ({error.strerror}): nothing stops a second "
-                     "training from writing there at the same time")
-            return lock
+    if not prepare.lock_now(lock, path, "nothing stops a second training from writing there at "
+                            "the same time", log_line):
         lock.seek(0)
         holder = lock.read().strip()
         lock.close()
         raise ValueError(f"another training is writing to {path}" +
                          (f" (process {holder})" if holder.isdigit() else "") +
-                         ": wait for it, or pass another --run-dir") from None
+                         ": wait for it, or pass another --run-dir")
     lock.truncate(0)
     lock.write(f"{os.getpid()}\n")
     lock.flush()
