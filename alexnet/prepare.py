@@ -295,15 +295,15 @@ def same_files(cache, split, root, paths, labels):
     return made == now
 
 
-def prepare_split(cache, manifest, split, root, paths, labels, workers, limit, log):
+def prepare_split(cache, manifest, split, root, paths, labels, same, workers, limit, log):
     """Decode one split into the cache, going on from where an earlier run stopped; at most
-    `limit` files now. Updates and saves the manifest; returns the number of files tried."""
+    `limit` files now. `same`: whether the cache's split was made from these files (same_files).
+    Updates and saves the manifest; returns the number of files tried."""
     size = manifest["size"]
     prefix = os.path.join(cache, split)
     files_path, images_path = f"{prefix}_files.txt", f"{prefix}_images.npy"
     labels_path, done_path = f"{prefix}_labels.npy", f"{prefix}_done.npy"
     entry = manifest["splits"].get(split, {})
-    same = same_files(cache, split, root, paths, labels)
     if same and entry.get("complete"):
         log(f"  {split}: prepared before ({entry['images']} images, {entry['skipped']} skipped)")
         return 0
@@ -461,8 +461,9 @@ def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log,
     if manifest.get("size", size) != size:
         raise ValueError(f"the cache {cache} holds {manifest['size']}x{manifest['size']} images, "
                          f"not {size}x{size}; choose another {option} for this size")
-    if is_complete(manifest) and manifest["classes"] == classes and \
-            all(same_files(cache, split, *sources[split]) for split in SPLITS):
+    # Each split's files compared once (a stat of every file): here and in prepare_split.
+    same = {split: same_files(cache, split, *sources[split]) for split in SPLITS}
+    if is_complete(manifest) and manifest["classes"] == classes and all(same.values()):
         # Nothing written: a cache on a read-only file system may be up to date too.
         splits = [manifest["splits"][split] for split in SPLITS]
         log(f"{cache}: up to date with {data_dir} ({sum(s['images'] for s in splits)} images, "
@@ -487,7 +488,8 @@ def prepare_locked(data_dir, cache, sources, classes, size, workers, limit, log,
     with sigterm_as_ctrl_c():
         for split, (root, paths, labels) in sources.items():
             left = None if limit is None else limit - tried
-            tried += prepare_split(cache, manifest, split, root, paths, labels, workers, left, log)
+            tried += prepare_split(cache, manifest, split, root, paths, labels, same[split],
+                                   workers, left, log)
     if manifest["splits"]["train"]["complete"] and not manifest.get("statistics"):
         store_statistics(cache, manifest, log)
     if is_complete(manifest):
