@@ -246,10 +246,9 @@ def layout_hint(data_dir):
     if os.path.isdir(os.path.join(data_dir, "val")):
         return (f"it has val/ but no train/: make {os.path.join(data_dir, 'train')}/<class>/ for "
                 "each class, with its training images")
-    folders = [name for name in os.listdir(data_dir)
-               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")]
+    folders = data.class_folders(data_dir)
     if any(data.images_below(os.path.join(data_dir, name)) for name in folders[:3]):
-        return (f"its folders ({', '.join(sorted(folders)[:3])}, ...) hold images: "
+        return (f"its folders ({', '.join(folders[:3])}, ...) hold images: "
                 "move each class folder into train/ and some of its images into val/<class>/")
     return expected
 
@@ -257,8 +256,7 @@ def layout_hint(data_dir):
 def split_renames(data_dir):
     """The renames that would give data_dir its train/ and val/ from folders named otherwise
     (Train, training, Validation, valid, ...): ["Train/ to train/", ...]."""
-    folders = {name.lower(): name for name in os.listdir(data_dir)
-               if os.path.isdir(os.path.join(data_dir, name)) and not name.startswith(".")}
+    folders = {name.lower(): name for name in data.class_folders(data_dir)}
     renames = []
     for split, names in (("train", ("train", "training")), ("val", ("val", "validation", "valid"))):
         found = next((folders[name] for name in names if name in folders), None)
