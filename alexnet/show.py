@@ -54,7 +54,7 @@ def parse_args(argv=None):
     p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to "
                    "(default DIR/.alexnet-cache-<size>, as in training)")
     p.add_argument("--out", metavar="DIR", help="where the pictures go (default: the "
-                   "checkpoint's folder)")
+                   "checkpoint's folder, whose pictures of the run are replaced)")
     p.add_argument("--only", nargs="+", choices=PICTURES, default=PICTURES, metavar="PICTURE",
                    help=f"draw only these ({', '.join(PICTURES)}; default all)")
     p.add_argument("--predictions", type=whole(1), default=8, metavar="N",
@@ -181,6 +181,9 @@ class Source:
         return f"{split}[{row}]" if files is None else files[row]
 
 
+PICKED = {"random": "", "errors": "misclassified ", "correct": "correctly classified "}
+
+
 def pick(args, count, predicted, labels):
     """Rows of the val split to show: --indices (check_indices), or `count` drawn with --seed
     among all rows, the misclassified or the correctly classified ones (--pick)."""
@@ -190,10 +193,16 @@ def pick(args, count, predicted, labels):
     rows = {"random": numpy.arange(N), "errors": numpy.flatnonzero(predicted != labels),
             "correct": numpy.flatnonzero(predicted == labels)}[args.pick]
     if len(rows) == 0:
-        which = "misclassified" if args.pick == "errors" else "classified correctly"
-        raise ValueError(f"no validation image is {which}; use --pick random")
+        raise ValueError(f"no validation image is {PICKED[args.pick].strip()}; use --pick random")
     rng = numpy.random.default_rng(args.seed)
     return rng.choice(rows, min(count, len(rows)), replace=False)
+
+
+def say_fewer(option, asked, found, what):
+    """A note where a picture shows fewer images than `option` asked for."""
+    if found < asked:
+        print(f"note: {option} {asked}, but there {'is' if found == 1 else 'are'} only "
+              f"{counted(found, what)}: showing {found}", file=sys.stderr)
 
 
 def check_indices(indices, N):
@@ -214,8 +223,15 @@ def crops(model, images, aug, size):
 # ---- the pictures ---------------------------------------------------------------------------
 
 def run(args):
+    """Draw the pictures; returns (path, whether it replaced a file) for each file written."""
     ckpt = checkpoint.resolve(args.checkpoint, best=True)
     out = writable_folder(args.out or os.path.dirname(ckpt) or ".")    # before the work
+    there = set(os.listdir(out))     # the run's own predictions.png, confusion.png, ...
+    return [(path, os.path.basename(path) in there) for path in draw(args, ckpt, out)]
+
+
+def draw(args, ckpt, out):
+    """The pictures of checkpoint `ckpt` in folder `out`: the paths written."""
     model, meta = checkpoint.load_model(ckpt, args.devices)
     aug = checkpoint.load_augmentation(ckpt)
     names = checkpoint.class_names(meta)           # readable; meta["classes"]: folders
@@ -242,11 +258,15 @@ def run(args):
         write_confusion_csv(written[-1], counts, meta["classes"])
     if "predictions" in wanted:
         n = min(args.predictions, len(rows))
+        if args.indices is None:
+            say_fewer("--predictions", args.predictions, n, PICKED[args.pick] + "validation image")
         written.append(os.path.join(out, "predictions.png"))
         plots.prediction_grid(shown[:n], softmax(logits[:n]),
                               val.labels[rows[:n]], names, written[-1])
     if "neighbours" in wanted:
         q = min(args.queries, len(rows))
+        if args.indices is None:
+            say_fewer("--queries", args.queries, q, PICKED[args.pick] + "validation image")
         written += draw_neighbours(args, model, aug, source, rows[:q], shown[:q],
                                    features(model, trace)[:q], names, out)
     if "activations" in wanted:
@@ -260,6 +280,7 @@ def draw_neighbours(args, model, aug, source, rows, shown, query, classes, out):
     fc7 features `query`): one pass over the training set."""
     size = model.preset.input_size
     k = min(args.neighbours, len(source.train))
+    say_fewer("--neighbours", args.neighbours, k, "training image")
     found = ((start, features(model, trace)) for start, _, trace in stream(
         model, source.train, aug, size, args.batch_size, args.workers,
         f"fc7 features of the training set, {k} nearest to each of "
@@ -325,10 +346,10 @@ def write_neighbours_json(path, source, queries, neighbours, distances, classes,
 def main(argv=None):
     args = parse_args(argv)
 
-    def draw():
-        for path in run(args):
-            print(f"wrote {path}")
-    return run_command(draw, "the pictures written so far stay, the others are not drawn")
+    def draw_all():
+        for path, replaced in run(args):
+            print(f"{'replaced' if replaced else 'wrote'} {path}")
+    return run_command(draw_all, "the pictures written so far stay, the others are not drawn")
 
 
 if __name__ == "__main__":

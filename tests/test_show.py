@@ -186,6 +186,24 @@ def test_pick_errors_shows_only_misclassified_images(run_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["neighbours.json", "neighbours.png"]
 
 
+def test_fewer_images_than_asked_and_replaced_pictures_are_said(run_dir, tmp_path, capsys):
+    (tmp_path / "predictions.png").write_bytes(b"the run's own picture")
+    assert show.main(["--checkpoint", str(run_dir), "--out", str(tmp_path), "--pick", "correct",
+                      "--only", "predictions", "neighbours", "--predictions", "60",
+                      "--queries", "2", "--neighbours", "200"]) == 0
+    out, err = capsys.readouterr()
+    model, aug, _, val, _ = the_run(run_dir)
+    _, _, _, logits = train.evaluate(model, val, aug, SIZE, 16)
+    correct = int((logits.argmax(axis=1) == val.labels).sum())
+    assert f"note: --predictions 60, but there are only {correct} correctly classified " \
+        f"validation images: showing {correct}" in err
+    assert "note: --neighbours 200, but there are only 96 training images: showing 96" in err
+    assert "--queries" not in err
+    assert out.splitlines() == [f"replaced {tmp_path / 'predictions.png'}",
+                                f"wrote {tmp_path / 'neighbours.png'}",
+                                f"wrote {tmp_path / 'neighbours.json'}"]
+
+
 def test_activations_of_one_image_need_no_data(run_dir, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray(synthetic.make_images(1, size=80, seed=3)[0][0].transpose(1, 2, 0)).save(image)
