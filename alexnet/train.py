@@ -880,7 +880,11 @@ class Run:
         if not math.isfinite(loss):
             lr = self.optimizer.lr
             best, last = (os.path.join(self.dir, name) for name in ("best.npz", "last.npz"))
-            lower = f"--lr {lr / 3:.2g}"
+            # A third of the rate, or of the last evaluation's where that is lower: a resume at
+            # a far higher --lr that diverged is pointed below the rate its checkpoint trained
+            # at, not to a third of a rate that may still be far too high.
+            evaluated = [r["lr"] for r in self.records if r["kind"] == "eval"]
+            lower = f"--lr {min([lr] + evaluated[-1:]) / 3:.2g}"
             if os.path.exists(best):           # last.npz may be from after the blow-up began
                 then = "resume from the checkpoint of the best validation error with a lower " \
                     f"one: {self.resume_command(best, lower)}"

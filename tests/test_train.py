@@ -378,6 +378,15 @@ def test_a_diverging_run_stops_with_a_message(tmp_path, capsys):
     assert "no checkpoint had been written yet" in error and "last.npz" not in error
 
 
+def test_a_resume_at_a_far_too_high_rate_is_pointed_below_the_checkpoints_rate(tmp_path,
+                                                                              capsys):
+    run_dir = run_training(tmp_path, "run", "--epochs", "1")
+    assert train.main(["--resume", run_dir, "--lr", "1e8", "--epochs", "3"]) == 1
+    error = capsys.readouterr().err
+    assert "the learning rate 1e+08 is probably too high" in error
+    assert f"--resume {os.path.join(run_dir, 'best.npz')} --lr 0.0033" in error
+
+
 def test_a_training_step_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
     """A GPU number read inside the step would make the host wait for the GPU every step. On
     (fake) GPUs every way from device memory to the host is closed during the step: Tensor's,
