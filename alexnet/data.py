@@ -304,12 +304,15 @@ def load_image(path, size):
 def to_rgb(image):
     """A Pillow image of any mode as RGB. Grey images of more than 8 bits (16-bit PNG or TIFF:
     modes I;16*, I, F) are scaled from 0..65535 to 0..255; Pillow's own conversion clips them,
-    so that anything above 255 turns white. I and F images whose values stay within 0..255 are
-    taken as 8-bit values."""
+    so that anything above 255 turns white. A float image (F) whose values stay within 0..1 is
+    scaled from there (Pillow's conversion leaves it black); other I and F images whose values
+    stay within 0..255 are taken as 8-bit values."""
     if image.mode.startswith("I") or image.mode == "F":
         values = numpy.asarray(image, numpy.float64)
         if image.mode.startswith("I;16") or values.max() > 255:
             values = values / 257                                   # 65535 -> 255
+        elif image.mode == "F" and values.max() <= 1:
+            values = values * 255                                   # 1.0 -> 255
         image = Image.fromarray(numpy.clip(numpy.rint(values), 0, 255).astype(numpy.uint8))
     return image.convert("RGB")
 

@@ -125,6 +125,15 @@ def test_awkward_images_decode_to_what_they_show(folder):
         data.load_image(cat / "truncated.jpg", SIZE)
 
 
+def test_a_float_image_of_0_to_1_is_as_bright_as_its_16_bit_twin(folder, tmp_path):
+    """A float TIFF (mode F) holding 0..1, as scientific and HDR tools write them, is scaled
+    as a 16-bit one holding 0..65535; Pillow's own conversion gives black."""
+    deep = Image.open(folder / "train" / "cat" / "deep.png")
+    Image.fromarray(numpy.asarray(deep, numpy.float32) / 65535).save(tmp_path / "unit.tif")
+    unit = data.load_image(tmp_path / "unit.tif", SIZE).astype(int)
+    assert numpy.abs(unit - data.load_image(folder / "train" / "cat" / "deep.png", SIZE)).max() <= 1
+
+
 def test_huge_images_are_decoded_quietly_and_pillow_keeps_its_guard_elsewhere(tmp_path,
                                                                              monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)       # as 89 megapixels are
