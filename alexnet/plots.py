@@ -55,6 +55,36 @@ def _font(size):
         return ImageFont.load_default()
 
 
+def missing_glyphs(names):
+    """The characters of `names` that the pictures' font has no glyph for, in order of first
+    use: each is drawn as the box that U+E000 (private use: in no font) is drawn as."""
+    font = _font(12)
+
+    def pixels(text):
+        image = Image.new("L", (32, 32))
+        try:
+            ImageDraw.Draw(image).text((4, 4), text, fill=255, font=font)
+        except UnicodeEncodeError:     # Pillow's bitmap font: Latin-1 only
+            return None
+        return image.tobytes()
+    box = pixels("\ue000")
+    return [c for c in dict.fromkeys("".join(names)) if not c.isspace() and pixels(c) == box]
+
+
+def font_note(names):
+    """A sentence for the class names that the pictures would draw with boxes, else None."""
+    missing = missing_glyphs(names)
+    if not missing:
+        return None
+    example = next(name for name in names if set(name) & set(missing))
+    font = os.path.basename(_font_file()) if _font_file() else "Pillow's own font"
+    return (f"note: the pictures' font ({font}) draws boxes for "
+            f"{len(missing)} character{'s' * (len(missing) > 1)} of the class names "
+            f"({''.join(missing[:10])}{'...' * (len(missing) > 10)}, as in {example!r}); they "
+            f"use the first of {', '.join(_FONTS)} found on this machine: install one that has "
+            "them (for Chinese, Japanese and Korean: apt install fonts-noto-cjk)")
+
+
 def _save(image, path):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     write_atomically(path, lambda f: image.save(f, format="PNG"))

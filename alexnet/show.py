@@ -235,6 +235,9 @@ def draw(args, ckpt, out):
     model, meta = checkpoint.load_model(ckpt, args.devices)
     aug = checkpoint.load_augmentation(ckpt)
     names = checkpoint.class_names(meta)           # readable; meta["classes"]: folders
+    boxed = plots.font_note(names)
+    if boxed:
+        print(boxed, file=sys.stderr)
     wanted = set(args.only)
     written = []
     if wanted == {"activations"} and args.image:        # one image: no data set needed

@@ -617,6 +617,9 @@ class Run:
                              f"the data ({differ}); resume with the data it was trained on{again}")
         self.note_missing_classes()
         self.class_names = self.readable_names(resume)
+        boxed = plots.font_note(self.class_names)
+        if boxed:
+            log_line(boxed)
         said = fit_recipe(args, len(self.train))
         if said:
             log_line(f"recipe for {len(self.train):,} training images: {'; '.join(said)}")

@@ -523,14 +523,16 @@ def named_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("named")
     synthetic.write_folder(str(root / "images"), 40, 20, size=48, seed=2, extension=".png")
     classes = sorted(path.name for path in (root / "images" / "train").iterdir())
+    # The first name holds U+E000, a private-use character that no font draws.
+    names = [f"the {name}, a shape" for name in classes[:-1]]
+    names[0] += " \ue000"
     (root / "images" / "LOC_synset_mapping.txt").write_text("\ufeff" +          # a BOM
-        "".join(f"{name} the {name}, a shape\n" for name in classes[:-1]) + "n0000 a cat\n")
+        "".join(f"{folder} {name}\n" for folder, name in zip(classes, names)) + "n0000 a cat\n")
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         assert train.main(["--preset", "tiny", "--data", str(root / "images"), "--batch-size",
                            "16", "--epochs", "1", "--run-dir", str(root / "run")]) == 0
-    names = [f"the {name}, a shape" for name in classes[:-1]] + [classes[-1]]
-    return root, classes, names, output.getvalue()
+    return root, classes, names + [classes[-1]], output.getvalue()
 
 
 def test_class_names_are_found_in_the_data_folder_and_kept_in_the_checkpoint(named_run):
@@ -542,6 +544,13 @@ def test_class_names_are_found_in_the_data_folder_and_kept_in_the_checkpoint(nam
     _, _, meta = checkpoint.load(str(root / "run" / "last.npz"))
     assert meta["classes"] == classes and meta["class_names"] == names
     assert checkpoint.class_names({"classes": classes}) == classes    # an older checkpoint
+
+
+def test_class_names_the_pictures_cannot_draw_are_said_once(named_run):
+    _, _, names, output = named_run
+    said = [line for line in output.splitlines() if "draws boxes" in line]
+    assert len(said) == 1 and said[0].startswith("note: the pictures' font (") and \
+        f"draws boxes for 1 character of the class names (\ue000, as in {names[0]!r})" in said[0]
 
 
 def test_predict_and_evaluate_speak_the_class_names(named_run, tmp_path, capsys):
