@@ -40,6 +40,11 @@ def get_array_module(array):
     return numpy
 
 
+def module_for(device):
+    """The array module that holds arrays on `device`."""
+    return numpy if device == "cpu" else cupy
+
+
 def device_of(array):
     """"cpu" for a NumPy array, the GPU id for a CuPy array."""
     if cupy is not None and isinstance(array, cupy.ndarray):
@@ -160,11 +165,6 @@ def set_tf32(enabled):
                          f"{capability[:-1]}.{capability[-1]}) has no TF32: tensor cores do TF32 "
                          "from compute capability 8.0 (Ampere) on; run without --tf32")
     return previous
-
-
-def module_for(device):
-    """The array module that holds arrays on `device`."""
-    return numpy if device == "cpu" else cupy
 
 
 # glibc's mallopt parameters (malloc.h)
