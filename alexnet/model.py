@@ -183,10 +183,10 @@ class AlexNet(nn.Module):
     def forward(self, x, trace=None):
         """x (N, 3, S, S) array or Tensor -> logits (N, num_classes) on tower a's device.
 
-        trace: an optional dict that receives every layer's output by name, in order: conv1a
-        (after ReLU), pool1a (after LRN and pooling), ... conv5a, pool5a, fc6a, fc7a (after
-        ReLU and dropout) and their tower b twins, and fc8 (for tests and for looking inside:
-        alexnet/show.py).
+        trace: an optional dict that receives every layer's output by name, in layer order,
+        each tower a entry followed by its tower b twin: conv1a, conv1b (after ReLU), pool1a,
+        pool1b (after LRN and pooling), ... conv5a, conv5b, pool5a, pool5b, fc6a, fc6b, fc7a,
+        fc7b (after ReLU and dropout), fc8 (for tests and for looking inside: alexnet/show.py).
         """
         x = x if isinstance(x, minigrad.Tensor) else minigrad.Tensor(x)
         expected = (3, self.preset.input_size, self.preset.input_size)
