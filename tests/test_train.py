@@ -895,7 +895,7 @@ def test_a_class_without_validation_images_is_named(tmp_path, capsys):
 @pytest.mark.full_size          # the paper network when a GPU is present
 def test_the_default_recipe_learns_on_a_folder_of_jpegs(tmp_path, capsys):
     """End to end, as a person would: JPEG files in class folders, nothing but --data (and a
-    bound on the epochs: two evaluations of 10,200 images, about 75 s on 2 cores). Fails if the
+    bound on the epochs: two evaluations of 10,200 images, about 50 s on 2 cores). Fails if the
     default recipe stops learning, or warns that it does not learn."""
     synthetic.write_folder(str(tmp_path / "shapes"), 600, 90, size=112, seed=1, classes=3)
     run_dir = str(tmp_path / "run")
