@@ -1,4 +1,4 @@
-"""Look inside a trained network: `python -m alexnet.show --checkpoint CKPT [--data DIR] --out DIR`.
+"""Look inside a trained network: `python -m alexnet.show --checkpoint CKPT [--data DIR] [--out DIR]`.
 
 Writes four pictures, the first two as in Figure 4 of the paper (section 6.1):
 
@@ -6,10 +6,10 @@ Writes four pictures, the first two as in Figure 4 of the paper (section 6.1):
                     probable as bars; the true class is written under the image, its bar red
   neighbours.png    validation images in the first column, and in each row the training images
                     whose fc7 features (the units of the last hidden layer, both towers: 2 x 2048
-                    in the paper preset)
-                    are nearest in Euclidean distance. The paper: "If two images produce feature
-                    activation vectors with a small Euclidean separation, we can say that the
-                    higher levels of the neural network consider them to be similar."
+                    in the paper preset) are nearest in Euclidean distance. The paper: "If two
+                    images produce feature activation vectors with a small Euclidean
+                    separation, we can say that the higher levels of the neural network
+                    consider them to be similar."
                     neighbours.json lists every neighbour's file (or row) and distance.
   confusion.png     which class the network gives the images of each class (rows: true class,
                     normalised; columns: predicted), and confusion.csv with the counts
