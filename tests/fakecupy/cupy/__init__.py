@@ -38,7 +38,7 @@ import types
 
 import numpy
 
-__version__ = "14.0.0+fake"
+__version__ = "14.2.0+fake"              # the CuPy whose names.json it keeps to
 _DEVICES = int(os.environ.get("MINIGRAD_FAKE_GPUS", "2"))
 _COMPUTE_CAPABILITY = "90"              # an H100's or H200's; a test may set an older one
 _TESTS = pathlib.Path(__file__).resolve().parents[2]
