@@ -61,7 +61,6 @@ PRESETS = {
 }
 
 
-
 def auto_preset():
     """--preset auto: the paper's network where there is a GPU, the small one on a CPU (the
     paper's would take days there)."""
@@ -102,7 +101,8 @@ class AlexNet(nn.Module):
     """AlexNet with explicit towers: conv1a/conv1b ... fc7a/fc7b, and fc8 on tower a's device.
 
     num_classes: size of fc8.  devices: (device of tower a, device of tower b), each "cpu" or
-    a GPU id, or the same as text such as "0,1"; default `default_devices()`.  dtype: numpy.float32 or numpy.float64.
+    a GPU id, or the same as text such as "0,1"; default `default_devices()`.  dtype:
+    numpy.float32 or numpy.float64.
     init: one of INITS. "paper" (section 5): weights N(0, 0.01^2), biases 1 in conv2, conv4,
     conv5, fc6, fc7 and 0 elsewhere. "caffe" (BVLC's replication of AlexNet): the same but biases
     0.1 instead of 1 and fc6, fc7 weights N(0, 0.005^2). "kaiming" (He et al. 2015): He-normal
