@@ -124,8 +124,9 @@ class Tensor:
                 continue
             if t._ctx is None:                                         # a leaf: keep its gradient
                 with backend.device_scope(t.device):
-                    g = g.astype(t.dtype, copy=False)     # float32 weights used with a float64
-                                                          # input get a float32 gradient
+                    # float32 weights used with a float64 input get a float32 gradient, and a
+                    # 0-d one an array (0-d ops give NumPy scalars) that can be scaled in place
+                    g = t.xp.asarray(g, dtype=t.dtype)
                     t.grad = g if t.grad is None else t.grad + g
                 continue
             if t._ctx is _FREED:

@@ -493,3 +493,13 @@ def test_backward_skips_gradients_no_one_needs(device, rng):
     assert y._ctx.needs_grad == (False, True)
     y.sum().backward()
     assert x.grad is None and W.grad is not None
+
+
+def test_a_scalar_parameters_gradient_is_an_array_that_clipping_scales(device):
+    """0-d times 0-d gives a NumPy scalar, not an array: stored as the gradient, it could not
+    be scaled in place, and clip_grad_norm left it as it was."""
+    s = Tensor(backend.to_device(numpy.array(2.0), device), requires_grad=True)
+    (s * s).backward()
+    assert s.grad.shape == () and type(s.grad) is type(s.data)
+    minigrad.optim.clip_grad_norm([s], 1.0)
+    assert float(s.grad) == 1.0
