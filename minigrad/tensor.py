@@ -118,16 +118,25 @@ class Tensor:
             with backend.device_scope(self.device):
                 gy = self.xp.ones_like(self.data)
         grads = {id(self): gy}
+        held = {id(gy)}                   # the caller's gy and the leaves' gradients so far
         for t in reversed(_topological_order(self)):
             g = grads.pop(id(t), None)
             if g is None:                                              # no gradient flowed here
                 continue
             if t._ctx is None:                                         # a leaf: keep its gradient
+                # t.grad is scaled in place (clip_grad_norm, the average over ranks), so it must
+                # be an array of its own: a backward may give one array to two inputs (a + b
+                # gives gy to both), or a view of one (reshape)
+                shared = id(g) in held or g.base is not None
+                held.add(id(g))
                 with backend.device_scope(t.device):
                     # float32 weights used with a float64 input get a float32 gradient, and a
                     # 0-d one an array (0-d ops give NumPy scalars) that can be scaled in place
                     g = t.xp.asarray(g, dtype=t.dtype)
-                    t.grad = g if t.grad is None else t.grad + g
+                    if t.grad is not None:
+                        t.grad = t.grad + g
+                    else:
+                        t.grad = g.copy() if shared else g
                 continue
             if t._ctx is _FREED:
                 raise RuntimeError("backward() reached a part of the graph that an earlier "

@@ -503,3 +503,19 @@ def test_a_scalar_parameters_gradient_is_an_array_that_clipping_scales(device):
     assert s.grad.shape == () and type(s.grad) is type(s.data)
     minigrad.optim.clip_grad_norm([s], 1.0)
     assert float(s.grad) == 1.0
+
+
+def test_every_leaf_gets_a_gradient_of_its_own(device):
+    """Add hands gy to both inputs, reshape a view of it: the leaves' gradients must still be
+    separate arrays, apart from the caller's gy, since clip_grad_norm scales them in place."""
+    a, b, c = tensors([numpy.ones(3), numpy.ones(3), numpy.ones((1, 3))], device)
+    (a + b + c.reshape(3)).sum().backward()
+    norm = minigrad.optim.clip_grad_norm([a, b, c], 1.0)
+    assert float(norm) == pytest.approx(3.0)
+    for t in (a, b, c):
+        numpy.testing.assert_allclose(backend.to_device(t.grad, "cpu"), numpy.full(t.shape, 1 / 3))
+    x = tensors([numpy.ones((2, 3))], device)[0]
+    gy = backend.to_device(numpy.ones(6), device)
+    x.reshape(6).backward(gy)
+    x.grad *= 2.0
+    numpy.testing.assert_array_equal(backend.to_device(gy, "cpu"), numpy.ones(6))
