@@ -49,6 +49,9 @@ class Tensor:
                 dtype = DEFAULT_DTYPE           # Python floats and lists become float32
         if dtype is not None and data.dtype != dtype:
             data = data.astype(dtype)
+        if requires_grad and data.dtype.kind != "f":         # its gradient would be rounded
+            raise ValueError(f"requires_grad needs a floating-point tensor, not {data.dtype}; "
+                             "pass dtype=numpy.float32 (or float64)")
         self.data = data
         self.grad = None
         self.requires_grad = requires_grad

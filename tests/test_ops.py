@@ -519,3 +519,10 @@ def test_every_leaf_gets_a_gradient_of_its_own(device):
     x.reshape(6).backward(gy)
     x.grad *= 2.0
     numpy.testing.assert_array_equal(backend.to_device(gy, "cpu"), numpy.ones(6))
+
+
+def test_only_floating_point_tensors_can_require_grad():
+    """An integer leaf's gradient would be rounded to integers: 0.5 * x gave x.grad 0."""
+    with pytest.raises(ValueError, match="requires_grad needs a floating-point tensor, not int"):
+        Tensor([1, 2, 3], requires_grad=True)
+    assert Tensor([1, 2, 3], requires_grad=True, dtype=numpy.float32).requires_grad
