@@ -161,6 +161,9 @@ class Tensor:
                         grads[id(parent)] = grads[id(parent)] + pg
 
     # ---- operators: each calls the op of the same name in minigrad.functional ----------------
+    __array_ufunc__ = None      # array * tensor: NumPy leaves it to __rmul__ below (else it would
+                                # take the tensor for a scalar and make an array of tensors)
+
     def __add__(self, other): return F.add(self, other)
     def __radd__(self, other): return F.add(other, self)
     def __sub__(self, other): return F.sub(self, other)
@@ -171,6 +174,7 @@ class Tensor:
     def __rtruediv__(self, other): return F.div(other, self)
     def __neg__(self): return F.neg(self)
     def __matmul__(self, other): return F.matmul(self, other)
+    def __rmatmul__(self, other): return F.matmul(other, self)
     def __getitem__(self, index): return F.getitem(self, index)
 
     def reshape(self, *shape): return F.reshape(self, shape[0] if len(shape) == 1 else shape)

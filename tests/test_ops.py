@@ -526,3 +526,13 @@ def test_only_floating_point_tensors_can_require_grad():
     with pytest.raises(ValueError, match="requires_grad needs a floating-point tensor, not int"):
         Tensor([1, 2, 3], requires_grad=True)
     assert Tensor([1, 2, 3], requires_grad=True, dtype=numpy.float32).requires_grad
+
+
+def test_a_numpy_array_on_the_left_gives_a_tensor():
+    """NumPy would otherwise take the Tensor for a scalar and return an object array of them."""
+    x = Tensor(numpy.ones(3), requires_grad=True)
+    y = numpy.full(3, 2.0) * x + numpy.float64(1.0) - numpy.full(3, 2.0) / x
+    assert isinstance(y, Tensor) and y.shape == (3,)
+    y.sum().backward()
+    numpy.testing.assert_array_equal(x.grad, [4.0, 4.0, 4.0])
+    assert (numpy.ones((2, 3)) @ Tensor(numpy.ones((3, 1)))).shape == (2, 1)
