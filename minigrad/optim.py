@@ -3,6 +3,7 @@ gradient norm clipping (not the paper's: a guard a run may opt into)."""
 import numpy
 
 from minigrad import backend, cuda
+from minigrad.tensor import Tensor
 
 SLICE = 1 << 16          # values updated at a time on the CPU: 256 KB of float32, in cache
 
@@ -19,6 +20,9 @@ class SGD:
     """
 
     def __init__(self, params, lr=0.01, momentum=0.9, weight_decay=5e-4):
+        if isinstance(params, Tensor):          # list() would give its rows, with no gradient
+            raise TypeError("SGD takes an iterable of parameters such as model.parameters(), "
+                            "not one Tensor; pass [tensor]")
         self.params = list(params)
         if not self.params:
             raise ValueError("SGD got an empty parameter list; pass model.parameters()")
@@ -89,10 +93,11 @@ class SGD:
 
 
 def clip_grad_norm(params, max_norm):
-    """Scale the gradients of `params` by one factor, so that their norm (the L2 norm of all of
-    them as one vector) is at most `max_norm`; a step whose gradients are within it is left as
-    it is, to the last bit. Returns the norm before scaling, in float64 on the first gradient's
-    device (a 0-d array on a GPU, not read back: that would wait for every kernel queued).
+    """Scale the gradients of `params` (tensors, or one tensor) by one factor, so that their norm
+    (the L2 norm of all of them as one vector) is at most `max_norm`; a step whose gradients are
+    within it is left as it is, to the last bit. Returns the norm before scaling, in float64 on
+    the first gradient's device (a 0-d array on a GPU, not read back: that would wait for every
+    kernel queued).
 
     Not in the AlexNet paper. A guard against the runaway of one step (Pascanu, Mikolov and
     Bengio 2013): a gradient a hundred times the usual, scaled down, cannot throw the weights
@@ -100,6 +105,8 @@ def clip_grad_norm(params, max_norm):
     dtype: a norm past float32's range is inf, which scales the gradients to 0 (momentum and
     weight decay still move the weights), and an inf gradient value to NaN; a NaN norm gives NaN
     gradients. A run's loss check stops it after those."""
+    if isinstance(params, Tensor):       # one tensor, not its rows (which have no gradient)
+        params = [params]
     on = {}                          # device -> its gradients (the two towers': two devices)
     for p in params:
         if p.grad is not None:

@@ -161,6 +161,17 @@ def test_sgd_skips_parameters_without_gradient():
     numpy.testing.assert_array_equal(w.numpy(), numpy.ones(3))
 
 
+def test_one_tensor_is_refused_by_sgd_and_clipped_as_it_is():
+    """A Tensor iterates over its rows, which have no gradient: SGD(w) trained nothing and
+    clip_grad_norm(w) returned 0 and clipped nothing, without a word."""
+    w = nn.Parameter(numpy.ones((2, 3)))
+    with pytest.raises(TypeError, match="SGD takes an iterable of parameters"):
+        optim.SGD(w)
+    w.grad = numpy.full((2, 3), 2.0)
+    assert optim.clip_grad_norm(w, 1.0) == pytest.approx(numpy.sqrt(24.0))
+    numpy.testing.assert_allclose(w.grad, numpy.full((2, 3), 1 / numpy.sqrt(6.0)))
+
+
 def test_sgd_state_dict_round_trip_includes_momentum():
     rng = numpy.random.default_rng(0)
     params = [nn.Parameter(rng.standard_normal(3)) for _ in range(2)]
