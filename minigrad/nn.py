@@ -38,7 +38,9 @@ class Module:
                 yield from value.named_parameters(prefix + name + ".")
 
     def parameters(self):
-        return [p for _, p in self.named_parameters()]
+        """Each parameter once, in order, though a layer kept under two names reaches it twice
+        in named_parameters(): an optimizer given it twice would step it twice."""
+        return list({id(p): p for _, p in self.named_parameters()}.values())
 
     def zero_grad(self):
         for p in self.parameters():

@@ -24,6 +24,24 @@ def test_named_parameters_follow_attribute_order():
     assert names == ["features.0.weight", "features.0.bias", "classifier.weight", "classifier.bias"]
 
 
+def test_a_parameter_reached_twice_is_listed_once():
+    """A layer kept as an attribute and inside a Sequential: SGD, given it twice, took two
+    steps a step (with two momentum buffers)."""
+    class Shared(nn.Module):
+        def __init__(self):
+            self.fc = nn.Linear(2, 2, dtype=numpy.float64)
+            self.net = nn.Sequential(self.fc, nn.ReLU())
+
+    model = Shared()
+    assert [name for name, _ in model.named_parameters()] == ["fc.weight", "fc.bias",
+                                                             "net.0.weight", "net.0.bias"]
+    assert model.parameters() == [model.fc.weight, model.fc.bias]
+    sgd = optim.SGD(model.parameters(), lr=0.5, momentum=0.0, weight_decay=0.0)
+    model.fc.bias.grad = numpy.ones(2)
+    sgd.step()
+    numpy.testing.assert_array_equal(model.fc.bias.numpy(), [-0.5, -0.5])
+
+
 def test_state_dict_round_trip_copies_values():
     minigrad.manual_seed(0)
     a = TwoLayer()
