@@ -170,7 +170,9 @@ class Sequential(Module):
         return iter(m for _, m in self.children())
 
     def __getitem__(self, i):
-        return self.children()[i][1]
+        """The i-th module; a slice gives a Sequential of those modules."""
+        modules = [m for _, m in self.children()]
+        return Sequential(*modules[i]) if isinstance(i, slice) else modules[i]
 
     def __len__(self):
         return len(self.children())

@@ -42,6 +42,16 @@ def test_a_parameter_reached_twice_is_listed_once():
     numpy.testing.assert_array_equal(model.fc.bias.numpy(), [-0.5, -0.5])
 
 
+def test_sequential_indexing_and_slicing():
+    """A slice gave the second (name, module) pair of the slice, not the layers."""
+    first, relu, last = nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)
+    seq = nn.Sequential(first, relu, last)
+    assert seq[0] is first and seq[-1] is last and len(seq) == 3
+    head = seq[:2]
+    assert isinstance(head, nn.Sequential) and list(head) == [first, relu]
+    assert head(Tensor(numpy.ones((1, 3), numpy.float32))).shape == (1, 4)
+
+
 def test_state_dict_round_trip_copies_values():
     minigrad.manual_seed(0)
     a = TwoLayer()
