@@ -173,6 +173,10 @@ class Tensor:
     def __truediv__(self, other): return F.div(self, other)
     def __rtruediv__(self, other): return F.div(other, self)
     def __neg__(self): return F.neg(self)
+    def __iadd__(self, other): return self._augmented("+=", F.add, other)
+    def __isub__(self, other): return self._augmented("-=", F.sub, other)
+    def __imul__(self, other): return self._augmented("*=", F.mul, other)
+    def __itruediv__(self, other): return self._augmented("/=", F.div, other)
     def __matmul__(self, other): return F.matmul(self, other)
     def __rmatmul__(self, other): return F.matmul(other, self)
     def __getitem__(self, index): return F.getitem(self, index)
@@ -190,6 +194,15 @@ class Tensor:
     def exp(self): return F.exp(self)
     def log(self): return F.log(self)
     def to(self, device): return F.to_device(self, device)
+
+    def _augmented(self, symbol, op, other):
+        """x += y is x = x + y, a new tensor (the graph may still need the old one's values);
+        on a parameter that leaves the module's own unchanged, so it is refused."""
+        if self.requires_grad and self._ctx is None:
+            raise TypeError(f"x {symbol} y on a tensor that requires grad makes a new tensor and "
+                            f"leaves this one unchanged; update a parameter's array in place, "
+                            f"as in p.data -= lr * p.grad")
+        return op(self, other)
 
 
 class _Freed:

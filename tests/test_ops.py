@@ -536,3 +536,16 @@ def test_a_numpy_array_on_the_left_gives_a_tensor():
     y.sum().backward()
     numpy.testing.assert_array_equal(x.grad, [4.0, 4.0, 4.0])
     assert (numpy.ones((2, 3)) @ Tensor(numpy.ones((3, 1)))).shape == (2, 1)
+
+
+def test_an_augmented_assignment_to_a_parameter_is_refused():
+    """p -= lr * p.grad rebinds p to a new tensor: a hand-written update loop trained nothing."""
+    w = Tensor(numpy.ones(3), requires_grad=True)
+    with minigrad.no_grad(), pytest.raises(TypeError, match=r"p.data -= lr \* p.grad"):
+        w -= 0.1 * w.data
+    with pytest.raises(TypeError, match="a tensor that requires grad"):
+        w *= 2.0
+    loss = w * 2.0
+    loss += w                                     # not a leaf: a new tensor, as loss + w
+    loss.sum().backward()
+    numpy.testing.assert_array_equal(w.grad, [3.0, 3.0, 3.0])
