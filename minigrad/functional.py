@@ -175,6 +175,9 @@ class Linear(Function):
         if x.ndim != 2 or x.shape[1] != W.shape[1]:
             raise ValueError(f"linear: input of shape {x.shape} does not fit a weight of shape "
                              f"{W.shape}; the input must be (N, {W.shape[1]})")
+        if b is not None and b.shape != W.shape[:1]:
+            raise ValueError(f"linear: a bias of shape {b.shape} does not fit a weight of shape "
+                             f"{W.shape}; it must be ({W.shape[0]},)")
         self.x, self.W = x, W
         y = x @ W.T                                               # (N, out)
         return y if b is None else y + b
@@ -401,6 +404,9 @@ def conv2d(x, W, b=None, stride=1, padding=0):
     if x.shape[1] != W.shape[1]:
         raise ValueError(f"conv2d: the input has {x.shape[1]} channels but the weight of shape "
                          f"{W.shape} expects {W.shape[1]}")
+    if b is not None and tuple(b.shape) != W.shape[:1]:
+        raise ValueError(f"conv2d: a bias of shape {tuple(b.shape)} does not fit a weight of shape "
+                         f"{W.shape}; it must be ({W.shape[0]},)")
     inputs = (x, W) if b is None else (x, W, b)
     return Conv2d.apply(*inputs, stride=_pair(stride), padding=_pair(padding))
 

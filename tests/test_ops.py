@@ -270,6 +270,14 @@ def test_conv2d_explains_window_too_large():
         F.conv2d(Tensor(numpy.zeros((1, 3, 5, 5))), Tensor(numpy.zeros((2, 3, 11, 11))), stride=4)
 
 
+def test_conv2d_and_linear_explain_a_wrong_bias():
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not fit .* must be \(2,\)"):
+        F.conv2d(Tensor(numpy.zeros((1, 1, 4, 4))), Tensor(numpy.zeros((2, 1, 2, 2))),
+                 Tensor(numpy.zeros(3)))
+    with pytest.raises(ValueError, match=r"bias of shape \(3,\) does not fit .* must be \(4,\)"):
+        F.linear(Tensor(numpy.zeros((2, 3))), Tensor(numpy.zeros((4, 3))), Tensor(numpy.zeros(3)))
+
+
 # ---- max pooling ------------------------------------------------------------------------------
 
 POOL_CASES = [  # (N, C, H, W), kernel, stride
