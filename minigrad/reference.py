@@ -18,6 +18,9 @@ import numpy
 
 def conv_output_size(size, kernel, stride, pad):
     """Output length of a window of `kernel` moved by `stride` over `size + 2*pad` (floor mode)."""
+    if stride < 1 or pad < 0:
+        raise ValueError(f"a window needs a stride at least 1 and a padding at least 0, got "
+                         f"stride {stride} and padding {pad}")
     out = (size + 2 * pad - kernel) // stride + 1
     if out < 1:
         raise ValueError(f"a window of {kernel} with stride {stride} and padding {pad} does not fit "

@@ -278,6 +278,16 @@ def test_conv2d_and_linear_explain_a_wrong_bias():
         F.linear(Tensor(numpy.zeros((2, 3))), Tensor(numpy.zeros((4, 3))), Tensor(numpy.zeros(3)))
 
 
+@pytest.mark.parametrize("stride,padding", [(0, 0), ((1, 0), 0), (1, -1)])
+def test_windows_explain_a_bad_stride_or_padding(stride, padding):
+    x, W = Tensor(numpy.zeros((1, 1, 4, 4))), Tensor(numpy.zeros((1, 1, 2, 2)))
+    with pytest.raises(ValueError, match="stride at least 1 and a padding at least 0"):
+        F.conv2d(x, W, stride=stride, padding=padding)
+    if padding == 0:
+        with pytest.raises(ValueError, match="stride at least 1 and a padding at least 0"):
+            F.max_pool2d(x, 2, stride)
+
+
 # ---- max pooling ------------------------------------------------------------------------------
 
 POOL_CASES = [  # (N, C, H, W), kernel, stride
