@@ -14,12 +14,17 @@ def gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, seed=0):
 
         dL/dx_i  ~=  (L(x + eps e_i) - L(x - eps e_i)) / (2 eps)
 
-    Inputs should be float64. Raises AssertionError naming the worst element; returns True.
+    The inputs checked must be float64. Raises AssertionError naming the worst element;
+    returns True.
     """
     rng = numpy.random.default_rng(seed)
     checked = [t for t in inputs if isinstance(t, Tensor) and t.requires_grad]
     if not checked:
         raise ValueError("gradcheck: no input has requires_grad=True")
+    for k, t in enumerate(checked):         # in float32 a step of eps=1e-6 is mostly rounding
+        if t.dtype != numpy.float64:
+            raise ValueError(f"gradcheck: input {k} is {t.dtype}; central differences with "
+                             f"eps={eps} need float64: pass Tensor(x, dtype=numpy.float64)")
 
     def outputs():
         out = fn(*inputs)

@@ -182,6 +182,13 @@ def test_gradcheck_catches_a_wrong_or_missing_gradient():
     assert minigrad.gradcheck(lambda a, b: a * b, [x, y]) is True
 
 
+def test_gradcheck_asks_for_float64():
+    """In float32 a correct backward failed: eps=1e-6 is below float32's resolution."""
+    x = Tensor([[0.1, 0.2]], requires_grad=True)                      # float32, the default
+    with pytest.raises(ValueError, match="gradcheck: input 0 is float32; .* need float64"):
+        minigrad.gradcheck(F.exp, [x])
+
+
 def test_shape_ops(device, rng):
     x = rng.standard_normal((2, 3, 4))
     check_grad(lambda t: t.reshape(4, 6), [x], device)
