@@ -156,6 +156,9 @@ class MatMul(Function):
         if a.ndim < 2 or b.ndim < 2:
             raise ValueError(f"matmul needs arrays of 2 or more dimensions, got shapes {a.shape} "
                              f"and {b.shape}; reshape vectors to (1, n) or (n, 1)")
+        if a.shape[-1] != b.shape[-2]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not fit: the first's "
+                             f"last dimension must equal the second's next to last")
         self.a, self.b = a, b
         return a @ b
 

@@ -123,6 +123,11 @@ def test_matmul(shapes, device, rng):
     numpy.testing.assert_allclose(forward(F.matmul, [a, b], device), a @ b, rtol=1e-12, atol=1e-12)
 
 
+def test_matmul_explains_shapes_that_do_not_fit():
+    with pytest.raises(ValueError, match=r"matmul: shapes \(2, 3\) and \(4, 2\) do not fit"):
+        Tensor(numpy.zeros((2, 3))) @ Tensor(numpy.zeros((4, 2)))
+
+
 def test_tf32_is_opt_in_and_only_rounds_float32_products(device, rng):
     """Plain float32 products agree with float64 to ~1e-6; with TF32 (GPU only) the inputs are
     rounded to a 10-bit mantissa (~1e-3 each), and switching it off restores plain float32."""
