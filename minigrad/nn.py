@@ -70,8 +70,10 @@ class Module:
         return {name: numpy.array(p.numpy()) for name, p in self.named_parameters()}
 
     def load_state_dict(self, state):
-        """Copy arrays into the parameters of the same names, keeping each parameter's device
-        and dtype. Missing, unexpected and mis-shaped keys are all named in one error."""
+        """Copy arrays (or Tensors) into the parameters of the same names, keeping each
+        parameter's device and dtype. Missing, unexpected and mis-shaped keys are all named in
+        one error."""
+        state = {name: v.data if isinstance(v, Tensor) else v for name, v in state.items()}
         params = dict(self.named_parameters())
         missing = sorted(set(params) - set(state))
         unexpected = sorted(set(state) - set(params))

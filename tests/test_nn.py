@@ -66,6 +66,17 @@ def test_state_dict_round_trip_copies_values():
     assert not numpy.any(a.classifier.bias.numpy() == 7.0)
 
 
+def test_load_state_dict_takes_tensors_too():
+    """Another model's parameters as they are: NumPy took a Tensor for a sequence of rows."""
+    minigrad.manual_seed(0)
+    a = TwoLayer()
+    b = TwoLayer()
+    b.load_state_dict(dict(a.named_parameters()))
+    for (name, p), (_, q) in zip(a.named_parameters(), b.named_parameters()):
+        numpy.testing.assert_array_equal(p.numpy(), q.numpy(), err_msg=name)
+        assert p.data is not q.data
+
+
 def test_load_state_dict_names_every_problem():
     model = TwoLayer()
     state = model.state_dict()
