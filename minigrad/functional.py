@@ -244,7 +244,10 @@ def transpose(x, axes=None):
 
 
 def getitem(x, index):
-    return GetItem.apply(x, index=index)
+    """x[index]; an index array may be given as a Tensor."""
+    parts = index if isinstance(index, tuple) else (index,)
+    parts = tuple(i.data if isinstance(i, Tensor) else i for i in parts)
+    return GetItem.apply(x, index=parts if isinstance(index, tuple) else parts[0])
 
 
 def flatten(x, start_dim=1):

@@ -211,6 +211,14 @@ def test_shape_ops(device, rng):
     assert forward(lambda t: t.transpose(2, 0, 1), [x], device).shape == (4, 2, 3)
 
 
+def test_an_index_may_be_a_tensor(device, rng):
+    """x[labels] with labels a Tensor of integers: NumPy refused it."""
+    x = rng.standard_normal((2, 3, 4))
+    rows = Tensor(backend.to_device(numpy.array([1, 1, 0]), device))
+    check_grad(lambda t: t[rows], [x], device)
+    check_grad(lambda t: t[:, rows, 2], [x], device)
+
+
 @pytest.mark.parametrize("axis,keepdims", [(None, False), (0, False), (1, True), ((0, 2), False),
                                            (-1, True)])
 def test_reductions(axis, keepdims, device, rng):
