@@ -270,6 +270,8 @@ class Sum(Function):
 
 
 def sum(x, axis=None, keepdims=False):
+    """Over `axis`: None (all), an int, or a tuple or list of ints."""
+    axis = tuple(axis) if isinstance(axis, list) else axis          # NumPy takes no list
     return Sum.apply(x, axis=axis, keepdims=keepdims)
 
 

@@ -229,6 +229,15 @@ def test_reductions(axis, keepdims, device, rng):
                                   x.mean(axis=axis, keepdims=keepdims), rtol=1e-12)
 
 
+def test_axes_may_be_a_list(device, rng):
+    """x.sum(axis=[0, 2]): NumPy takes a tuple of axes, not a list."""
+    x = rng.standard_normal((2, 3, 4))
+    check_grad(lambda t: t.sum(axis=[0, 2]), [x], device)
+    check_grad(lambda t: t.mean(axis=[0, 2], keepdims=True), [x], device)
+    numpy.testing.assert_allclose(forward(lambda t: t.mean(axis=[0, 2]), [x], device),
+                                  x.mean(axis=(0, 2)), rtol=1e-12)
+
+
 @pytest.mark.parametrize("axis", [0, 1, -1])
 def test_concat_and_split(axis, device, rng):
     a, b, c = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 3, 4))
