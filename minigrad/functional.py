@@ -521,6 +521,9 @@ class LogSoftmax(Function):
 
 def log_softmax(x):
     """Along the class axis 1 of x (N, classes)."""
+    if x.ndim < 2:
+        raise ValueError(f"log_softmax needs logits of shape (N, classes), got {x.shape}; "
+                         f"reshape one sample's to (1, classes)")
     return LogSoftmax.apply(x)
 
 

@@ -423,6 +423,11 @@ def test_log_softmax(device, rng):
     numpy.testing.assert_allclose(forward(F.log_softmax, [x], device), expected, rtol=1e-12)
 
 
+def test_log_softmax_explains_a_wrong_shape():
+    with pytest.raises(ValueError, match=r"log_softmax needs logits of shape \(N, classes\), got \(6,\)"):
+        F.log_softmax(Tensor(numpy.zeros(6)))
+
+
 @pytest.mark.parametrize("N,classes", [(1, 2), (5, 7)])
 def test_cross_entropy(N, classes, device, rng):
     labels = backend.to_device(rng.integers(0, classes, N), device)
