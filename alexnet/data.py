@@ -498,7 +498,8 @@ def find_images(root, classes=None, log=None):
         if loose_images(root):
             raise ValueError(f"the images in {root} are not in class folders ({root}/<class>/"
                              "<image>); sort a flat folder such as ImageNet's val with python -m "
-                             "alexnet.prepare --val-labels LOC_val_solution.csv --data "
+                             "alexnet.prepare --val-labels LOC_val_solution.csv (Kaggle's) or "
+                             "ILSVRC2012_validation_ground_truth.txt (the devkit's) --data "
                              f"{quote(root)}")
         if others:
             raise ValueError(f"no images found under {root}/<class>/: {left_out(root, others)}")

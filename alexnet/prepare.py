@@ -59,7 +59,7 @@ from shlex import quote
 import numpy
 from numpy.lib.format import open_memmap
 
-from alexnet import data
+from alexnet import data, devkit
 from alexnet.checkpoint import write_atomically
 from alexnet.cli import Parser, format_time, run_command, whole
 from alexnet.model import PRESETS, auto_preset
@@ -626,10 +626,14 @@ def cache_for(data_dir, size, cache=None, workers=None, log=print, may_prepare=T
 # ---- sorting a flat validation folder ---------------------------------------------------------
 
 def read_label_list(path):
-    """[(file, class)] from LOC_val_solution.csv (header ImageId,PredictionString) or from lines
-    `file class` separated by whitespace or a comma."""
+    """[(file, class)] from LOC_val_solution.csv (header ImageId,PredictionString), from the
+    devkit's ILSVRC2012_validation_ground_truth.txt (a class number a line, read with the
+    meta.mat beside it: alexnet.devkit) or from lines `file class` separated by whitespace or a
+    comma."""
     with open(path, encoding="utf-8-sig") as f:          # -sig: as a spreadsheet saves it
         lines = f.read().splitlines()
+    if devkit.is_ground_truth(lines):
+        return devkit.ground_truth(path, lines)
     loc = bool(lines) and lines[0].replace(" ", "").lower().startswith("imageid,predictionstring")
     pairs = []
     for number, line in enumerate(lines[1:] if loc else lines, 2 if loc else 1):

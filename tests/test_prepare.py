@@ -6,11 +6,13 @@ import multiprocessing
 import os
 import shutil
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import warnings
+import zlib
 from shlex import quote
 
 import numpy
@@ -689,6 +691,92 @@ def test_val_labels_errors_are_one_sentence(tmp_path, capsys):
     assert len(os.listdir(val)) == 3                              # nothing moved
 
 
+# ---- ImageNet's devkit: ILSVRC2012_validation_ground_truth.txt and meta.mat ------------------
+
+def mat_element(kind, raw):
+    """A MATLAB 5 data element: 4 bytes or fewer packed into the tag, else tag, data, padding."""
+    if len(raw) <= 4:
+        return struct.pack("<HH", kind, len(raw)) + raw.ljust(4, b"\0")
+    return struct.pack("<II", kind, len(raw)) + raw + b"\0" * (-len(raw) % 8)
+
+
+def mat_array(cls, dims, body, name=b""):
+    """A MATLAB 5 array (miMATRIX) of class `cls`: flags, dimensions, name, then `body`."""
+    return mat_element(14, mat_element(6, struct.pack("<II", cls, 0)) +
+                       mat_element(5, struct.pack(f"<{len(dims)}i", *dims)) +
+                       mat_element(1, name) + body)
+
+
+def write_meta(path, synsets):
+    """The devkit's meta.mat as MATLAB writes it: one compressed variable, `synsets`, a struct
+    array whose whole numbers are stored in the smallest integer type (uint8, uint16), its WNIDs
+    as UTF-16 and its words as UTF-8; `children` of a class is empty, written as nothing."""
+    fields = (b"ILSVRC2012_ID", b"WNID", b"words", b"children")
+    body = mat_element(5, struct.pack("<i", 32)) + \
+        mat_element(1, b"".join(field.ljust(32, b"\0") for field in fields))
+    for number, wnid, words in synsets:
+        stored = (2, "u1") if number < 256 else (4, "<u2")
+        body += mat_array(6, (1, 1), mat_element(stored[0], numpy.array([number], stored[1]).tobytes()))
+        body += mat_array(4, (1, len(wnid)), mat_element(4, wnid.encode("utf-16-le")))
+        body += mat_array(4, (1, len(words)), mat_element(16, words.encode()))
+        body += mat_element(14, b"")
+    packed = zlib.compress(mat_array(2, (len(synsets), 1), body, b"synsets"))
+    header = b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(116) + bytes(8) + b"\x00\x01IM"
+    path.write_bytes(header + struct.pack("<II", 15, len(packed)) + packed)
+
+
+DEVKIT_SYNSETS = [(1, "n02119789", "kit fox, Vulpes macrotis"), (2, "n01440764", "tench, Tinca tinca"),
+                  (1001, "n00001740", "entity")]        # the devkit's order, not the sorted one
+
+
+def test_devkit_ground_truth_sorts_the_folder_in_meta_mat_order(tmp_path, capsys):
+    val = flat_val_folder(tmp_path / "val")
+    (tmp_path / "data").mkdir()
+    truth = tmp_path / "data" / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("2\n1\n")                  # val_00000001 is class 2 of meta.mat, a tench
+    write_meta(tmp_path / "data" / "meta.mat", DEVKIT_SYNSETS)
+    assert prepare.main(["--val-labels", str(truth), "--data", str(val)]) == 0
+    assert "moved 2 images into 2 class folders" in capsys.readouterr().out
+    assert os.listdir(val / "n01440764") == ["ILSVRC2012_val_00000001.JPEG"]
+    assert os.listdir(val / "n02119789") == ["ILSVRC2012_val_00000002.JPEG"]
+
+
+def test_devkit_ground_truth_without_a_readable_meta_mat_says_what_to_do(tmp_path, capsys):
+    val = flat_val_folder(tmp_path / "val")
+    truth = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    truth.write_text("2\n1\n")
+    assert prepare.main(["--val-labels", str(truth), "--data", str(val)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "in the order of the devkit's meta.mat" in error and \
+        f"put ILSVRC2012_devkit_t12/data/meta.mat beside it" in error
+    (tmp_path / "meta.mat").write_bytes(b"\x89HDF\r\n\x1a\n")      # MATLAB 7.3
+    assert prepare.main(["--val-labels", str(truth), "--data", str(val)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "(it is a MATLAB 7.3 file (HDF5), not MATLAB 5)" in error \
+        and "scipy.io.loadmat" in error and "--val-labels val_labels.txt" in error
+    assert len(os.listdir(val)) == 3                              # nothing moved
+
+
+def test_meta_mat_gives_the_class_names(tmp_path):
+    write_meta(tmp_path / "meta.mat", DEVKIT_SYNSETS)
+    assert data.read_class_names(str(tmp_path / "meta.mat"), ["n01440764", "n02119789"],
+                                 log=lambda line: None) == ["tench, Tinca tinca",
+                                                            "kit fox, Vulpes macrotis"]
+
+
+def test_class_tars_of_the_training_set_are_sent_to_tar(tmp_path, capsys):
+    """ILSVRC2012_img_train.tar holds a tar per class, which are unpacked in turn."""
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+    for wnid in ("n01440764", "n01443537"):
+        (root / "train" / f"{wnid}.tar").write_bytes(b"")
+    assert prepare.main(["--data", str(root), "--out", str(tmp_path / "cache")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "one tar file per class (n01440764.tar, n01443537.tar)" \
+        in error and 'tar -xf "$f" -C "${f%.tar}"' in error
+
+
 # ---- training from a cache --------------------------------------------------------------------
 
 TINY = ["--preset", "tiny", "--batch-size", "4", "--epochs", "1", "--log-every", "1"]
@@ -867,6 +955,7 @@ def test_a_flat_val_folder_is_sent_to_val_labels(tmp_path, capsys):
     error = capsys.readouterr().err
     assert f"the images in {flat} are not in class folders" in error
     assert "--val-labels LOC_val_solution.csv" in error
+    assert "or ILSVRC2012_validation_ground_truth.txt (the devkit's)" in error
 
 
 def test_images_outside_the_class_folders_are_named(tmp_path, capsys):
