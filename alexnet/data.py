@@ -31,6 +31,8 @@ from shlex import quote
 import numpy
 from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
+from alexnet import devkit
+
 from minigrad import backend
 
 
@@ -344,14 +346,21 @@ def class_name_pair(line):
 
 def read_class_names(path, classes, log=print):
     """The readable name of each of `classes` from `path`, whose lines are "<folder> <name>",
-    or "<folder><TAB><name>" for a folder name with spaces; a class the file does not name keeps
-    its folder name. log: told in one line of the lines that name no class folder."""
+    or "<folder><TAB><name>" for a folder name with spaces, or from ImageNet's devkit's meta.mat
+    (its WNIDs and words); a class the file does not name keeps its folder name. log: told in
+    one line of the lines that name no class folder."""
     try:
-        with open(path, encoding="utf-8-sig") as f:         # -sig: a BOM is not a name
-            pairs = [class_name_pair(line) for line in f if line.strip()]
+        if extension(path) == ".mat":
+            pairs = devkit.class_names(path)
+        else:
+            with open(path, encoding="utf-8-sig") as f:     # -sig: a BOM is not a name
+                pairs = [class_name_pair(line) for line in f if line.strip()]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"class names {path} cannot be read ({error}); give a text file of "
                          "'<class folder> <name>' lines") from None
+    except ValueError as error:                             # devkit's: "meta.mat cannot be read"
+        raise ValueError(f"class names {error}; give a text file of '<class folder> <name>' "
+                         "lines") from None
     names = {folder: name for folder, name in pairs if name}
     spaced = any(" " in name for name in classes)
     tab = "a folder name with spaces is followed by a tab, not a space"

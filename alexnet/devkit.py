@@ -13,6 +13,7 @@ import numpy
 
 GROUND_TRUTH = "ILSVRC2012_validation_ground_truth.txt"
 META = "meta.mat"
+CLASSES = 1000          # ILSVRC2012_ID of the classes: 1 to 1000
 
 # MATLAB 5 data types (MAT-File Format, table 1-1) as NumPy's, little-endian.
 MAT_TYPES = {1: "i1", 2: "u1", 3: "<i2", 4: "<u2", 5: "<i4", 6: "<u4", 7: "<f4", 9: "<f8",
@@ -98,6 +99,12 @@ def synsets(path):
         reason = error.strerror if isinstance(error, OSError) else \
             f"no {error} in it" if isinstance(error, KeyError) else error
         raise ValueError(f"{path} cannot be read ({reason})") from None
+
+
+def class_names(path):
+    """[(WNID, words)] of the 1000 classes of meta.mat (ILSVRC2012_ID 1 to 1000; the synsets
+    above them in WordNet come after)."""
+    return [pair for number, pair in sorted(synsets(path).items()) if number <= CLASSES]
 
 
 def is_ground_truth(lines):

@@ -112,7 +112,8 @@ def parse_args(argv=None):
                    "alexnet.prepare; default: the embedded shapes data set, drawn on the fly")
     p.add_argument("--class-names", metavar="FILE", type=existing_path, help="readable names "
                    "of the classes for the pictures and predictions, one '<class folder> <name>' "
-                   "a line, as ImageNet's LOC_synset_mapping.txt (default: such a file in --data: "
+                   "a line, as ImageNet's LOC_synset_mapping.txt, or the ImageNet devkit's "
+                   "meta.mat (default: such a file in --data: "
                    f"{' or '.join(data.CLASS_NAME_FILES)}; else the folder names)")
     p.add_argument("--cache", metavar="DIR", help="where the images of --data are decoded to on "
                    "first use (default DIR/.alexnet-cache-<size>)")

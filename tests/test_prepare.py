@@ -716,7 +716,8 @@ def write_meta(path, synsets):
         mat_element(1, b"".join(field.ljust(32, b"\0") for field in fields))
     for number, wnid, words in synsets:
         stored = (2, "u1") if number < 256 else (4, "<u2")
-        body += mat_array(6, (1, 1), mat_element(stored[0], numpy.array([number], stored[1]).tobytes()))
+        number = numpy.array([number], stored[1]).tobytes()
+        body += mat_array(6, (1, 1), mat_element(stored[0], number))
         body += mat_array(4, (1, len(wnid)), mat_element(4, wnid.encode("utf-16-le")))
         body += mat_array(4, (1, len(words)), mat_element(16, words.encode()))
         body += mat_element(14, b"")
@@ -725,8 +726,9 @@ def write_meta(path, synsets):
     path.write_bytes(header + struct.pack("<II", 15, len(packed)) + packed)
 
 
-DEVKIT_SYNSETS = [(1, "n02119789", "kit fox, Vulpes macrotis"), (2, "n01440764", "tench, Tinca tinca"),
-                  (1001, "n00001740", "entity")]        # the devkit's order, not the sorted one
+DEVKIT_SYNSETS = [(1, "n02119789", "kit fox, Vulpes macrotis"),   # the devkit's order, not
+                  (2, "n01440764", "tench, Tinca tinca"),         # the sorted one
+                  (1001, "n00001740", "entity")]
 
 
 def test_devkit_ground_truth_sorts_the_folder_in_meta_mat_order(tmp_path, capsys):
@@ -758,10 +760,17 @@ def test_devkit_ground_truth_without_a_readable_meta_mat_says_what_to_do(tmp_pat
 
 
 def test_meta_mat_gives_the_class_names(tmp_path):
+    """Its 1000 classes, not the synsets above them (entity), of which no note is made."""
     write_meta(tmp_path / "meta.mat", DEVKIT_SYNSETS)
+    notes = []
     assert data.read_class_names(str(tmp_path / "meta.mat"), ["n01440764", "n02119789"],
-                                 log=lambda line: None) == ["tench, Tinca tinca",
-                                                            "kit fox, Vulpes macrotis"]
+                                 log=notes.append) == ["tench, Tinca tinca",
+                                                       "kit fox, Vulpes macrotis"]
+    assert notes == []
+    (tmp_path / "meta.mat").write_bytes(b"MATLAB 4")
+    with pytest.raises(ValueError, match=r"^class names .*meta.mat cannot be read \(it is not a "
+                       r"little-endian MATLAB 5 file\); give a text file of"):
+        data.read_class_names(str(tmp_path / "meta.mat"), ["n01440764"])
 
 
 def test_class_tars_of_the_training_set_are_sent_to_tar(tmp_path, capsys):
