@@ -510,6 +510,14 @@ def find_images(root, classes=None, log=None):
                              "alexnet.prepare --val-labels LOC_val_solution.csv (Kaggle's) or "
                              "ILSVRC2012_validation_ground_truth.txt (the devkit's) --data "
                              f"{quote(root)}")
+        tars = sorted(name for name in os.listdir(root) if extension(name) == ".tar")
+        if tars:                                    # ILSVRC2012_img_train.tar, unpacked once
+            unpack = (f"cd {quote(root)} && for f in *.tar; do mkdir -p \"${{f%.tar}}\" && "
+                      "tar -xf \"$f\" -C \"${f%.tar}\" && rm \"$f\"; done")
+            raise ValueError(f"{root} holds one tar file per class ({', '.join(tars[:2])}"
+                             f"{', ...' if len(tars) > 2 else ''}), as ImageNet's training tar "
+                             f"unpacks, not their images: unpack each into its class folder "
+                             f"with ({unpack})")
         if others:
             raise ValueError(f"no images found under {root}/<class>/: {left_out(root, others)}")
         raise ValueError(f"no images found under {root}/<class>/: no class folder holds a "
