@@ -657,6 +657,28 @@ def read_label_list(path):
     return pairs
 
 
+def unknown_classes(labels_path, val_dir, labels):
+    """Refuse, before anything is moved, a list whose classes are not folders of the train/
+    beside val_dir (when there is one): numbers, as Caffe's val.txt gives them, would become
+    classes of their own."""
+    train = os.path.join(os.path.dirname(os.path.abspath(val_dir)), "train")
+    known = set(data.class_folders(train)) if os.path.isdir(train) else set()
+    unknown = sorted(labels - known)
+    if not known or not unknown:
+        return
+    some = f"{', '.join(unknown[:3])}{', ...' if len(unknown) > 3 else ''}"
+    if all(label.isdigit() for label in labels):
+        script = "NR == FNR {name[NR - 1] = $1; next} {print $1, name[$2]}"
+        fix = (f"; they are numbers: as in Caffe's val.txt, which counts the sorted WordNet ids "
+               f"of its synsets.txt from 0, write them as names first with awk '{script}' "
+               f"synsets.txt {quote(labels_path)} > val_labels.txt, and pass --val-labels "
+               "val_labels.txt")
+    else:
+        fix = "; pass the list that names the training set's class folders"
+    raise ValueError(f"{labels_path} names classes that {train} has no folder for ({some}); "
+                     f"nothing was moved{fix}")
+
+
 def sort_validation(labels_path, val_dir, dry_run=False, log=print):
     """Move the images of the flat folder val_dir into val_dir/<class>/ as labels_path says.
     Images already in their class folder are left there, so an interrupted sort can be rerun."""
@@ -666,6 +688,7 @@ def sort_validation(labels_path, val_dir, dry_run=False, log=print):
     if not os.path.isfile(labels_path):
         raise FileNotFoundError(f"label list {labels_path} does not exist")
     pairs = read_label_list(labels_path)
+    unknown_classes(labels_path, val_dir, {label for _, label in pairs})
 
     def by_name_and_stem(names):                # LOC lists ImageId without its extension
         return {**{os.path.splitext(f)[0]: f for f in names}, **{f: f for f in names}}

@@ -691,6 +691,30 @@ def test_val_labels_errors_are_one_sentence(tmp_path, capsys):
     assert len(os.listdir(val)) == 3                              # nothing moved
 
 
+def test_class_numbers_or_names_that_train_lacks_move_nothing(tmp_path, capsys):
+    """Caffe's val.txt numbers the classes (the sorted synsets.txt from 0): sorted as they are,
+    they would be classes 0, 1, ... that train/ has no folder for."""
+    val = flat_val_folder(tmp_path / "val")
+    for wnid in ("n01440764", "n01443537"):
+        (tmp_path / "train" / wnid).mkdir(parents=True)
+    (tmp_path / "synsets.txt").write_text("n01440764\nn01443537\n")
+    labels = tmp_path / "val.txt"
+    labels.write_text("ILSVRC2012_val_00000001.JPEG 1\nILSVRC2012_val_00000002.JPEG 0\n")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and f"names classes that {tmp_path / 'train'} has no folder " \
+        "for (0, 1); nothing was moved; they are numbers" in error
+    assert len(os.listdir(val)) == 3
+    command = error.split(" write them as names first with ")[1].split(", and pass")[0]
+    subprocess.run(command, shell=True, check=True, cwd=tmp_path)     # as the user would
+    assert (tmp_path / "val_labels.txt").read_text() == \
+        "ILSVRC2012_val_00000001.JPEG n01443537\nILSVRC2012_val_00000002.JPEG n01440764\n"
+    labels.write_text("ILSVRC2012_val_00000001.JPEG cat\n")
+    assert prepare.main(["--val-labels", str(labels), "--data", str(val)]) == 1
+    assert "(cat); nothing was moved; pass the list that names the training set's" in \
+        capsys.readouterr().err
+
+
 # ---- ImageNet's devkit: ILSVRC2012_validation_ground_truth.txt and meta.mat ------------------
 
 def mat_element(kind, raw):
