@@ -36,8 +36,9 @@ after the image file is synced to disk), and the same command decodes only the m
 
 The second form sorts a flat validation folder into class folders from a list of (file, class)
 pairs: ImageNet's LOC_val_solution.csv (ImageId,PredictionString; the class is the first word of
-PredictionString, the file is ImageId with whatever extension it has in the folder) or any list
-of `file class` lines separated by spaces or a comma.
+PredictionString, the file is ImageId with whatever extension it has in the folder), the
+devkit's ILSVRC2012_validation_ground_truth.txt (class numbers, read with the meta.mat beside
+it: alexnet.devkit) or any list of `file class` lines separated by spaces or a comma.
 """
 import argparse
 import concurrent.futures
@@ -755,7 +756,8 @@ def parse_args(argv=None):
     p.add_argument("--limit", type=whole(1), help="decode at most this many images now; the same "
                    "command goes on later")
     p.add_argument("--val-labels", metavar="FILE", help="sort the flat folder --data into class "
-                   "folders from this list (LOC_val_solution.csv or 'file class' lines)")
+                   "folders from this list (LOC_val_solution.csv, the devkit's "
+                   "ILSVRC2012_validation_ground_truth.txt or 'file class' lines)")
     p.add_argument("--dry-run", action="store_true", help="with --val-labels: print the moves only")
     args = p.parse_args(argv)
     if args.dry_run and not args.val_labels:
