@@ -774,7 +774,7 @@ def test_devkit_ground_truth_without_a_readable_meta_mat_says_what_to_do(tmp_pat
     assert prepare.main(["--val-labels", str(truth), "--data", str(val)]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "in the order of the devkit's meta.mat" in error and \
-        f"put ILSVRC2012_devkit_t12/data/meta.mat beside it" in error
+        "put ILSVRC2012_devkit_t12/data/meta.mat beside it" in error
     (tmp_path / "meta.mat").write_bytes(b"\x89HDF\r\n\x1a\n")      # MATLAB 7.3
     assert prepare.main(["--val-labels", str(truth), "--data", str(val)]) == 1
     error = capsys.readouterr().err
