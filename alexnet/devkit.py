@@ -95,9 +95,16 @@ def synsets(path):
     try:
         return {int(numpy.ravel(s["ILSVRC2012_ID"])[0]): (s["WNID"], s["words"])
                 for s in read_mat(path)["synsets"]}
-    except (OSError, ValueError, KeyError, IndexError, TypeError, zlib.error) as error:
-        reason = error.strerror if isinstance(error, OSError) else \
-            f"no {error} in it" if isinstance(error, KeyError) else error
+    except (OSError, ValueError, KeyError, IndexError, TypeError, StopIteration, RuntimeError,
+            zlib.error) as error:
+        if isinstance(error, OSError):
+            reason = error.strerror
+        elif isinstance(error, KeyError):
+            reason = f"no {error} in it"
+        elif isinstance(error, (StopIteration, RuntimeError)):   # a generator's StopIteration
+            reason = "it ends inside an array"
+        else:
+            reason = error
         raise ValueError(f"{path} cannot be read ({reason})") from None
 
 

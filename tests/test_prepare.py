@@ -795,6 +795,13 @@ def test_meta_mat_gives_the_class_names(tmp_path):
     with pytest.raises(ValueError, match=r"^class names .*meta.mat cannot be read \(it is not a "
                        r"little-endian MATLAB 5 file\); give a text file of"):
         data.read_class_names(str(tmp_path / "meta.mat"), ["n01440764"])
+    write_meta(tmp_path / "meta.mat", DEVKIT_SYNSETS)                # a download cut short
+    whole = (tmp_path / "meta.mat").read_bytes()
+    variable = zlib.compress(zlib.decompress(whole[136:])[:-60])
+    (tmp_path / "meta.mat").write_bytes(whole[:128] + struct.pack("<II", 15, len(variable)) +
+                                        variable)
+    with pytest.raises(ValueError, match=r"meta.mat cannot be read \(it ends inside an array\)"):
+        data.read_class_names(str(tmp_path / "meta.mat"), ["n01440764"])
 
 
 def test_class_tars_of_the_training_set_are_sent_to_tar(tmp_path, capsys):
