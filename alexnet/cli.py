@@ -57,7 +57,8 @@ def real(lowest=0.0, inclusive=True, below=math.inf):
 def devices_list(text):
     """--devices: two devices "a,b", each "cpu" or a GPU id that this machine has. A GPU it
     lacks is refused with values this option takes ('cpu,cpu', or the ids there are), not with
-    backend.parse_device's advice for one device ('cpu', which is not two)."""
+    backend.parse_device's advice for one device ('cpu', which is not two). Returns them
+    without spaces ("0, 1" is "0,1"), as the network and config.json take them."""
     parts = [part.strip() for part in text.split(",")]
     if len(parts) != 2 or not all(part == "cpu" or part.isdigit() for part in parts):
         raise argparse.ArgumentTypeError(f"{text!r} is not two devices: write e.g. '0,1', '0,0' "
@@ -68,7 +69,7 @@ def devices_list(text):
         ids = {0: "", 1: "'0,0' or "}.get(count, f"GPU ids 0 to {count - 1} (e.g. '0,1') or ")
         raise argparse.ArgumentTypeError(f"device '{missing[0]}' is not available: "
                                          f"{backend.gpus_found()}; use {ids}'cpu,cpu'")
-    return text
+    return ",".join(parts)
 
 
 def existing_path(text):

@@ -728,6 +728,14 @@ def test_every_option_is_checked_before_any_work(option, value, says, capsys):
     assert f"argument {option}: {says}" in error and "usage" not in error, error
 
 
+def test_devices_are_taken_with_spaces_after_the_comma(tmp_path):
+    """--devices "cpu, cpu" passed the option's check, then the network refused the device
+    ' cpu' once the data had been read."""
+    run_dir = run_training(tmp_path, "spaced", "--devices", "cpu, cpu", "--max-steps", "1")
+    with open(os.path.join(run_dir, "config.json")) as f:
+        assert json.load(f)["devices"] == "cpu,cpu"
+
+
 @pytest.mark.parametrize("images, batch, eval_every, patience, epochs, clip", [
     (1_281_167, 128, 1, 3, 90, 0),     # ImageNet: the paper's recipe
     (12_800, 128, 1, 3, 90, 0),
