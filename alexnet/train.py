@@ -872,13 +872,16 @@ class Run:
 
     def resume_command(self, checkpoint_path, *options):
         """The command that goes on with this run from `checkpoint_path`, for the messages to
-        give: under mpiexec as it was started, with the limits it was given (a resume would not
-        keep them otherwise) and `options`."""
+        give: under mpiexec as it was started, with the limits, devices and TF32 it was given
+        (a resume would not keep them otherwise: they are this process's, not the run's
+        settings) and `options`."""
         mpiexec = f"mpiexec -n {self.group.size} " if self.group.size > 1 else ""
         limits = [f"--{name.replace('_', '-')} {value:g}" for name in ("max_steps", "max_minutes")
                   if (value := getattr(self.args, name))]
+        devices = [f"--devices {self.args.devices}"] if self.args.devices else []
+        tf32 = ["--tf32"] if self.args.tf32 else []
         return " ".join([f"{mpiexec}python -m alexnet.train --resume {quote(checkpoint_path)}",
-                         *limits, *options])
+                         *limits, *devices, *tf32, *options])
 
     def check_loss(self, loss, step):
         if not math.isfinite(loss):

@@ -876,6 +876,26 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
     assert not os.path.exists(os.path.join(stopped, "best.npz"))    # stopped now, not evaluated
 
 
+def test_the_resume_command_keeps_the_devices_and_tf32(tmp_path, capsys, monkeypatch):
+    """A resume takes the default devices and plain float32: the command it is told to type
+    after Ctrl-C keeps the towers where they were (not on GPUs 0 and 1 of a machine where the
+    run was given others) and TF32, as it keeps the limits."""
+    step = train.Run.train_step
+
+    def ctrl_c_at_2(self, x, labels):
+        if self.step + 1 == 2:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, x, labels)
+
+    monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
+    stopped = str(tmp_path / "stopped")
+    assert train.main(TINY + ["--run-dir", stopped, "--devices", "cpu,cpu", "--tf32",
+                              "--max-steps", "15"]) == 130
+    assert capsys.readouterr().out.endswith(
+        f"continue with python -m alexnet.train --resume {stopped} --max-steps 15 "
+        "--devices cpu,cpu --tf32\n")
+
+
 def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
     run_dir = run_training(tmp_path, "stuck", "--epochs", "4", "--lr", "1e-9")
     warnings = [r for r in records_of(run_dir) if r["kind"] == "warning"]
