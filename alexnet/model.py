@@ -61,9 +61,12 @@ PRESETS = {
 }
 
 
-def auto_preset():
+def auto_preset(devices=None):
     """--preset auto: the paper's network where there is a GPU, the small one on a CPU (the
-    paper's would take days there)."""
+    paper's would take days there). `devices` ("0,1", "cpu,cpu": --devices) decide where given:
+    a tower on the CPU is a run on the CPU, whatever GPUs the machine has."""
+    if devices is not None:
+        return "small" if "cpu" in devices.split(",") else "paper"
     return "paper" if backend.gpu_count() else "small"
 
 

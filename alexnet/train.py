@@ -120,7 +120,7 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=["auto"] + list(PRESETS), default="auto",
                    help="network size: 'paper' (227x227 input, 61M parameters) or 'small' "
                    "(99x99, same structure, narrower), or 'tiny' (the tests'); auto: paper on "
-                   "a GPU, small on a CPU")
+                   "GPUs, small on a CPU (--devices with a tower on the CPU too)")
     p.add_argument("--epochs", type=whole(1), help="at most this many passes over the training "
                    f"set (default {PAPER_EPOCHS} with --data as in the paper, more for a folder of "
                    f"under {RUN_IMAGES // PAPER_EPOCHS:,} images: enough for {RUN_IMAGES:,} "
@@ -222,7 +222,7 @@ def check_resume_options(parser, args, argv):
         args.new_lr = lr
     auto = typed.get("preset") == "auto"       # what the original command said: its meaning
     if auto:
-        typed["preset"] = auto_preset()
+        typed["preset"] = auto_preset(args.devices)
     for key in RUN_SETTINGS:
         value = saved_setting(saved, key)
         if key in typed and key not in DATA_PATHS and typed[key] != value:
@@ -545,9 +545,11 @@ class Run:
                 raise ValueError(f"the data this run was trained on, {args.data}, is not there "
                                  "any more; pass --data with where it is now")
         if args.preset == "auto":
-            args.preset = auto_preset()
+            args.preset = auto_preset(args.devices)
             why = "a GPU was found" if args.preset == "paper" else \
-                "no GPU: the paper network would take days on a CPU"
+                "no GPU: the paper network would take days on a CPU" if not args.devices else \
+                f"--devices {args.devices} puts a tower on the CPU, where the paper network " \
+                "would take days"
             log_line(f"preset: {args.preset} ({why})")
         preset = PRESETS[args.preset]
         self.size = preset.input_size

@@ -353,13 +353,28 @@ def test_a_resume_that_retypes_preset_auto_goes_on_where_auto_means_the_runs(
     """A job script that types its command again at every requeue: --preset auto is the
     preset it stands for on this machine, accepted where that is the run's."""
     run_dir = run_training(tmp_path, "run", "--max-steps", "1")
-    monkeypatch.setattr(train, "auto_preset", lambda: "tiny")
+    monkeypatch.setattr(train, "auto_preset", lambda devices=None: "tiny")
     assert train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "2"]) == 0
-    monkeypatch.setattr(train, "auto_preset", lambda: "small")        # another machine
+    monkeypatch.setattr(train, "auto_preset", lambda devices=None: "small")        # another machine
     with pytest.raises(SystemExit):
         train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "3"])
     assert "argument --preset: auto (small on this machine) is not the resumed run's tiny; " \
         "--resume goes on with the run's settings" in capsys.readouterr().err
+
+
+def test_preset_auto_is_the_small_network_where_the_towers_run_on_the_cpu(tmp_path, monkeypatch,
+                                                                          capsys):
+    """--devices cpu,cpu on a machine with GPUs: auto took the paper network (\"a GPU was
+    found\"), which would take days on the CPU; it goes by the towers' devices."""
+    monkeypatch.setattr(backend, "gpu_count", lambda: 2)
+    assert train.main(["--synthetic-train", "64", "--synthetic-val", "32", "--batch-size", "16",
+                       "--devices", "cpu,cpu", "--max-steps", "1",
+                       "--run-dir", str(tmp_path / "run")]) == 0
+    out = capsys.readouterr().out
+    assert "preset: small (--devices cpu,cpu puts a tower on the CPU, where the paper network " \
+        "would take days)" in out and "AlexNet preset small" in out
+    assert [train.auto_preset(devices) for devices in ("0,1", "0,0", "0,cpu", None)] == \
+        ["paper", "paper", "small", "paper"]
 
 
 def test_patience_is_whole_epochs_when_the_batch_does_not_divide_the_set(tmp_path):
