@@ -355,7 +355,7 @@ def test_a_resume_that_retypes_preset_auto_goes_on_where_auto_means_the_runs(
     run_dir = run_training(tmp_path, "run", "--max-steps", "1")
     monkeypatch.setattr(train, "auto_preset", lambda devices=None: "tiny")
     assert train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "2"]) == 0
-    monkeypatch.setattr(train, "auto_preset", lambda devices=None: "small")        # another machine
+    monkeypatch.setattr(train, "auto_preset", lambda devices=None: "small")   # another machine
     with pytest.raises(SystemExit):
         train.main(["--resume", run_dir, "--preset", "auto", "--max-steps", "3"])
     assert "argument --preset: auto (small on this machine) is not the resumed run's tiny; " \
