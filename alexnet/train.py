@@ -254,7 +254,17 @@ def fit_recipe(args, train_images):
         args.clip_norm = CLIP_NORMS.get(args.preset, 0.0) if args.batch_size < PAPER_BATCH else 0.0
         if args.clip_norm:
             said.append(f"gradients clipped to a norm of {args.clip_norm:g}")
-    interval = math.ceil(EVAL_IMAGES / train_images)     # epochs between evaluations
+    if args.epochs is None:
+        if args.data is None:
+            args.epochs = SYNTHETIC_EPOCHS
+        else:
+            args.epochs = max(PAPER_EPOCHS, math.ceil(RUN_IMAGES / train_images))
+            if args.epochs > PAPER_EPOCHS:
+                said.append(f"at most {args.epochs} epochs ({args.epochs * train_images:,} "
+                            "images)")
+    # Epochs between evaluations, and never more than the run has (a short run's one
+    # evaluation comes at its end)
+    interval = min(math.ceil(EVAL_IMAGES / train_images), args.epochs)
     if args.eval_every is None:
         args.eval_every = interval
         if interval > 1:
@@ -264,14 +274,6 @@ def fit_recipe(args, train_images):
         args.lr_patience = PATIENCE_EVALS * interval
         if interval > 1:
             said.append(f"learning-rate patience {args.lr_patience} epochs")
-    if args.epochs is None:
-        if args.data is None:
-            args.epochs = SYNTHETIC_EPOCHS
-        else:
-            args.epochs = max(PAPER_EPOCHS, math.ceil(RUN_IMAGES / train_images))
-            if args.epochs > PAPER_EPOCHS:
-                said.append(f"at most {args.epochs} epochs ({args.epochs * train_images:,} "
-                            "images)")
     return said
 
 
@@ -583,9 +585,11 @@ class Run:
                 self.write("bad_files.txt",
                            "".join(f"{path}\t{reason}\n" for path, reason in self.bad))
         clip = f", gradients clipped to a norm of {args.clip_norm:g}" if args.clip_norm else ""
+        tf32 = ", TF32 matrix products on the GPU" if args.tf32 and \
+            any(device != "cpu" for device in self.model.devices) else ""
         log_line(f"model: AlexNet preset {args.preset}, {len(self.classes)} classes, init "
-                 f"{args.init}, towers on {self.model.devices}; batch {args.batch_size}, lr "
-                 f"{self.optimizer.lr:g}{clip}; run directory {self.dir}")
+                 f"{args.init}, towers on {self.model.devices}{tf32}; batch {args.batch_size}, "
+                 f"lr {self.optimizer.lr:g}{clip}; run directory {self.dir}")
         if group.size > 1:
             log_line(f"data parallel: {group.size} processes ({group.local_size} on this machine),"
                      f" {counted(args.batch_size // group.size, 'image')} of every batch each, "
@@ -652,10 +656,8 @@ class Run:
         backend.use(self.model.devices[0])
         self.clock = backend.Clock(self.model.devices[0])   # times the averaging of gradients
         group.broadcast(self.model.parameters())       # every replica starts from rank 0's
-        if args.tf32:
-            backend.set_tf32(True)
-            if "cpu" in self.model.devices:
-                log_line("note: --tf32 changes nothing on the CPU, which computes in float32")
+        if args.tf32 and "cpu" in self.model.devices:   # main() turns TF32 on for the run
+            log_line("note: --tf32 changes nothing on the CPU, which computes in float32")
         if group.size > 1:                # each rank its own dropout masks, for its own images
             minigrad.manual_seed([args.seed, group.rank])
         self.optimizer = optim.SGD(self.model.parameters(), args.lr, args.momentum, args.weight_decay)
@@ -1204,7 +1206,7 @@ def main(argv=None):
         # SIGTERM before and after the training loop (StopRequest's) ends the run as a Ctrl-C
         # does: a rank waiting for rank 0's data cache was killed by it, and mpiexec ended the
         # others with BAD TERMINATION before they could say anything or clean up.
-        with prepare.sigterm_as_ctrl_c(), hangup_as_sigterm():
+        with prepare.sigterm_as_ctrl_c(), hangup_as_sigterm(), backend.tf32_products(args.tf32):
             reason = Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         return fail(group, f"error: {error}", 1)

@@ -167,6 +167,16 @@ def set_tf32(enabled):
     return previous
 
 
+@contextlib.contextmanager
+def tf32_products(enabled):
+    """Within the block set_tf32(enabled); afterwards the setting from before it."""
+    previous = set_tf32(enabled)
+    try:
+        yield
+    finally:
+        set_tf32(previous)
+
+
 # glibc's mallopt parameters (malloc.h)
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_ARENA_MAX = -1, -3, -8
 

@@ -771,6 +771,9 @@ def test_the_recipe_fits_the_size_of_the_training_set(images, batch, eval_every,
     tiny = train.parse_args(["--data", ".", "--preset", "tiny"])         # the tests' network
     train.fit_recipe(tiny, images)
     assert tiny.clip_norm == 0
+    short = train.parse_args(["--data", ".", "--epochs", "3"])          # a run of 3 epochs
+    train.fit_recipe(short, images)
+    assert (short.eval_every, short.lr_patience) == (min(eval_every, 3), 3 * min(eval_every, 3))
     given = train.parse_args(["--data", ".", "--batch-size", "8", "--eval-every", "2",
                               "--lr-patience", "5", "--epochs", "7", "--clip-norm", "0"])
     assert train.fit_recipe(given, images) == []                    # what is given stays
@@ -909,6 +912,13 @@ def test_the_resume_command_keeps_the_devices_and_tf32(tmp_path, capsys, monkeyp
     assert capsys.readouterr().out.endswith(
         f"continue with python -m alexnet.train --resume {stopped} --max-steps 15 "
         "--devices cpu,cpu --tf32\n")
+
+
+@pytest.mark.skipif(backend.gpu_count() == 0, reason="needs a GPU (or the fake GPUs)")
+def test_tf32_is_said_in_the_model_line_and_off_again_after_the_run(tmp_path, capsys):
+    run_training(tmp_path, "tf32", "--devices", "0,0", "--tf32", "--max-steps", "1")
+    assert "towers on (0, 0), TF32 matrix products on the GPU; batch 16" in capsys.readouterr().out
+    assert backend.set_tf32(False) is False          # not left on for what the process does next
 
 
 def test_a_run_that_cannot_learn_says_so_once(tmp_path, capsys):
