@@ -192,21 +192,34 @@ def batch_count(split, batch_size, train):
     return len(split) // batch_size if train else -(-len(split) // batch_size)
 
 
+# What a random stream of the data is for, in its key (random_stream).
+SHUFFLE, AUGMENT = 1, 2
+
+
+def random_stream(seed, *key):
+    """A generator of `seed` for the use `key` names, e.g. (AUGMENT, epoch, batch index): a
+    stream of its own. Not default_rng([seed, epoch, i]): numpy pads a short key with zeros, so
+    [seed, epoch] and [seed, epoch, 0] are one stream, and at epoch 0 also minigrad's
+    manual_seed(seed) (initial weights, dropout). A spawn key comes after that padding."""
+    return numpy.random.default_rng(numpy.random.SeedSequence(seed, spawn_key=key))
+
+
 def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, workers=1, prefetch=4,
             device="cpu", share=(0, 1)):
     """Yield (x float32 (B, 3, size, size) on `device`, labels (B,)) from batch `start` of
     `epoch` on.
 
-    Training shuffles with a generator seeded by (seed, epoch) and augments each batch with
-    one seeded by (seed, epoch, batch index). share=(rank, ranks): yield only the rank-th of
-    `ranks` equal parts of every training batch (data-parallel training; batch_size must be a
-    multiple of ranks); each image is augmented as it would be in the whole batch. `workers`
-    threads prepare up to `prefetch` batches ahead of the consumer (NumPy releases the GIL in
-    the copies that dominate here). On a GPU a worker's copies and kernels go to CuPy's legacy
-    default stream, which every thread shares, so they are done before the training step's
-    kernels that read the batch (not so with CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1).
+    Training shuffles with a generator of (seed, epoch) and augments each batch with one of
+    (seed, epoch, batch index), each a stream of its own (random_stream). share=(rank, ranks):
+    yield only the rank-th of `ranks` equal parts of every training batch (data-parallel
+    training; batch_size must be a multiple of ranks); each image is augmented as it would be
+    in the whole batch. `workers` threads prepare up to `prefetch` batches ahead of the consumer
+    (NumPy releases the GIL in the copies that dominate here). On a GPU a worker's copies and
+    kernels go to CuPy's legacy default stream, which every thread shares, so they are done
+    before the training step's kernels that read the batch (not so with
+    CUPY_CUDA_PER_THREAD_DEFAULT_STREAM=1).
     """
-    order = numpy.random.default_rng([seed, epoch]).permutation(len(split)) if train \
+    order = random_stream(seed, SHUFFLE, epoch).permutation(len(split)) if train \
         else numpy.arange(len(split))
     aug = replace(aug, mean=backend.to_device(aug.mean, device))   # one copy for every batch
     rank, ranks = share
@@ -217,7 +230,7 @@ def batches(split, aug, size, batch_size, train, seed=0, epoch=0, start=0, worke
         indices = order[i * batch_size:(i + 1) * batch_size]
         if train:
             return train_batch(split, indices, aug, size,
-                               numpy.random.default_rng([seed, epoch, i]), device, rows)
+                               random_stream(seed, AUGMENT, epoch, i), device, rows)
         return center_batch(split, indices, aug, size, device)
 
     todo = range(start, batch_count(split, batch_size, train))
