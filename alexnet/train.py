@@ -1206,7 +1206,8 @@ def main(argv=None):
         # SIGTERM before and after the training loop (StopRequest's) ends the run as a Ctrl-C
         # does: a rank waiting for rank 0's data cache was killed by it, and mpiexec ended the
         # others with BAD TERMINATION before they could say anything or clean up.
-        with prepare.sigterm_as_ctrl_c(), hangup_as_sigterm(), backend.tf32_products(args.tf32):
+        tf32 = backend.tf32_products(True) if args.tf32 else contextlib.nullcontext()
+        with prepare.sigterm_as_ctrl_c(), hangup_as_sigterm(), tf32:
             reason = Run(args, group).run()
     except (OSError, ValueError, FloatingPointError) as error:   # OSError: e.g. no write access
         return fail(group, f"error: {error}", 1)
