@@ -25,7 +25,7 @@ class (README, Results):
                    (CLIP_NORMS). On drawn shapes, flat or cluttered, the small preset never
                    reached it (norms under 18 in up to 1,500 steps), the paper preset in its
                    first 3 or 4 steps only; a folder learned within a few steps can, where one
-                   step's gradient 20 to 2,000 times the usual starts a runaway to NaN.
+                   step of norm 20 to 260 (the median step: 1 to 4) starts a runaway to NaN.
 
 A run that has not begun to learn after its first evaluations says so, with what to try.
 
