@@ -7,7 +7,7 @@ and DIR/val/<class>/* (decoded once into a memory-mapped cache: alexnet/prepare.
 The recipe is the paper's (section 5): SGD with momentum 0.9 and weight decay 0.0005, batch 128,
 learning rate 0.01 divided by 10 when the validation error stops improving, three times, then
 stop; dropout 0.5, random 227 crops and mirrors of 256x256 images, PCA colour shifts, per-pixel
-mean subtraction. Three choices differ by default, measured on folders of 30 to 300 images a
+mean subtraction. Three choices differ by default, measured on folders of 25 to 300 images a
 class (README, Results):
 
   --init kaiming   He-normal weights. The paper's N(0, 0.01^2) weights and biases of 1 (--init
