@@ -101,7 +101,10 @@ def test_operators_and_python_scalars(device, rng):
 
 @pytest.mark.parametrize("fn,low", [(F.exp, -2.0), (F.log, 0.5), (F.neg, -2.0)])
 def test_unary(fn, low, device, rng):
-    check_grad(fn, [rng.uniform(low, low + 3.0, (4, 3))], device)
+    x = rng.uniform(low, low + 3.0, (4, 3))
+    check_grad(fn, [x], device)
+    expected = {F.exp: numpy.exp, F.log: numpy.log, F.neg: numpy.negative}[fn](x)
+    numpy.testing.assert_allclose(forward(fn, [x], device), expected, rtol=1e-12)
 
 
 def test_relu(device, rng):
@@ -246,6 +249,7 @@ def test_concat_and_split(axis, device, rng):
     joined = forward(lambda *t: F.concat(t, axis=axis), [a, b, c], device)
     numpy.testing.assert_array_equal(joined, numpy.concatenate([a, b, c], axis=axis))
     pieces = F.split(Tensor(joined), a.shape[axis], axis=axis)
+    assert len(pieces) == 3
     for piece, original in zip(pieces, (a, b, c)):
         numpy.testing.assert_array_equal(piece.numpy(), original)
 
