@@ -168,11 +168,22 @@ def test_without_a_system_font_pillows_own_draws(monkeypatch):
         plots._font.cache_clear()
 
 
-def test_predictions_show_the_same_images_at_every_evaluation(run_dir, shown):
+def test_predictions_show_the_same_images_at_every_evaluation(run_dir, shown, tmp_path,
+                                                             monkeypatch):
     width, height = png_size(shown / "predictions.png")
     assert (width, height) == (4 * 254 + 14, 2 * (267 + 14) + 14 + 28)    # 8 images, 4 a row
     assert png_size(run_dir / "predictions.png") == (width, height)       # written by training
     assert png_size(run_dir / "confusion.png") == png_size(shown / "confusion.png")
+    drawn_images = []                            # what training's predictions.png shows each time
+    grid = plots.prediction_grid
+    monkeypatch.setattr(plots, "prediction_grid",
+                        lambda images, *rest: (drawn_images.append(images.copy()), grid(images, *rest)))
+    assert train.main(["--preset", "tiny", "--synthetic-train", "48", "--synthetic-val", "40",
+                       "--batch-size", "16", "--epochs", "2", "--eval-every", "1",
+                       "--run-dir", str(tmp_path / "run")]) == 0
+    assert len(drawn_images) == 2
+    for images in drawn_images[1:]:
+        numpy.testing.assert_array_equal(images, drawn_images[0])
 
 
 def test_pick_errors_shows_only_misclassified_images(run_dir, tmp_path):
