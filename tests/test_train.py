@@ -84,6 +84,7 @@ def test_training_batches_are_a_function_of_seed_epoch_and_index():
     every = list(data.batches(split, aug, 10, 8, train=True, seed=1, epoch=2, workers=2))
     assert len(every) == 5 and every[0][0].shape == (8, 3, 10, 10)
     resumed = list(data.batches(split, aug, 10, 8, train=True, seed=1, epoch=2, start=3))
+    assert len(resumed) == 2                                        # batches 3 and 4
     for (x, y), (rx, ry) in zip(every[3:], resumed):
         numpy.testing.assert_array_equal(x, rx)
         numpy.testing.assert_array_equal(y, ry)
