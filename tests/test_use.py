@@ -180,6 +180,8 @@ def test_ten_view_probabilities_are_the_mean_of_the_views(run_dir):
 def test_scores_count_ties_and_small_class_counts_as_argmax_does():
     probs = evaluate.softmax(numpy.array([[0.0, 0.0, 0.0], [1.0, 3.0, 2.0], [5.0, 1.0, 5.0]]))
     numpy.testing.assert_allclose(probs.sum(axis=1), 1.0)
+    e = numpy.exp([1.0, 3.0, 2.0])
+    numpy.testing.assert_allclose(probs[1], e / e.sum(), rtol=1e-12)     # float64, not float32
     labels = numpy.array([1, 2, 2])
     images, hits1, hits5, counts = evaluate.scores(probs, labels, 3)
     # row 0: a tie between all three goes to class 0, as argmax says; row 2: class 0 over 2
