@@ -188,3 +188,17 @@ def test_curves_draw_no_top5_with_5_classes_or_fewer(tmp_path):
     assert top5_pixels(records, True) > 0 and top5_pixels(without, False) == 0
     trained = [r for r in records if r["kind"] == "train"]            # no evaluation yet
     assert top5_pixels(trained, True) > 0 and top5_pixels(trained, False) == 0
+
+
+def test_curves_draw_the_training_loss_from_the_training_records(tmp_path):
+    """Training records alone: the loss panel (the left half) has a training line beside its
+    legend's swatch, and the error panel one for the training top-1 error."""
+    def train_pixels(records):
+        plots.plot_curves(records, tmp_path / "curves.png")
+        pixels = numpy.asarray(Image.open(tmp_path / "curves.png").convert("RGB"))
+        drawn = (pixels == plots._TRAIN).all(axis=2)
+        return int(drawn[:, :450].sum()), int(drawn[:, 450:].sum())
+    trained = [r for r in curve_records() if r["kind"] == "train"]
+    swatches = train_pixels([])                                       # the legends alone
+    lines = train_pixels(trained)
+    assert lines[0] > swatches[0] and lines[1] > swatches[1], (swatches, lines)
