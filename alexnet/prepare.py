@@ -768,6 +768,19 @@ def parse_args(argv=None):
     return args
 
 
+def class_names_above(folder):
+    """' --class-names FILE' for a file of class names in a folder above `folder` (Kaggle's
+    LOC_synset_mapping.txt, three levels above ILSVRC/Data/CLS-LOC), which training does not
+    look for; '' when there is none, or when `folder` holds one itself (training finds that)."""
+    if data.find_class_names(folder):
+        return ""
+    for up in range(1, 4):
+        found = data.find_class_names(os.path.join(folder, *[os.pardir] * up))
+        if found:
+            return f" --class-names {quote(os.path.normpath(found))}"
+    return ""
+
+
 def run(args):
     if args.val_labels:
         sort_validation(args.val_labels, args.data, args.dry_run)
@@ -778,7 +791,8 @@ def run(args):
         where = "" if args.out is None else f" --cache {quote(cache)}"
         preset = next(name for name, size in SIZES.items() if size == args.size)
         preset = "" if preset == auto_preset() else f" --preset {preset}"
-        print(f"train on it with python -m alexnet.train --data {quote(args.data)}{where}{preset}")
+        print(f"train on it with python -m alexnet.train --data {quote(args.data)}{where}{preset}"
+              f"{class_names_above(args.data)}")
 
 
 def main(argv=None):

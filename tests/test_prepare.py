@@ -514,6 +514,17 @@ def test_prepare_ends_with_the_training_command_that_reads_its_cache(folder, tmp
     assert "train on it" not in capsys.readouterr().out          # not finished: nothing to read
 
 
+def test_the_training_command_names_class_names_kaggle_keeps_above_the_data(tmp_path, capsys):
+    """Kaggle's LOC_synset_mapping.txt is three folders above ILSVRC/Data/CLS-LOC, where
+    training does not look for it."""
+    data_dir = tmp_path / "ILSVRC" / "Data" / "CLS-LOC"
+    synthetic.write_folder(str(data_dir), 8, 4, size=48, seed=1, extension=".png")
+    (tmp_path / "LOC_synset_mapping.txt").write_text("disk a disk\n")
+    assert prepare.main(["--data", str(data_dir), "--size", str(SIZE), "--workers", "1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith(
+        f" --preset tiny --class-names {tmp_path / 'LOC_synset_mapping.txt'}")
+
+
 def test_dry_run_without_val_labels_is_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare.main(["--data", str(tmp_path), "--dry-run"])
