@@ -32,7 +32,6 @@ import numpy
 from PIL import EpsImagePlugin, Image, ImageFile, ImageOps
 
 from alexnet import devkit
-
 from minigrad import backend
 
 
