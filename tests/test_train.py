@@ -901,14 +901,7 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
     assert meta["best_top1_error"] == evals[0]["top1_error"]
     assert meta["schedule"] == {"best": float("inf"), "since": 0, "reductions": 0,
                                 "finished": False}           # as a run that never evaluated
-    step = train.Run.train_step
-
-    def ctrl_c_at_2(self, x, labels):
-        if self.step + 1 == 2:
-            os.kill(os.getpid(), signal.SIGINT)
-        return step(self, x, labels)
-
-    monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
+    ctrl_c_at_step_2(monkeypatch)
     stopped = str(tmp_path / "stopped")
     capsys.readouterr()
     assert train.main(TINY + ["--run-dir", stopped, "--epochs", "5", "--eval-every", "2",
@@ -924,10 +917,8 @@ def test_a_run_stopped_between_evaluations_is_evaluated_at_the_stop(tmp_path, ca
     assert not os.path.exists(os.path.join(stopped, "best.npz"))    # stopped now, not evaluated
 
 
-def test_the_resume_command_keeps_the_devices_and_tf32(tmp_path, capsys, monkeypatch):
-    """A resume takes the default devices and plain float32: the command it is told to type
-    after Ctrl-C keeps the towers where they were (not on GPUs 0 and 1 of a machine where the
-    run was given others) and TF32, as it keeps the limits."""
+def ctrl_c_at_step_2(monkeypatch):
+    """Training gets a Ctrl-C (SIGINT) as its second step begins."""
     step = train.Run.train_step
 
     def ctrl_c_at_2(self, x, labels):
@@ -936,6 +927,13 @@ def test_the_resume_command_keeps_the_devices_and_tf32(tmp_path, capsys, monkeyp
         return step(self, x, labels)
 
     monkeypatch.setattr(train.Run, "train_step", ctrl_c_at_2)
+
+
+def test_the_resume_command_keeps_the_devices_and_tf32(tmp_path, capsys, monkeypatch):
+    """A resume takes the default devices and plain float32: the command it is told to type
+    after Ctrl-C keeps the towers where they were (not on GPUs 0 and 1 of a machine where the
+    run was given others) and TF32, as it keeps the limits."""
+    ctrl_c_at_step_2(monkeypatch)
     stopped = str(tmp_path / "stopped")
     assert train.main(TINY + ["--run-dir", stopped, "--devices", "cpu,cpu", "--tf32",
                               "--max-steps", "15"]) == 130
