@@ -799,10 +799,8 @@ class Run:
             if append:
                 with open(path, "a") as f:
                     f.write(text)
-            else:
-                # surrogateescape: a file name that is not UTF-8 is written as its own bytes
-                checkpoint.write_atomically(
-                    path, lambda f: f.write(text.encode("utf-8", "surrogateescape")))
+            else:               # as the cache's file lists: a non-UTF-8 file name as its bytes
+                prepare.write_text(path, text)
 
     @contextlib.contextmanager
     def writing(self, name):
